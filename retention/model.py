@@ -1,0 +1,218 @@
+"""What the planner reads and writes: plain, frozen values with no behaviour that does I/O.
+
+The inventory (what the registry holds) comes in; decisions and a plan go out. Keeping these
+as dataclasses rather than dicts lets the planner, the reports and the executor agree on one
+vocabulary, and lets tests build inventories by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A config or layer blob a manifest references."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One stored manifest: an image manifest (blobs) or an index (children)."""
+
+    digest: str
+    media_type: str
+    size: int
+    created: datetime | None = None
+    blobs: tuple[Blob, ...] = ()
+    children: tuple[str, ...] = ()
+    subject: str | None = None
+
+    @property
+    def is_index(self) -> bool:
+        return bool(self.children) or self.media_type.endswith(("list.v2+json", "index.v1+json"))
+
+
+@dataclass(frozen=True)
+class Tag:
+    name: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A repository as scanned: its tags and every manifest they reach (children included).
+
+    ``error`` is set when the scan could not read the repository completely; the planner
+    then deletes nothing in it (fail closed).
+    """
+
+    name: str
+    tags: tuple[Tag, ...] = ()
+    manifests: Mapping[str, Manifest] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    registry: str
+    repositories: tuple[Repository, ...] = ()
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class TagDecision:
+    """The fate of one tag, with the rule that decided and a reason a person can check."""
+
+    tag: str
+    digest: str
+    created: datetime | None
+    action: Action
+    rule: str | None
+    reason: str
+
+
+class DeletionKind(StrEnum):
+    TAGGED = "tagged"
+    CHILD = "child"
+
+
+@dataclass(frozen=True)
+class ManifestDeletion:
+    """One ``DELETE /v2/<name>/manifests/<digest>`` the plan asks for.
+
+    ``tags`` are the tags this removes (all of them were decided delete); a child of a
+    deleted index has none and names its ``parents``.
+    """
+
+    digest: str
+    kind: DeletionKind
+    tags: tuple[str, ...] = ()
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RepositoryPlan:
+    """Decisions for one repository.
+
+    ``error`` (the scan failed: a failure of the pass) or ``held`` (a safety budget: not a
+    failure) says why nothing is deleted here.
+    """
+
+    name: str
+    decisions: tuple[TagDecision, ...] = ()
+    deletions: tuple[ManifestDeletion, ...] = ()
+    error: str | None = None
+    held: str | None = None
+
+    @property
+    def skipped(self) -> str | None:
+        return self.error or self.held
+
+    @property
+    def tags_to_delete(self) -> tuple[TagDecision, ...]:
+        return tuple(d for d in self.decisions if d.action is Action.DELETE)
+
+
+@dataclass(frozen=True)
+class Summary:
+    repositories: int
+    tags: int
+    tags_to_delete: int
+    manifests_to_delete: int
+    reclaimable_bytes: int
+    repositories_skipped: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one pass would delete, and why; the input of the executor and the reports."""
+
+    registry: str
+    created_at: datetime
+    repositories: tuple[RepositoryPlan, ...]
+    reclaimable_bytes: int = 0
+
+    @property
+    def manifests_to_delete(self) -> int:
+        return sum(len(r.deletions) for r in self.repositories)
+
+    @property
+    def summary(self) -> Summary:
+        return Summary(
+            repositories=len(self.repositories),
+            tags=sum(len(r.decisions) for r in self.repositories),
+            tags_to_delete=sum(len(r.tags_to_delete) for r in self.repositories),
+            manifests_to_delete=self.manifests_to_delete,
+            reclaimable_bytes=self.reclaimable_bytes,
+            repositories_skipped=sum(1 for r in self.repositories if r.skipped),
+        )
+
+
+class Outcome(StrEnum):
+    """What happened to one planned deletion."""
+
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class DeletionResult:
+    repository: str
+    digest: str
+    tags: tuple[str, ...]
+    outcome: Outcome
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    """``du`` of the registry's storage before deletion and after GC; None when unknown."""
+
+    before_bytes: int | None = None
+    after_bytes: int | None = None
+
+    @property
+    def freed_bytes(self) -> int | None:
+        if self.before_bytes is None or self.after_bytes is None:
+            return None
+        return self.before_bytes - self.after_bytes
+
+
+@dataclass(frozen=True)
+class GcResult:
+    mode: str
+    ran: bool = False
+    blobs_deleted: int | None = None
+    duration_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One pass: the plan, what was applied, GC and storage; ``errors`` make the exit non-zero."""
+
+    plan: Plan
+    dry_run: bool
+    applied: tuple[DeletionResult, ...] = ()
+    storage: StorageUsage = StorageUsage()
+    gc: GcResult | None = None
+    errors: tuple[str, ...] = ()
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        failed = any(r.outcome is Outcome.FAILED for r in self.applied)
+        unread = any(r.error for r in self.plan.repositories)
+        return not (self.errors or failed or unread)

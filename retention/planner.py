@@ -1,0 +1,317 @@
+"""Decide, per repository, which tags and manifests go and why: ``plan(policy, inventory, now)``.
+
+Pure: the same policy, inventory and ``now`` always give the same plan; nothing here reads a
+clock, a file or the network, and nothing logs. Every safety invariant lives here, so the
+executor can only carry out what a person could have read in the report:
+
+* a tag matched by no rule, protected, or of unknown age (for age) is kept;
+* a digest is deleted only if every tag on it is deleted, and never while a kept index needs
+  it as a child (deleting by digest removes every tag on it);
+* children of deleted indexes are deleted too, unless a kept manifest still references them;
+* a repository that could not be read completely, or whose plan would delete more than
+  ``safety.max_delete_fraction`` of its tags, deletes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from retention.model import (
+    Action,
+    DeletionKind,
+    Inventory,
+    Manifest,
+    ManifestDeletion,
+    Plan,
+    Repository,
+    RepositoryPlan,
+    Tag,
+    TagDecision,
+)
+from retention.policy import Policy, Rule, Safety, format_duration
+
+
+def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:
+    """The whole plan for one pass; ``now`` is the reference time for every age."""
+    repositories = tuple(plan_repository(policy, r, now) for r in inventory.repositories)
+    return Plan(
+        registry=inventory.registry,
+        created_at=now,
+        repositories=repositories,
+        reclaimable_bytes=reclaimable_bytes(inventory, repositories),
+    )
+
+
+def plan_repository(policy: Policy, repository: Repository, now: datetime) -> RepositoryPlan:
+    """Rules first, then the holds that make deletion by digest safe, then the budget."""
+    decisions = _by_rules(policy, repository, now)
+    if repository.error is not None:
+        return _held_back(repository.name, decisions, error=repository.error)
+    decisions = _hold_needed_digests(decisions, repository.manifests)
+    over = _over_fraction(decisions, policy.safety)
+    if over is not None:
+        return _held_back(repository.name, decisions, held=over)
+    return RepositoryPlan(
+        name=repository.name,
+        decisions=decisions,
+        deletions=_deletions(decisions, repository.manifests),
+    )
+
+
+def check_budget(plan: Plan, safety: Safety) -> str | None:
+    """Why the whole plan must not be applied (``safety.max_deletions``), or None."""
+    count = plan.manifests_to_delete
+    if count > safety.max_deletions:
+        return (
+            f"the plan deletes {count} manifests, more than safety.max_deletions="
+            f"{safety.max_deletions}; nothing was deleted (raise the limit or use --force)"
+        )
+    return None
+
+
+# -- rules ----------------------------------------------------------------------------------
+
+
+def _by_rules(policy: Policy, repository: Repository, now: datetime) -> tuple[TagDecision, ...]:
+    """Protect first, then the first rule that claims each tag; the rest are kept."""
+    claimed: dict[str, list[Tag]] = {}
+    decisions: list[TagDecision] = []
+    for tag in repository.tags:
+        created = _created(repository.manifests, tag.digest)
+        pattern = policy.protecting_pattern(tag.name)
+        rule = policy.rule_for(repository.name, tag.name)
+        if pattern is not None:
+            decisions.append(_keep(tag, created, None, f"protected by {pattern!r}"))
+        elif rule is None:
+            decisions.append(_keep(tag, created, None, "matched no rule"))
+        else:
+            claimed.setdefault(rule.name, []).append(tag)
+    for rule in policy.rules:
+        tags = claimed.get(rule.name, [])
+        decisions.extend(_apply_rule(rule, tags, repository.manifests, now))
+    return _newest_first(decisions)
+
+
+def _apply_rule(
+    rule: Rule, tags: Sequence[Tag], manifests: Mapping[str, Manifest], now: datetime
+) -> list[TagDecision]:
+    """Rank a rule's tags newest first (ties by name) and judge each against its limits."""
+    dated = [(t, _created(manifests, t.digest)) for t in tags]
+    known = sorted(
+        ((t, c) for t, c in dated if c is not None),
+        key=lambda item: (item[1], item[0].name),
+        reverse=True,
+    )
+    unknown = [
+        _keep(t, None, rule.name, "created time unknown: never deleted by age or rank")
+        for t, c in dated
+        if c is None
+    ]
+    ranked = [_judge(rule, tag, created, rank, now) for rank, (tag, created) in enumerate(known, 1)]
+    return ranked + unknown
+
+
+def _judge(rule: Rule, tag: Tag, created: datetime, rank: int, now: datetime) -> TagDecision:
+    """One tag's verdict; the reason names every limit that decided it."""
+    if rule.keep_last is not None and rank <= rule.keep_last:
+        return _keep(tag, created, rule.name, f"within keep_last={rule.keep_last} (#{rank})")
+    reasons = [] if rule.keep_last is None else [f"beyond keep_last={rule.keep_last} (#{rank})"]
+    if rule.max_age is None:
+        return _delete(tag, created, rule.name, reasons[0])
+    age = now - created
+    limit = format_duration(rule.max_age)
+    if age > rule.max_age:
+        reasons.append(f"older than {limit} ({describe_age(age)})")
+        return _delete(tag, created, rule.name, " and ".join(reasons))
+    reasons.append(f"newer than {limit} ({describe_age(age)})")
+    return _keep(tag, created, rule.name, " but ".join(reasons))
+
+
+# -- holds: deletion by digest must never take a kept tag or a kept index's child -----------
+
+
+def _hold_needed_digests(
+    decisions: tuple[TagDecision, ...], manifests: Mapping[str, Manifest]
+) -> tuple[TagDecision, ...]:
+    """Keep every delete-marked tag whose digest a kept tag or kept index still needs.
+
+    Holding one tag can make its index's children needed too, so repeat until stable.
+    """
+    current = list(decisions)
+    while True:
+        needed = _needed_by(current, manifests)
+        changed = False
+        for i, decision in enumerate(current):
+            if decision.action is Action.DELETE and decision.digest in needed:
+                current[i] = replace(decision, action=Action.KEEP, reason=needed[decision.digest])
+                changed = True
+        if not changed:
+            return tuple(current)
+
+
+def _needed_by(
+    decisions: Sequence[TagDecision], manifests: Mapping[str, Manifest]
+) -> dict[str, str]:
+    """digest -> why it must stay: held by a kept tag, or a child of a kept manifest."""
+    needed: dict[str, str] = {}
+    for decision in sorted(decisions, key=lambda d: d.tag):
+        if decision.action is Action.KEEP:
+            needed.setdefault(decision.digest, f"shares digest with kept tag {decision.tag!r}")
+    for decision in sorted(decisions, key=lambda d: d.tag):
+        if decision.action is Action.KEEP:
+            for child in _descendants(decision.digest, manifests):
+                needed.setdefault(child, f"is a platform manifest of kept tag {decision.tag!r}")
+    return needed
+
+
+def _descendants(digest: str, manifests: Mapping[str, Manifest]) -> list[str]:
+    """Every manifest below ``digest`` (children of indexes, recursively), without cycles."""
+    found: list[str] = []
+    stack = list(_children(digest, manifests))
+    while stack:
+        child = stack.pop()
+        if child not in found and child != digest:
+            found.append(child)
+            stack.extend(_children(child, manifests))
+    return found
+
+
+def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]:
+    manifest = manifests.get(digest)
+    return manifest.children if manifest is not None else ()
+
+
+# -- what to delete -------------------------------------------------------------------------
+
+
+def _deletions(
+    decisions: Sequence[TagDecision], manifests: Mapping[str, Manifest]
+) -> tuple[ManifestDeletion, ...]:
+    """Tagged digests first (an index before its children), then the orphaned children."""
+    tags_by_digest: dict[str, list[str]] = {}
+    for decision in decisions:
+        if decision.action is Action.DELETE:
+            tags_by_digest.setdefault(decision.digest, []).append(decision.tag)
+    kept = _kept_closure(decisions, manifests)
+    tagged = [
+        ManifestDeletion(digest, DeletionKind.TAGGED, tags=tuple(sorted(tags)))
+        for digest, tags in sorted(tags_by_digest.items())
+    ]
+    parents: dict[str, list[str]] = {}
+    for digest in sorted(tags_by_digest):
+        for child in _descendants(digest, manifests):
+            if child not in kept and child not in tags_by_digest:
+                parents.setdefault(child, []).append(digest)
+    children = [
+        ManifestDeletion(child, DeletionKind.CHILD, parents=tuple(sorted(set(owners))))
+        for child, owners in sorted(parents.items())
+    ]
+    return tuple(tagged + children)
+
+
+def _kept_closure(decisions: Iterable[TagDecision], manifests: Mapping[str, Manifest]) -> set[str]:
+    kept: set[str] = set()
+    for decision in decisions:
+        if decision.action is Action.KEEP:
+            kept.add(decision.digest)
+            kept.update(_descendants(decision.digest, manifests))
+    return kept
+
+
+# -- budget and fail-closed -----------------------------------------------------------------
+
+
+def _over_fraction(decisions: Sequence[TagDecision], safety: Safety) -> str | None:
+    deleting = sum(1 for d in decisions if d.action is Action.DELETE)
+    if not decisions or deleting / len(decisions) <= safety.max_delete_fraction:
+        return None
+    share = round(100 * deleting / len(decisions))
+    return (
+        f"would delete {deleting} of {len(decisions)} tags ({share}%), more than "
+        f"safety.max_delete_fraction={safety.max_delete_fraction:g}"
+    )
+
+
+def _held_back(
+    name: str,
+    decisions: Sequence[TagDecision],
+    *,
+    error: str | None = None,
+    held: str | None = None,
+) -> RepositoryPlan:
+    """A repository where nothing is deleted; each tag still says what the rules wanted."""
+    why = f"not fully read: {error}" if error else str(held)
+    kept = tuple(
+        replace(d, action=Action.KEEP, reason=f"held: {why} (rule said delete: {d.reason})")
+        if d.action is Action.DELETE
+        else d
+        for d in decisions
+    )
+    return RepositoryPlan(name=name, decisions=kept, error=error, held=held)
+
+
+# -- reclaimable bytes ----------------------------------------------------------------------
+
+
+def reclaimable_bytes(inventory: Inventory, plans: Sequence[RepositoryPlan]) -> int:
+    """Bytes of manifests and blobs that only deleted manifests reference, registry-wide.
+
+    Blobs are shared across repositories in the storage, so a layer counts only if no kept
+    manifest anywhere (or any manifest of a repository we could not read) references it.
+    """
+    kept: set[str] = set()
+    freed: dict[str, int] = {}
+    for repository, repository_plan in zip(inventory.repositories, plans, strict=True):
+        deleted = {d.digest for d in repository_plan.deletions}
+        for digest, manifest in repository.manifests.items():
+            target = freed if digest in deleted else None
+            for blob_digest, size in _stored_blobs(manifest):
+                if target is None:
+                    kept.add(blob_digest)
+                else:
+                    target[blob_digest] = size
+    return sum(size for digest, size in freed.items() if digest not in kept)
+
+
+def _stored_blobs(manifest: Manifest) -> list[tuple[str, int]]:
+    """The manifest's own bytes and its config and layers, as the storage holds them."""
+    return [(manifest.digest, manifest.size)] + [(b.digest, b.size) for b in manifest.blobs]
+
+
+# -- small helpers --------------------------------------------------------------------------
+
+
+def describe_age(age: timedelta) -> str:
+    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew."""
+    seconds = int(age.total_seconds())
+    if seconds < 0:
+        return "in the future"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:
+    manifest = manifests.get(digest)
+    return manifest.created if manifest is not None else None
+
+
+def _keep(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
+    return TagDecision(tag.name, tag.digest, created, Action.KEEP, rule, reason)
+
+
+def _delete(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
+    return TagDecision(tag.name, tag.digest, created, Action.DELETE, rule, reason)
+
+
+def _newest_first(decisions: Iterable[TagDecision]) -> tuple[TagDecision, ...]:
+    """Report order: newest first, unknown ages last, ties by tag name."""
+    return tuple(
+        sorted(
+            decisions,
+            key=lambda d: (d.created is None, -(d.created.timestamp() if d.created else 0), d.tag),
+        )
+    )

@@ -1,0 +1,209 @@
+"""The policy model: what an operator can say in ``policies.yml``, and nothing more.
+
+Pure: no file or network access. ``config.py`` turns YAML into these models and maps
+validation errors back to file lines; the planner reads them. Every model is frozen and
+forbids unknown keys, because a typo such as ``keep_lst`` must not silently disable a rule.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_URL = re.compile(r"https?://[^/\s]+/?")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> timedelta:
+    """Read ``30d``, ``12h``, ``2w``: the unit is required so ``30`` cannot mean 30 seconds."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError(
+            "duration", "{value} is not a duration (use 30d, 12h, 2w)", {"value": repr(value)}
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def format_duration(value: timedelta) -> str:
+    """An exact spelling of a duration in days, hours or minutes (``14d``, not ``2w``)."""
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _compile(value: object) -> re.Pattern[str]:
+    if isinstance(value, re.Pattern):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("regex", "{value} is not a regex string", {"value": repr(value)})
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise PydanticCustomError(
+            "regex",
+            "{value} is not a valid regex: {error}",
+            {"value": repr(value), "error": str(exc)},
+        ) from exc
+
+
+def _registry_url(value: str) -> str:
+    if not _URL.fullmatch(value):
+        raise PydanticCustomError(
+            "url",
+            "{value} is not a registry URL (use http://host:port or https://host)",
+            {"value": repr(value)},
+        )
+    return value
+
+
+def _non_empty_command(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value or not value[0]:
+        raise PydanticCustomError("command", "a command needs at least the program", {})
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise PydanticCustomError("duration", "must be longer than 0s", {})
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_positive)]
+Regex = Annotated[re.Pattern[str], BeforeValidator(_compile)]
+RegistryUrl = Annotated[str, AfterValidator(_registry_url)]
+Command = Annotated[tuple[str, ...], AfterValidator(_non_empty_command)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegistrySettings(_Strict):
+    """Where the registry is and how to talk to it."""
+
+    url: RegistryUrl
+    username: str | None = None
+    password: SecretStr | None = None
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    timeout: PositiveDuration = timedelta(seconds=30)
+    retries: Annotated[int, Field(ge=0, le=20)] = 4
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+
+class Rule(_Strict):
+    """One retention rule; a tag belongs to the first rule whose patterns fully match it."""
+
+    name: Annotated[str, Field(min_length=1)]
+    repositories: Regex = re.compile(".*")
+    match: Regex = re.compile(".*")
+    exclude: Regex | None = None
+    keep_last: Annotated[int, Field(ge=0)] | None = None
+    max_age: Duration | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_limit(self) -> Rule:
+        if self.keep_last is None and self.max_age is None:
+            raise PydanticCustomError("rule_limit", "a rule needs keep_last and/or max_age", {})
+        return self
+
+    def claims(self, repository: str, tag: str) -> bool:
+        """True when this rule governs ``tag`` in ``repository`` (full matches, exclude wins)."""
+        if not self.repositories.fullmatch(repository) or not self.match.fullmatch(tag):
+            return False
+        return self.exclude is None or not self.exclude.fullmatch(tag)
+
+
+class Safety(_Strict):
+    """Budgets that stop a wrong policy from emptying a registry."""
+
+    max_deletions: Annotated[int, Field(ge=0)] = 1000
+    max_delete_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
+
+
+class GarbageCollection(_Strict):
+    """How blobs are reclaimed after manifests are deleted (see the README on each mode).
+
+    ``command`` is run on this host in command mode, and inside the registry's container
+    (exec) or a one-off container of its image (offline) in docker mode.
+    """
+
+    mode: Literal["none", "command", "docker"] = "none"
+    command: Command = ("registry", "garbage-collect", "/etc/docker/registry/config.yml")
+    stop_command: Command | None = None
+    start_command: Command | None = None
+    delete_untagged: bool = False
+    timeout: PositiveDuration = timedelta(hours=1)
+    container: str = "registry"
+    strategy: Literal["exec", "offline"] = "offline"
+    docker_host: str | None = None
+    ready_timeout: PositiveDuration = timedelta(seconds=60)
+
+    @property
+    def runs_beside_live_registry(self) -> bool:
+        """GC while the registry serves pushes, with no restart to flush its blob cache."""
+        if self.mode == "command":
+            return self.stop_command is None
+        return self.mode == "docker" and self.strategy == "exec"
+
+
+class Storage(_Strict):
+    """Where the registry keeps its data, for ``du`` (inside the container in docker mode)."""
+
+    path: Path | None = None
+
+
+class Policy(_Strict):
+    """A whole policy file."""
+
+    registry: RegistrySettings
+    rules: tuple[Rule, ...] = ()
+    protect: tuple[Regex, ...] = ()
+    safety: Safety = Safety()
+    gc: GarbageCollection = GarbageCollection()
+    storage: Storage = Storage()
+    state_dir: Path = Path("/var/lib/retention")
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Policy:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise PydanticCustomError(
+                    "rule_name", "rule name {name} is used twice", {"name": repr(rule.name)}
+                )
+            seen.add(rule.name)
+        return self
+
+    def protecting_pattern(self, tag: str) -> str | None:
+        """The first ``protect`` pattern that fully matches ``tag``, if any."""
+        return next((p.pattern for p in self.protect if p.fullmatch(tag)), None)
+
+    def rule_for(self, repository: str, tag: str) -> Rule | None:
+        return next((r for r in self.rules if r.claims(repository, tag)), None)
+
+
+def policy_from_mapping(data: Any) -> Policy:
+    """Validate already-parsed data; raises pydantic's ValidationError with every problem."""
+    return Policy.model_validate(data)

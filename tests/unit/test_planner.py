@@ -1,0 +1,378 @@
+"""The planner's rules, holds and budgets, on hand-built inventories with a fixed NOW."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from retention.model import (
+    Action,
+    Blob,
+    DeletionKind,
+    Inventory,
+    Manifest,
+    Plan,
+    Repository,
+    Tag,
+)
+from retention.planner import check_budget, describe_age, plan
+from retention.policy import Policy, policy_from_mapping
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+IMAGE = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def days_ago(days: float) -> datetime:
+    return NOW - timedelta(days=days)
+
+
+def policy(*rules: dict[str, Any], protect: tuple[str, ...] = (), **extra: Any) -> Policy:
+    data: dict[str, Any] = {
+        "registry": {"url": "http://127.0.0.1:5000"},
+        "rules": list(rules),
+        "protect": list(protect),
+        "safety": {"max_delete_fraction": 1.0},
+    }
+    data.update(extra)
+    return policy_from_mapping(data)
+
+
+def image(name: str, age_days: float | None, *layers: tuple[str, int]) -> Manifest:
+    """An image manifest whose digest is derived from ``name``, with optional layers."""
+    created = None if age_days is None else days_ago(age_days)
+    blobs = tuple(Blob(d, s) for d, s in layers)
+    return Manifest(
+        digest=f"sha256:{name}", media_type=IMAGE, size=100, created=created, blobs=blobs
+    )
+
+
+def index(name: str, *children: Manifest) -> Manifest:
+    newest = max((c.created for c in children if c.created), default=None)
+    return Manifest(
+        digest=f"sha256:{name}",
+        media_type=INDEX,
+        size=200,
+        created=newest,
+        children=tuple(c.digest for c in children),
+    )
+
+
+def repo(name: str, tags: dict[str, Manifest], *extra: Manifest) -> Repository:
+    manifests = {m.digest: m for m in [*tags.values(), *extra]}
+    return Repository(
+        name=name,
+        tags=tuple(Tag(t, m.digest) for t, m in tags.items()),
+        manifests=manifests,
+    )
+
+
+def decisions(result: Plan, repository: int = 0) -> dict[str, tuple[Action, str]]:
+    return {d.tag: (d.action, d.reason) for d in result.repositories[repository].decisions}
+
+
+def actions(result: Plan, repository: int = 0) -> dict[str, str]:
+    return {tag: action.value for tag, (action, _) in decisions(result, repository).items()}
+
+
+def run(p: Policy, *repositories: Repository) -> Plan:
+    return plan(p, Inventory("http://127.0.0.1:5000", repositories), NOW)
+
+
+def five_builds() -> Repository:
+    return repo(
+        "app/web", {f"b{i}": image(f"b{i}", age) for i, age in enumerate([1, 5, 10, 40, 60])}
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        pytest.param(
+            {"keep_last": 2},
+            {"b0": "keep", "b1": "keep", "b2": "delete", "b3": "delete", "b4": "delete"},
+            id="keep_last alone deletes beyond N",
+        ),
+        pytest.param(
+            {"max_age": "30d"},
+            {"b0": "keep", "b1": "keep", "b2": "keep", "b3": "delete", "b4": "delete"},
+            id="max_age alone deletes older tags",
+        ),
+        pytest.param(
+            {"keep_last": 1, "max_age": "7d"},
+            {"b0": "keep", "b1": "keep", "b2": "delete", "b3": "delete", "b4": "delete"},
+            id="both: beyond N and older",
+        ),
+        pytest.param(
+            {"keep_last": 4, "max_age": "7d"},
+            {"b0": "keep", "b1": "keep", "b2": "keep", "b3": "keep", "b4": "delete"},
+            id="both: keep_last protects old tags within N",
+        ),
+        pytest.param(
+            {"keep_last": 0},
+            {"b0": "delete", "b1": "delete", "b2": "delete", "b3": "delete", "b4": "delete"},
+            id="keep_last zero deletes all",
+        ),
+        pytest.param(
+            {"keep_last": 10},
+            {"b0": "keep", "b1": "keep", "b2": "keep", "b3": "keep", "b4": "keep"},
+            id="keep_last above count keeps all",
+        ),
+    ],
+)
+def test_rule_limits_decide_each_tag(rule: dict[str, Any], expected: dict[str, str]) -> None:
+    result = run(policy({"name": "builds", **rule}), five_builds())
+    assert actions(result) == expected
+
+
+def test_reason_names_rank_and_age_for_a_deleted_tag() -> None:
+    result = run(policy({"name": "builds", "keep_last": 2, "max_age": "30d"}), five_builds())
+    assert decisions(result)["b3"] == (
+        Action.DELETE,
+        "beyond keep_last=2 (#4) and older than 30d (40d)",
+    )
+    assert decisions(result)["b2"] == (
+        Action.KEEP,
+        "beyond keep_last=2 (#3) but newer than 30d (10d)",
+    )
+    assert decisions(result)["b0"] == (Action.KEEP, "within keep_last=2 (#1)")
+
+
+def test_tags_matched_by_no_rule_are_kept() -> None:
+    result = run(policy({"name": "rc", "match": "rc-.*", "keep_last": 0}), five_builds())
+    assert set(actions(result).values()) == {"keep"}
+    assert decisions(result)["b4"][1] == "matched no rule"
+
+
+def test_first_matching_rule_wins_and_later_rules_do_not_see_its_tags() -> None:
+    tags = {"v1": image("v1", 50), "v2": image("v2", 40), "dev-1": image("d1", 50)}
+    p = policy(
+        {"name": "releases", "match": r"v\d+", "keep_last": 5},
+        {"name": "everything", "keep_last": 0},
+    )
+    result = run(p, repo("app", tags))
+    assert actions(result) == {"v1": "keep", "v2": "keep", "dev-1": "delete"}
+    by_tag = {d.tag: d.rule for d in result.repositories[0].decisions}
+    assert by_tag == {"v1": "releases", "v2": "releases", "dev-1": "everything"}
+
+
+def test_excluded_tags_fall_through_to_later_rules() -> None:
+    tags = {"v1": image("v1", 50), "v1-rc1": image("rc", 50)}
+    p = policy(
+        {"name": "releases", "match": "v.*", "exclude": r".*-rc\d+", "keep_last": 5},
+        {"name": "rcs", "match": ".*-rc.*", "max_age": "7d"},
+    )
+    result = run(p, repo("app", tags))
+    assert actions(result) == {"v1": "keep", "v1-rc1": "delete"}
+    assert {d.tag: d.rule for d in result.repositories[0].decisions}["v1-rc1"] == "rcs"
+
+
+def test_repository_pattern_must_match_fully() -> None:
+    p = policy({"name": "app", "repositories": "app", "keep_last": 0})
+    result = run(p, repo("app/web", {"a": image("a", 9)}), repo("app", {"a": image("a", 9)}))
+    assert actions(result, 0) == {"a": "keep"}
+    assert actions(result, 1) == {"a": "delete"}
+
+
+def test_tag_pattern_must_match_fully_not_as_a_prefix() -> None:
+    p = policy({"name": "v", "match": "v1", "keep_last": 0})
+    result = run(p, repo("app", {"v1": image("a", 9), "v10": image("b", 9)}))
+    assert actions(result) == {"v1": "delete", "v10": "keep"}
+
+
+def test_protected_tags_are_never_deleted_whatever_the_rules_say() -> None:
+    p = policy({"name": "all", "keep_last": 0}, protect=("latest", "stable-.*"))
+    tags = {"latest": image("a", 90), "stable-1": image("b", 90), "old": image("c", 90)}
+    result = run(p, repo("app", tags))
+    assert actions(result) == {"latest": "keep", "stable-1": "keep", "old": "delete"}
+    assert decisions(result)["stable-1"][1] == "protected by 'stable-.*'"
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [{"max_age": "1d"}, {"keep_last": 0}, {"keep_last": 0, "max_age": "1d"}],
+    ids=["max_age", "keep_last", "both"],
+)
+def test_tags_of_unknown_age_are_never_deleted(rule: dict[str, Any]) -> None:
+    tags = {"dated": image("a", 90), "undated": image("b", None)}
+    result = run(policy({"name": "r", **rule}), repo("app", tags))
+    assert actions(result) == {"dated": "delete", "undated": "keep"}
+    assert "created time unknown" in decisions(result)["undated"][1]
+
+
+def test_unknown_ages_do_not_take_keep_last_slots() -> None:
+    tags = {"undated": image("u", None), "new": image("n", 1), "old": image("o", 90)}
+    result = run(policy({"name": "r", "keep_last": 1}), repo("app", tags))
+    assert actions(result) == {"undated": "keep", "new": "keep", "old": "delete"}
+
+
+def test_equal_created_times_rank_deterministically_by_tag_name() -> None:
+    same = days_ago(10)
+    manifests = {t: Manifest(f"sha256:{t}", IMAGE, 1, created=same) for t in "abc"}
+    first = run(policy({"name": "r", "keep_last": 1}), repo("app", manifests))
+    again = run(
+        policy({"name": "r", "keep_last": 1}), repo("app", dict(reversed(manifests.items())))
+    )
+    assert actions(first) == actions(again) == {"c": "keep", "b": "delete", "a": "delete"}
+
+
+def test_digest_shared_with_kept_tag_is_not_deleted() -> None:
+    shared = image("shared", 90)
+    tags = {"build-1": shared, "stable": shared, "build-2": image("other", 90)}
+    p = policy({"name": "builds", "match": "build-.*", "keep_last": 0})
+    result = run(p, repo("app", tags))
+    assert decisions(result)["build-1"] == (Action.KEEP, "shares digest with kept tag 'stable'")
+    assert [d.digest for d in result.repositories[0].deletions] == ["sha256:other"]
+
+
+def test_digest_whose_tags_are_all_deleted_is_deleted_once_with_every_tag() -> None:
+    shared = image("shared", 90)
+    p = policy({"name": "all", "keep_last": 0})
+    result = run(p, repo("app", {"a": shared, "b": shared}))
+    (deletion,) = result.repositories[0].deletions
+    assert deletion.digest == "sha256:shared"
+    assert deletion.tags == ("a", "b")
+    assert deletion.kind is DeletionKind.TAGGED
+
+
+def test_children_of_a_deleted_index_are_deleted_after_it() -> None:
+    amd, arm = image("amd", 90, ("sha256:l1", 10)), image("arm", 90, ("sha256:l2", 20))
+    p = policy({"name": "all", "keep_last": 0})
+    result = run(p, repo("app", {"old": index("idx", amd, arm)}, amd, arm))
+    kinds = [(d.digest, d.kind) for d in result.repositories[0].deletions]
+    assert kinds == [
+        ("sha256:idx", DeletionKind.TAGGED),
+        ("sha256:amd", DeletionKind.CHILD),
+        ("sha256:arm", DeletionKind.CHILD),
+    ]
+    assert result.repositories[0].deletions[1].parents == ("sha256:idx",)
+
+
+def test_child_shared_with_a_kept_index_is_not_deleted() -> None:
+    amd, arm, ppc = image("amd", 90), image("arm", 90), image("ppc", 90)
+    tags = {"old": index("old-idx", amd, arm), "new": index("new-idx", arm, ppc)}
+    p = policy({"name": "r", "match": "old", "keep_last": 0})
+    result = run(p, repo("app", tags, amd, arm, ppc))
+    deleted = [d.digest for d in result.repositories[0].deletions]
+    assert deleted == ["sha256:old-idx", "sha256:amd"]
+
+
+def test_tag_on_a_platform_of_a_kept_index_is_held() -> None:
+    amd, arm = image("amd", 90), image("arm", 90)
+    tags = {"multi": index("idx", amd, arm), "amd-only": amd}
+    p = policy({"name": "r", "match": "amd-only", "keep_last": 0})
+    result = run(p, repo("app", tags, arm))
+    assert decisions(result)["amd-only"] == (
+        Action.KEEP,
+        "is a platform manifest of kept tag 'multi'",
+    )
+    assert result.repositories[0].deletions == ()
+
+
+def test_tagged_child_kept_by_its_own_tag_survives_its_index_deletion() -> None:
+    amd, arm = image("amd", 1), image("arm", 90)
+    tags = {"multi": index("idx", amd, arm), "amd-latest": amd}
+    p = policy({"name": "r", "match": "multi", "keep_last": 0})
+    result = run(p, repo("app", tags, arm))
+    deleted = [d.digest for d in result.repositories[0].deletions]
+    assert deleted == ["sha256:idx", "sha256:arm"]
+
+
+def test_repository_with_a_scan_error_deletes_nothing_and_says_why() -> None:
+    broken = Repository(
+        "app",
+        tags=(Tag("a", "sha256:a"),),
+        manifests={"sha256:a": image("a", 90)},
+        error="tag 'b' vanished during the scan",
+    )
+    result = run(policy({"name": "r", "keep_last": 0}), broken)
+    only = result.repositories[0]
+    assert only.deletions == ()
+    assert only.error == "tag 'b' vanished during the scan"
+    assert only.held is None
+    assert only.decisions[0].action is Action.KEEP
+    assert "rule said delete: beyond keep_last=0 (#1)" in only.decisions[0].reason
+
+
+def test_repository_over_the_delete_fraction_deletes_nothing() -> None:
+    p = policy({"name": "r", "keep_last": 0}, safety={"max_delete_fraction": 0.5})
+    result = run(p, five_builds())
+    assert result.repositories[0].deletions == ()
+    assert result.repositories[0].held == (
+        "would delete 5 of 5 tags (100%), more than safety.max_delete_fraction=0.5"
+    )
+    assert result.repositories[0].error is None
+
+
+def test_repository_at_the_delete_fraction_is_deleted() -> None:
+    p = policy({"name": "r", "keep_last": 1}, safety={"max_delete_fraction": 0.5})
+    result = run(p, repo("app", {"a": image("a", 1), "b": image("b", 2)}))
+    assert [d.digest for d in result.repositories[0].deletions] == ["sha256:b"]
+
+
+def test_default_fraction_never_empties_a_repository() -> None:
+    p = policy_from_mapping(
+        {"registry": {"url": "http://r:5000"}, "rules": [{"name": "r", "keep_last": 0}]}
+    )
+    result = plan(p, Inventory("r", (five_builds(),)), NOW)
+    assert result.repositories[0].deletions == ()
+    assert result.repositories[0].skipped is not None
+
+
+def test_max_deletions_budget_names_the_limit() -> None:
+    result = run(policy({"name": "r", "keep_last": 0}), five_builds())
+    assert check_budget(result, policy(safety={"max_deletions": 5}).safety) is None
+    message = check_budget(result, policy(safety={"max_deletions": 4}).safety)
+    assert message is not None and "safety.max_deletions=4" in message
+
+
+def test_reclaimable_bytes_count_blobs_only_deleted_manifests_use() -> None:
+    old = image("old", 90, ("sha256:shared", 1000), ("sha256:only-old", 50))
+    new = image("new", 1, ("sha256:shared", 1000), ("sha256:only-new", 70))
+    elsewhere = image("x", 1, ("sha256:only-old-too", 5))
+    p = policy({"name": "r", "repositories": "app", "keep_last": 1})
+    result = run(p, repo("app", {"old": old, "new": new}), repo("other", {"x": elsewhere}))
+    assert result.reclaimable_bytes == 100 + 50  # the manifest itself and its own layer
+
+
+def test_reclaimable_bytes_ignore_blobs_shared_across_repositories() -> None:
+    old = image("old", 90, ("sha256:layer", 1000))
+    twin = image("twin", 1, ("sha256:layer", 1000))
+    p = policy({"name": "r", "repositories": "app", "keep_last": 0})
+    result = run(p, repo("app", {"old": old}), repo("other", {"t": twin}))
+    assert result.reclaimable_bytes == 100
+
+
+def test_summary_counts_tags_manifests_and_skips() -> None:
+    p = policy({"name": "r", "keep_last": 2})
+    summary = run(p, five_builds()).summary
+    assert (summary.repositories, summary.tags, summary.tags_to_delete) == (1, 5, 3)
+    assert summary.manifests_to_delete == 3
+    assert summary.repositories_skipped == 0
+
+
+def test_same_input_gives_the_same_plan() -> None:
+    p = policy({"name": "r", "keep_last": 2, "max_age": "3d"})
+    assert run(p, five_builds()) == run(p, five_builds())
+
+
+def test_decisions_are_listed_newest_first_with_unknown_ages_last() -> None:
+    tags = {"u": image("u", None), "old": image("o", 9), "new": image("n", 1)}
+    result = run(policy({"name": "r", "keep_last": 5}), repo("app", tags))
+    assert [d.tag for d in result.repositories[0].decisions] == ["new", "old", "u"]
+
+
+@pytest.mark.parametrize(
+    ("age", "text"),
+    [
+        (timedelta(days=41, hours=3), "41d"),
+        (timedelta(hours=5), "5h"),
+        (timedelta(minutes=12), "12m"),
+        (timedelta(seconds=3), "3s"),
+        (timedelta(seconds=-5), "in the future"),
+    ],
+)
+def test_ages_are_described_as_people_say_them(age: timedelta, text: str) -> None:
+    assert describe_age(age) == text
