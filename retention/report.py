@@ -1,0 +1,234 @@
+"""Render a plan or a run's result as JSON, a terminal table or Markdown.
+
+Pure: returns strings, writes nothing. The JSON shape is a public interface (scripts and
+``retention apply`` read it); table and Markdown show the same decisions for a person.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from retention.model import (
+    Action,
+    DeletionResult,
+    Plan,
+    RepositoryPlan,
+    RunResult,
+    TagDecision,
+)
+
+FORMATS = ("table", "json", "markdown")
+
+
+def render(subject: Plan | RunResult, fmt: str) -> str:
+    """The report in ``fmt``; a Plan alone is reported as a dry run."""
+    result = subject if isinstance(subject, RunResult) else RunResult(subject, dry_run=True)
+    renderers: dict[str, Callable[[RunResult], str]] = {
+        "json": render_json,
+        "table": render_table,
+        "markdown": render_markdown,
+    }
+    return renderers[fmt](result)
+
+
+# -- JSON -----------------------------------------------------------------------------------
+
+
+def render_json(result: RunResult) -> str:
+    return json.dumps(to_dict(result), indent=2) + "\n"
+
+
+def to_dict(result: RunResult) -> dict[str, Any]:
+    plan = result.plan
+    data: dict[str, Any] = {
+        "registry": plan.registry,
+        "dry_run": result.dry_run,
+        "generated_at": timestamp(plan.created_at),
+        "repositories": [_repository_dict(r) for r in plan.repositories],
+        "summary": asdict(plan.summary),
+    }
+    if not result.dry_run:
+        data["applied"] = [_applied_dict(a) for a in result.applied]
+        data["storage"] = {**asdict(result.storage), "freed_bytes": result.storage.freed_bytes}
+        data["gc"] = asdict(result.gc) if result.gc else None
+    data["errors"] = list(result.errors) + [
+        f"{r.name}: {r.error}" for r in plan.repositories if r.error
+    ]
+    data["ok"] = result.ok
+    data["duration_s"] = round(result.duration_s, 3)
+    return data
+
+
+def _repository_dict(repository: RepositoryPlan) -> dict[str, Any]:
+    return {
+        "name": repository.name,
+        "tags": [_decision_dict(d) for d in repository.decisions],
+        "delete": [d.digest for d in repository.deletions],
+        "deletions": [
+            {
+                "digest": d.digest,
+                "kind": d.kind.value,
+                "tags": list(d.tags),
+                "parents": list(d.parents),
+            }
+            for d in repository.deletions
+        ],
+        "error": repository.error,
+        "held": repository.held,
+    }
+
+
+def _decision_dict(decision: TagDecision) -> dict[str, Any]:
+    return {
+        "tag": decision.tag,
+        "digest": decision.digest,
+        "created": timestamp(decision.created) if decision.created else None,
+        "action": decision.action.value,
+        "rule": decision.rule,
+        "reason": decision.reason,
+    }
+
+
+def _applied_dict(applied: DeletionResult) -> dict[str, Any]:
+    return {
+        "repository": applied.repository,
+        "digest": applied.digest,
+        "tags": list(applied.tags),
+        "outcome": applied.outcome.value,
+        "detail": applied.detail,
+    }
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with a Z, to the second: what people paste into other tools."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- table and Markdown ---------------------------------------------------------------------
+
+_COLUMNS = ("TAG", "ACTION", "RULE", "CREATED", "DIGEST", "REASON")
+
+
+def render_table(result: RunResult) -> str:
+    lines: list[str] = [_headline(result), ""]
+    for repository in result.plan.repositories:
+        lines.append(_repository_title(repository))
+        lines.extend(_aligned([_COLUMNS, *(_row(d) for d in repository.decisions)], "  "))
+        lines.append("")
+    lines.extend(_footer(result))
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(result: RunResult) -> str:
+    lines: list[str] = [f"# {_headline(result)}", ""]
+    for repository in result.plan.repositories:
+        lines += [f"## {_repository_title(repository)}", ""]
+        lines.append("| " + " | ".join(_COLUMNS) + " |")
+        lines.append("|" + "---|" * len(_COLUMNS))
+        lines.extend(
+            "| " + " | ".join(_escape(c) for c in _row(d)) + " |" for d in repository.decisions
+        )
+        lines.append("")
+    lines.extend(f"- {line}" for line in _footer(result))
+    return "\n".join(lines) + "\n"
+
+
+def _headline(result: RunResult) -> str:
+    mode = "plan (dry run: nothing deleted)" if result.dry_run else "retention pass"
+    return f"{mode} for {result.plan.registry} at {timestamp(result.plan.created_at)}"
+
+
+def _repository_title(repository: RepositoryPlan) -> str:
+    deleting = len(repository.tags_to_delete)
+    title = (
+        f"{repository.name}: {len(repository.decisions)} tags, {deleting} to delete, "
+        f"{len(repository.deletions)} manifests"
+    )
+    if repository.error:
+        return f"{title} — SKIPPED, not fully read: {repository.error}"
+    if repository.held:
+        return f"{title} — HELD: {repository.held}"
+    return title
+
+
+def _row(decision: TagDecision) -> tuple[str, ...]:
+    return (
+        decision.tag,
+        "DELETE" if decision.action is Action.DELETE else "keep",
+        decision.rule or "-",
+        timestamp(decision.created) if decision.created else "unknown",
+        short_digest(decision.digest),
+        decision.reason,
+    )
+
+
+def _footer(result: RunResult) -> list[str]:
+    s = result.plan.summary
+    lines = [
+        f"total: {s.repositories} repositories, {s.tags} tags, {s.tags_to_delete} tags to delete, "
+        f"{s.manifests_to_delete} manifests to delete, ~{human_bytes(s.reclaimable_bytes)} "
+        "reclaimable",
+    ]
+    if s.repositories_skipped:
+        lines.append(f"{s.repositories_skipped} repositories skipped or held (see above)")
+    if not result.dry_run:
+        lines.extend(_applied_lines(result))
+    lines.extend(f"error: {e}" for e in result.errors)
+    return lines
+
+
+def _applied_lines(result: RunResult) -> list[str]:
+    counts: dict[str, int] = {}
+    for applied in result.applied:
+        counts[applied.outcome.value] = counts.get(applied.outcome.value, 0) + 1
+    lines = ["applied: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing")]
+    lines.extend(
+        f"{a.outcome.value}: {a.repository}@{short_digest(a.digest)} {a.detail}".rstrip()
+        for a in result.applied
+        if a.detail
+    )
+    if result.gc is not None:
+        gc = result.gc
+        blobs = "?" if gc.blobs_deleted is None else str(gc.blobs_deleted)
+        state = f"error: {gc.error}" if gc.error else f"{blobs} blobs deleted"
+        lines.append(f"gc ({gc.mode}): {state}" if gc.ran else f"gc ({gc.mode}): not run")
+    storage = result.storage
+    if storage.before_bytes is not None:
+        after = "?" if storage.after_bytes is None else human_bytes(storage.after_bytes)
+        freed = storage.freed_bytes
+        freed_text = "?" if freed is None else human_bytes(freed)
+        lines.append(
+            f"storage: {human_bytes(storage.before_bytes)} before, {after} after, "
+            f"{freed_text} freed"
+        )
+    return lines
+
+
+def _aligned(rows: Sequence[Sequence[str]], gap: str) -> Iterable[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        yield (gap.join([*cells, row[-1]])).rstrip()
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def short_digest(digest: str) -> str:
+    algorithm, _, value = digest.partition(":")
+    return f"{algorithm}:{value[:12]}" if value else digest
+
+
+def human_bytes(count: int) -> str:
+    """Binary units, one decimal: how ``du -h`` and operators talk about disk."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
