@@ -1,0 +1,184 @@
+"""Collect what the planner needs to know about a registry; reads only, never writes.
+
+For every repository: its tags, the digest each tag points at, and every manifest those
+digests reach (children of indexes included) with a creation time. Each distinct manifest
+and config is fetched once, however many tags share it, and bodies are dropped as soon as
+they are parsed so memory grows with the number of manifests, not with their size.
+
+Fail closed: anything that goes wrong inside a repository is recorded on that repository
+(the planner deletes nothing there) and the others carry on. Only a registry we cannot
+reach or list at all raises, because then there is nothing to plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from retention.errors import NotFound, RegistryError
+from retention.model import Inventory, Manifest, Repository, Tag
+from retention.registry import RegistryClient, parse_created, parse_manifest
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (tags done, tags known so far); the total grows as repositories are listed."""
+
+
+async def collect(
+    client: RegistryClient,
+    *,
+    repositories: Callable[[str], bool] = lambda _: True,
+    progress: ProgressCallback | None = None,
+) -> Inventory:
+    """Scan every repository ``repositories`` accepts, at most ``client.concurrency`` at once."""
+    await client.ping()
+    names = [name for name in await client.catalog() if repositories(name)]
+    tally = _Tally(progress)
+    bound = asyncio.Semaphore(client.concurrency)
+
+    async def scan(name: str) -> Repository:
+        async with bound:
+            return await _RepositoryScan(client, name, tally).run()
+
+    scanned = await asyncio.gather(*(scan(name) for name in names))
+    return Inventory(registry=client.url, repositories=tuple(scanned))
+
+
+@dataclass
+class _Tally:
+    """Progress over all repositories: tags whose manifest is known, and tags listed."""
+
+    callback: ProgressCallback | None
+    done: int = 0
+    known: int = 0
+
+    def add(self, *, done: int = 0, known: int = 0) -> None:
+        if not done and not known:
+            return
+        self.done += done
+        self.known += known
+        if self.callback is not None:
+            self.callback(self.done, self.known)
+
+
+class _RepositoryScan:
+    """One repository's scan, keeping what it learnt so a failure can still report it.
+
+    Manifests and configs are fetched through per-digest tasks, so tags sharing a digest
+    (and indexes sharing children) wait for one request instead of sending their own.
+    """
+
+    def __init__(self, client: RegistryClient, name: str, tally: _Tally) -> None:
+        self._client = client
+        self._name = name
+        self._tally = tally
+        self._tags: list[Tag] = []
+        self._manifests: dict[str, Manifest] = {}
+        self._manifest_tasks: dict[str, asyncio.Task[Manifest]] = {}
+        self._created_tasks: dict[str, asyncio.Task[datetime | None]] = {}
+        self._group = asyncio.TaskGroup()
+        self._listed = 0
+        self._done = 0
+
+    async def run(self) -> Repository:
+        try:
+            await self._scan()
+        except RegistryError as exc:
+            return self._result(error=_one_line(f"{self._name}: {exc}"))
+        finally:
+            self._tally.add(done=self._listed - self._done)  # a failed scan finishes its tags
+        return self._result()
+
+    async def _scan(self) -> None:
+        tags = await self._tag_names()
+        self._listed = len(tags)
+        self._tally.add(known=len(tags))
+        await _all_or_first_error(self._group, (self._scan_tag(tag) for tag in tags))
+
+    async def _tag_names(self) -> list[str]:
+        """The tags; none for a repository that has layers but never got a manifest.
+
+        Distribution 2.8 lists such a repository (an interrupted first push) in the catalog
+        and answers its tag listing with 404 NAME_UNKNOWN. There is nothing in it to delete,
+        and flagging it as failed would fail every pass until someone cleans storage by hand.
+        """
+        try:
+            return await self._client.tags(self._name)
+        except NotFound as exc:
+            if exc.code == "NAME_UNKNOWN":
+                return []
+            raise
+
+    async def _scan_tag(self, tag: str) -> None:
+        digest, _ = await self._client.resolve(self._name, tag)
+        self._tags.append(Tag(name=tag, digest=digest))
+        await self._manifest(digest)
+        self._done += 1
+        self._tally.add(done=1)
+
+    def _manifest(self, digest: str) -> Awaitable[Manifest]:
+        if digest not in self._manifest_tasks:
+            task = self._group.create_task(self._fetch_manifest(digest))
+            self._manifest_tasks[digest] = task
+        return self._manifest_tasks[digest]
+
+    def _created(self, config: str) -> Awaitable[datetime | None]:
+        if config not in self._created_tasks:
+            task = self._group.create_task(self._fetch_created(config))
+            self._created_tasks[config] = task
+        return self._created_tasks[config]
+
+    async def _fetch_manifest(self, digest: str) -> Manifest:
+        """Parse, then date it: an image by its config, an index by its newest child."""
+        manifest, config = parse_manifest(await self._client.manifest(self._name, digest))
+        if config is not None:
+            created = await self._created(config)
+        else:
+            children = await asyncio.gather(*(self._manifest(c) for c in manifest.children))
+            created = _newest(child.created for child in children)
+        manifest = replace(manifest, created=created)
+        self._manifests[digest] = manifest
+        return manifest
+
+    async def _fetch_created(self, config: str) -> datetime | None:
+        return parse_created(await self._client.blob(self._name, config))
+
+    def _result(self, error: str | None = None) -> Repository:
+        return Repository(
+            name=self._name,
+            tags=tuple(sorted(self._tags, key=lambda tag: tag.name)),
+            manifests=dict(self._manifests),
+            error=error,
+        )
+
+
+async def _all_or_first_error(
+    group: asyncio.TaskGroup, calls: Iterable[Coroutine[Any, Any, None]]
+) -> None:
+    """Run ``calls`` in ``group``; on the first failure cancel the rest and raise it alone.
+
+    A repository fails as a whole, so one cause is enough, and the caller can catch a plain
+    ``RegistryError`` instead of an exception group.
+    """
+    try:
+        async with group:
+            for call in calls:
+                group.create_task(call)
+    except* RegistryError as failures:
+        raise _first(failures) from None
+
+
+def _first(group: BaseExceptionGroup[RegistryError]) -> RegistryError:
+    first = group.exceptions[0]
+    return first if isinstance(first, RegistryError) else _first(first)
+
+
+def _newest(times: Iterable[datetime | None]) -> datetime | None:
+    """An index is as new as its newest platform; unknown if no child knows its age."""
+    return max((time for time in times if time is not None), default=None)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())

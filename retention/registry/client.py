@@ -1,0 +1,481 @@
+"""The registry's HTTP API (Distribution v2), and the only holder of an httpx client.
+
+It owns what every exchange needs so callers do not have to: the four manifest media types
+in ``Accept`` (anything less and a tag resolves to a digest the registry never stored),
+bounded concurrency, explicit timeouts, retries with backoff on overload and dropped
+connections, ``Link`` pagination, digest verification, and the translation of every failure
+into a ``retention.errors`` exception with method, URL, status and the registry's error code.
+
+It must not decide anything: which tag to delete is the planner's business. And no httpx
+type may leave this package; callers see model values, bytes, str and our exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from retention import __version__
+from retention.errors import (
+    AuthenticationError,
+    DeleteDisabled,
+    InvalidManifest,
+    NotFound,
+    RegistryError,
+    RegistryUnreachable,
+)
+from retention.policy import RegistrySettings
+from retention.registry import media_types
+
+Sleep = Callable[[float], Awaitable[None]]
+
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 5.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Dropped or stalled connections are worth another try; a bad URL or a proxy refusing us is not.
+_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Distribution refuses manifests above 4 MiB; listings of many tags can be larger.
+MANIFEST_LIMIT_BYTES = 4 * 1024 * 1024
+_LISTING_LIMIT_BYTES = 64 * 1024 * 1024
+_ACCEPT_MANIFESTS = {"Accept": media_types.MANIFEST_ACCEPT}
+_DIGEST = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+_DELETE_DISABLED_HINT = (
+    "the registry refuses deletes; set storage.delete.enabled: true "
+    "(or REGISTRY_STORAGE_DELETE_ENABLED=true) in the registry's config"
+)
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest body as served, with the digest it was verified against."""
+
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A fully read response, so nothing streaming or httpx-shaped outlives the exchange."""
+
+    method: str
+    url: httpx.URL
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    next_url: httpx.URL | None
+
+
+class RegistryClient:
+    """One registry, spoken to through a bounded pool; use as ``async with``."""
+
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._sleep = sleep
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url,
+            auth=_auth(settings),
+            timeout=httpx.Timeout(settings.timeout.total_seconds()),
+            limits=httpx.Limits(
+                max_connections=settings.concurrency,
+                max_keepalive_connections=settings.concurrency,
+            ),
+            headers={"User-Agent": f"retention/{__version__}"},
+            transport=transport,
+        )
+
+    @property
+    def url(self) -> str:
+        """The registry's base URL without credentials, for reports and inventories."""
+        return _public(httpx.URL(self._settings.base_url))
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests may be in flight; callers size their own fan-out by it."""
+        return self._settings.concurrency
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def ping(self) -> None:
+        """Fail early, and clearly, on a wrong URL or wrong credentials."""
+        await self._request("GET", "/v2/", expect={200})
+
+    async def catalog(self) -> list[str]:
+        """Every repository name, page after page (Distribution serves 100 per page)."""
+        return await self._paged("/v2/_catalog", "repositories")
+
+    async def tags(self, repository: str) -> list[str]:
+        """Every tag of a repository; an emptied repository answers ``"tags": null``."""
+        return await self._paged(f"/v2/{repository}/tags/list", "tags")
+
+    async def resolve(self, repository: str, reference: str) -> tuple[str, str]:
+        """The (digest, media type) a tag or digest points at, by a cheap HEAD."""
+        reply = await self._request(
+            "HEAD", _manifest_path(repository, reference), expect={200}, headers=_ACCEPT_MANIFESTS
+        )
+        digest = reply.headers.get("docker-content-digest")
+        if digest is None:
+            fetched = await self.manifest(repository, reference)
+            return fetched.digest, fetched.media_type
+        if not is_digest(digest):
+            raise _reply_error(InvalidManifest, reply, f"malformed digest header {digest!r}")
+        return digest, media_types.bare(reply.headers.get("content-type", ""))
+
+    async def manifest(self, repository: str, reference: str) -> FetchedManifest:
+        """The manifest body, refused unless it hashes to the digest we were told."""
+        reply = await self._request(
+            "GET",
+            _manifest_path(repository, reference),
+            expect={200},
+            headers=_ACCEPT_MANIFESTS,
+            limit=MANIFEST_LIMIT_BYTES,
+        )
+        digest = _verified_manifest_digest(reply, reference)
+        return FetchedManifest(
+            digest=digest,
+            media_type=media_types.bare(reply.headers.get("content-type", "")),
+            body=reply.body,
+        )
+
+    async def blob(
+        self, repository: str, digest: str, *, max_bytes: int = 4 * 1024 * 1024
+    ) -> bytes:
+        """A small blob (an image config); storage backends may redirect to S3 and the like."""
+        reply = await self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            expect={200},
+            limit=max_bytes,
+            follow_redirects=True,
+        )
+        if not digest_matches(digest, reply.body):
+            raise _reply_error(RegistryError, reply, f"blob does not match its digest {digest}")
+        return reply.body
+
+    async def blob_exists(self, repository: str, digest: str) -> bool:
+        reply = await self._request("HEAD", f"/v2/{repository}/blobs/{digest}", expect={200, 404})
+        return reply.status == 200
+
+    async def delete_manifest(self, repository: str, digest: str) -> bool:
+        """Delete a manifest and every tag on it: True if deleted, False if already gone.
+
+        Only digests are accepted: Distribution 3 would take a tag and merely untag it.
+        """
+        if not is_digest(digest):
+            raise ValueError(f"delete_manifest needs a digest, not {digest!r}")
+        reply = await self._request("DELETE", _manifest_path(repository, digest), expect={202, 404})
+        return reply.status == 202
+
+    async def put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str
+    ) -> str:
+        """Store a manifest under a tag or digest; returns its digest."""
+        reply = await self._request(
+            "PUT",
+            _manifest_path(repository, reference),
+            expect={201},
+            headers={"Content-Type": media_type},
+            content=body,
+        )
+        return reply.headers.get("docker-content-digest") or sha256_digest(body)
+
+    async def upload_blob(self, repository: str, data: bytes) -> str:
+        """Monolithic upload (POST, then PUT with the digest); returns the digest."""
+        digest = sha256_digest(data)
+        started = await self._request("POST", f"/v2/{repository}/blobs/uploads/", expect={202})
+        location = started.headers.get("location")
+        if not location:
+            raise _reply_error(RegistryError, started, "upload started without a Location")
+        # The Location carries _state=...; httpx 0.28's params= would replace it, so merge.
+        target = started.url.join(location).copy_merge_params({"digest": digest})
+        await self._request(
+            "PUT",
+            target,
+            expect={201},
+            headers={"Content-Type": "application/octet-stream"},
+            content=data,
+        )
+        return digest
+
+    async def _paged(self, path: str, key: str) -> list[str]:
+        """Follow ``Link: <...>; rel="next"`` until it is absent, refusing to loop."""
+        names: dict[str, None] = {}
+        seen: set[httpx.URL] = set()
+        url: str | httpx.URL | None = path
+        while url is not None:
+            reply = await self._request("GET", url, expect={200}, limit=_LISTING_LIMIT_BYTES)
+            names.update(dict.fromkeys(_names(reply, key)))
+            seen.add(reply.url)
+            url = reply.next_url
+            if url in seen:
+                raise _reply_error(RegistryError, reply, f"pagination loops back to {url}")
+        return list(names)
+
+    async def _request(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        expect: Collection[int],
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        limit: int = MANIFEST_LIMIT_BYTES,
+        follow_redirects: bool = False,
+    ) -> _Reply:
+        """One logical exchange: retried, and raised as our error unless ``expect``-ed."""
+
+        def build() -> httpx.Request:
+            return self._http.build_request(method, url, headers=headers, content=content)
+
+        try:
+            reply = await self._with_retries(build, limit, follow_redirects)
+        except (httpx.RequestError, httpx.InvalidURL) as exc:  # redirect loops, bad Link URLs
+            raise RegistryError(f"the exchange failed: {exc}", method=method, url=str(url)) from exc
+        if reply.status not in expect:
+            raise _status_error(reply)
+        return reply
+
+    async def _with_retries(
+        self, build: Callable[[], httpx.Request], limit: int, follow_redirects: bool
+    ) -> _Reply:
+        """Send, and again after a backoff on overload or a dropped connection."""
+        for attempt in range(self._settings.retries + 1):
+            request = build()
+            final = attempt == self._settings.retries
+            try:
+                reply = await self._send_once(request, limit, follow_redirects)
+            except _RETRYABLE_ERRORS as exc:
+                if final:
+                    raise _unreachable(request, exc, attempt + 1) from exc
+                await self._sleep(backoff_seconds(attempt))
+                continue
+            except httpx.TransportError as exc:
+                raise _unreachable(request, exc, attempt + 1) from exc
+            if reply.status not in RETRY_STATUSES or final:
+                return reply
+            await self._sleep(backoff_seconds(attempt, reply.headers.get("retry-after")))
+        raise AssertionError("unreachable: the last attempt always returns or raises")
+
+    async def _send_once(
+        self, request: httpx.Request, limit: int, follow_redirects: bool
+    ) -> _Reply:
+        """One HTTP request inside the concurrency bound, body read in full (up to ``limit``)."""
+        async with self._semaphore:
+            response = await self._http.send(
+                request, stream=True, follow_redirects=follow_redirects
+            )
+            try:
+                body = await _read_limited(response, limit)
+            finally:
+                await response.aclose()
+        return _Reply(
+            method=request.method,
+            url=response.url,
+            status=response.status_code,
+            headers=response.headers,
+            body=body,
+            next_url=_next_url(response),
+        )
+
+
+def backoff_seconds(attempt: int, retry_after: str | None = None) -> float:
+    """Exponential backoff with jitter, or the server's Retry-After; never above the cap.
+
+    Jitter spreads the retries of many concurrent requests so they do not return as one
+    burst to a registry that just told us it is overloaded.
+    """
+    requested = _retry_after_seconds(retry_after)
+    if requested is not None:
+        return min(BACKOFF_CAP_SECONDS, requested)
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds, from either its delta-seconds or its HTTP-date form."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def sha256_digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def is_digest(reference: str) -> bool:
+    """True for ``algorithm:hex`` references; tags cannot contain a colon."""
+    return _DIGEST.fullmatch(reference) is not None
+
+
+def digest_matches(digest: str, data: bytes) -> bool:
+    """Whether ``data`` hashes to ``digest``; unknown algorithms never match (fail closed)."""
+    algorithm, _, expected = digest.partition(":")
+    if algorithm not in ("sha256", "sha384", "sha512"):
+        return False
+    return hashlib.new(algorithm, data).hexdigest() == expected
+
+
+def _auth(settings: RegistrySettings) -> httpx.Auth | None:
+    """Basic auth from the settings. Bearer token auth belongs here too, as an httpx.Auth
+    flow that answers the registry's ``WWW-Authenticate: Bearer`` challenge."""
+    if settings.username is None:
+        return None
+    password = settings.password.get_secret_value() if settings.password else ""
+    return httpx.BasicAuth(settings.username, password)
+
+
+def _manifest_path(repository: str, reference: str) -> str:
+    return f"/v2/{repository}/manifests/{reference}"
+
+
+def _public(url: httpx.URL) -> str:
+    """The URL as it may appear in messages and logs: never with user:password@."""
+    return str(url.copy_with(username=None, password=None))
+
+
+async def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    """Read a body, refusing one larger than ``limit`` before and while it arrives."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(response, limit)
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in response.aiter_bytes():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(response, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(response: httpx.Response, limit: int) -> RegistryError:
+    return RegistryError(
+        f"response larger than {limit} bytes",
+        method=response.request.method,
+        url=_public(response.url),
+        status=response.status_code,
+    )
+
+
+def _next_url(response: httpx.Response) -> httpx.URL | None:
+    """The ``rel="next"`` link, resolved against the request (Distribution sends it relative)."""
+    link = response.links.get("next", {}).get("url")
+    return None if not link else response.url.join(link)
+
+
+def _names(reply: _Reply, key: str) -> list[str]:
+    """The list under ``key`` in a catalog or tag listing; ``null`` means empty."""
+    try:
+        value = json.loads(reply.body).get(key)
+    except (ValueError, AttributeError) as exc:
+        raise _reply_error(RegistryError, reply, f"answer is not a JSON object: {exc}") from exc
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise _reply_error(RegistryError, reply, f"{key!r} is not a list of names")
+    return value
+
+
+def _verified_manifest_digest(reply: _Reply, reference: str) -> str:
+    """The digest the body must hash to: the server's header, else the digest we asked for.
+
+    A tag fetched from a registry that sends no header leaves nothing to check against; then
+    the digest is the body's own hash, which is what the registry stores it under.
+    """
+    served = reply.headers.get("docker-content-digest")
+    requested = reference if is_digest(reference) else None
+    if served and requested and served != requested:
+        raise _reply_error(InvalidManifest, reply, f"asked for {requested}, served {served}")
+    expected = served or requested or sha256_digest(reply.body)
+    if not digest_matches(expected, reply.body):
+        raise _reply_error(InvalidManifest, reply, f"manifest body does not match {expected}")
+    return expected
+
+
+def _reply_error(kind: type[RegistryError], reply: _Reply, message: str) -> RegistryError:
+    return kind(message, method=reply.method, url=_public(reply.url), status=reply.status)
+
+
+def _unreachable(request: httpx.Request, exc: httpx.TransportError, attempts: int) -> RegistryError:
+    cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return RegistryUnreachable(
+        f"no answer from the registry after {attempts} attempt(s): {cause}",
+        method=request.method,
+        url=_public(request.url),
+    )
+
+
+def _status_error(reply: _Reply) -> RegistryError:
+    """The domain error for an unexpected status, with the registry's own code and message."""
+    code, detail = _registry_error_code(reply.body)
+    kind, summary = _classify(reply.method, reply.status, code)
+    message = f"{summary}: {detail}" if detail else summary
+    url = _public(reply.url)
+    return kind(message, method=reply.method, url=url, status=reply.status, code=code)
+
+
+def _classify(method: str, status: int, code: str | None) -> tuple[type[RegistryError], str]:
+    if status == 401:
+        return AuthenticationError, "the registry refused our credentials"
+    if status == 403:
+        return AuthenticationError, "the registry denied access"
+    if status == 404:
+        return NotFound, "not found"
+    if status == 405 and method == "DELETE":
+        if code is None:  # read-only maintenance mode answers 405 in plain text
+            return DeleteDisabled, _DELETE_DISABLED_HINT + ", and that it is not read-only"
+        return DeleteDisabled, _DELETE_DISABLED_HINT
+    if status in RETRY_STATUSES:
+        return RegistryError, f"the registry answered {status} on every attempt"
+    return RegistryError, f"unexpected answer {status}"
+
+
+def _registry_error_code(body: bytes) -> tuple[str | None, str | None]:
+    """The first ``{"errors": [{"code", "message"}]}`` entry, if the body has one."""
+    try:
+        first: Any = json.loads(body)["errors"][0]
+        code, message = first.get("code"), first.get("message")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None
+    return (
+        code if isinstance(code, str) else None,
+        message if isinstance(message, str) else None,
+    )

@@ -1,0 +1,50 @@
+"""Fixtures shared by every test tier: a real registry per test, and a seeder for it.
+
+Support code lives in plain modules beside this file (``registry_server.py``). ``tests`` is
+not a package; this conftest puts its own directory on ``sys.path`` so test modules in any
+tier can ``from registry_server import ...`` under either pytest import mode.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from registry_server import RegistryServer, Seeder, registry_binary  # noqa: E402
+
+
+@pytest.fixture
+def registry_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RegistryServer]:
+    """A fresh ``docker-registry serve`` for one test; a missing binary fails, never skips.
+
+    Options come by indirect parametrisation, as keyword arguments of ``RegistryServer``::
+
+        @pytest.mark.parametrize("registry_server", [{"delete_enabled": False}], indirect=True)
+    """
+    binary = registry_binary()
+    if binary is None:
+        pytest.fail("docker-registry (CNCF Distribution) is not installed; the tests need it")
+    options: dict[str, Any] = getattr(request, "param", {})
+    server = RegistryServer(tmp_path / "registry", binary=binary, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def seeder(registry_server: RegistryServer) -> Iterator[Seeder]:
+    seeder = Seeder(registry_server.url)
+    try:
+        yield seeder
+    finally:
+        seeder.close()
