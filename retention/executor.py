@@ -1,0 +1,188 @@
+"""Apply a plan: ``DELETE /v2/<name>/manifests/<digest>`` for what it lists, and nothing else.
+
+Deletes only. Before touching a repository it looks again at every tag there, because a
+deletion by digest removes every tag on that digest: a tag pushed, moved or added since the
+plan was made must never be taken along. Anything that no longer matches the plan is
+skipped and said so; a deletion the registry refuses is recorded as failed and the others go
+on. A registry with deletes disabled stops the whole pass (every delete would fail alike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from retention.errors import DeleteDisabled, NotFound, RegistryError, RegistryUnreachable
+from retention.logs import get_logger
+from retention.model import (
+    DeletionKind,
+    DeletionResult,
+    ManifestDeletion,
+    Outcome,
+    Plan,
+    RepositoryPlan,
+)
+from retention.registry import RegistryClient, parse_manifest
+
+log = get_logger(__name__)
+
+
+async def apply(client: RegistryClient, plan: Plan) -> tuple[DeletionResult, ...]:
+    """Carry out every deletion of ``plan``; raises DeleteDisabled, records everything else."""
+    state = _PassState()
+    work = [r for r in plan.repositories if r.deletions and not r.skipped]
+    results = await asyncio.gather(*(_apply_repository(client, r, state) for r in work))
+    return tuple(result for batch in results for result in batch)
+
+
+@dataclass
+class _PassState:
+    """Shared across repositories: once the registry is gone, stop knocking."""
+
+    unreachable: str | None = None
+
+
+async def _apply_repository(
+    client: RegistryClient, repository: RepositoryPlan, state: _PassState
+) -> list[DeletionResult]:
+    try:
+        current = await _current_state(client, repository)
+    except RegistryError as exc:
+        if isinstance(exc, RegistryUnreachable):
+            state.unreachable = str(exc)
+        detail = f"could not re-read the repository before deleting: {exc}"
+        return [_result(repository.name, d, Outcome.SKIPPED, detail) for d in repository.deletions]
+    tagged = [d for d in repository.deletions if d.kind is DeletionKind.TAGGED]
+    children = [d for d in repository.deletions if d.kind is DeletionKind.CHILD]
+    first = await _delete_all(client, repository, tagged, current, state, done=set())
+    removed = {r.digest for r in first if r.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE)}
+    second = await _delete_all(client, repository, children, current, state, done=removed)
+    return first + second
+
+
+async def _delete_all(
+    client: RegistryClient,
+    repository: RepositoryPlan,
+    deletions: Sequence[ManifestDeletion],
+    current: _Current,
+    state: _PassState,
+    done: set[str],
+) -> list[DeletionResult]:
+    jobs = (_delete_one(client, repository, d, current, state, done) for d in deletions)
+    return list(await asyncio.gather(*jobs))
+
+
+async def _delete_one(
+    client: RegistryClient,
+    repository: RepositoryPlan,
+    deletion: ManifestDeletion,
+    current: _Current,
+    state: _PassState,
+    done: set[str],
+) -> DeletionResult:
+    """Check the digest still means what the plan said, then delete it."""
+    name = repository.name
+    why_not = current.objection(deletion) or _parents_missing(deletion, done)
+    if why_not is not None:
+        log.warning("deletion skipped", repository=name, digest=deletion.digest, reason=why_not)
+        return _result(name, deletion, Outcome.SKIPPED, why_not)
+    if state.unreachable is not None:
+        return _result(name, deletion, Outcome.FAILED, f"not attempted: {state.unreachable}")
+    try:
+        deleted = await client.delete_manifest(name, deletion.digest)
+    except DeleteDisabled:
+        raise
+    except RegistryError as exc:
+        if isinstance(exc, RegistryUnreachable):
+            state.unreachable = str(exc)
+        log.error("deletion failed", repository=name, digest=deletion.digest, error=str(exc))
+        return _result(name, deletion, Outcome.FAILED, str(exc))
+    outcome = Outcome.DELETED if deleted else Outcome.ALREADY_GONE
+    log.info(
+        "manifest deleted" if deleted else "manifest already gone",
+        repository=name,
+        digest=deletion.digest,
+        tags=list(deletion.tags),
+        kind=deletion.kind.value,
+        rule=_rule_of(repository, deletion),
+    )
+    return _result(name, deletion, outcome)
+
+
+# -- what the repository looks like right now -----------------------------------------------
+
+
+@dataclass
+class _Current:
+    """Every tag's digest now, and the children of indexes the plan did not know."""
+
+    tags_by_digest: dict[str, set[str]]
+    moved: dict[str, str]
+    protected_children: set[str]
+
+    def objection(self, deletion: ManifestDeletion) -> str | None:
+        """Why deleting this digest now would do more than the plan said, if it would."""
+        planned = set(deletion.tags)
+        for tag in deletion.tags:
+            if tag in self.moved:
+                return f"tag {tag!r} moved to {self.moved[tag]} since the plan"
+        extra = sorted(self.tags_by_digest.get(deletion.digest, set()) - planned)
+        if extra:
+            return f"tag {extra[0]!r} now points at this digest"
+        if deletion.digest in self.protected_children:
+            return "an index pushed since the plan references this manifest"
+        return None
+
+
+async def _current_state(client: RegistryClient, repository: RepositoryPlan) -> _Current:
+    """Resolve every tag of the repository again (a moved or new tag must block deletion)."""
+    names = await client.tags(repository.name)
+    resolved = await asyncio.gather(*(_resolve(client, repository.name, t) for t in names))
+    now = {tag: digest for tag, digest in zip(names, resolved, strict=True) if digest}
+    planned = {d.tag: d.digest for d in repository.decisions}
+    tags_by_digest: dict[str, set[str]] = {}
+    for tag, digest in now.items():
+        tags_by_digest.setdefault(digest, set()).add(tag)
+    moved = {t: now[t] for t, d in planned.items() if t in now and now[t] != d}
+    unknown = set(now.values()) - set(planned.values())
+    children = await _children_of(client, repository.name, unknown)
+    return _Current(tags_by_digest, moved, children)
+
+
+async def _resolve(client: RegistryClient, repository: str, tag: str) -> str | None:
+    try:
+        digest, _ = await client.resolve(repository, tag)
+    except NotFound:
+        return None
+    return digest
+
+
+async def _children_of(client: RegistryClient, repository: str, digests: Iterable[str]) -> set[str]:
+    """Children of manifests pushed since the plan, so a new index keeps its platforms."""
+    fetched = await asyncio.gather(*(client.manifest(repository, d) for d in sorted(digests)))
+    found: set[str] = set()
+    for manifest in fetched:
+        found.update(parse_manifest(manifest)[0].children)
+    return found
+
+
+# -- small helpers --------------------------------------------------------------------------
+
+
+def _parents_missing(deletion: ManifestDeletion, done: set[str]) -> str | None:
+    if deletion.kind is not DeletionKind.CHILD:
+        return None
+    missing = [p for p in deletion.parents if p not in done]
+    return f"its index {missing[0]} was not deleted" if missing else None
+
+
+def _rule_of(repository: RepositoryPlan, deletion: ManifestDeletion) -> str | None:
+    rules = {d.rule for d in repository.decisions if d.tag in deletion.tags and d.rule}
+    return ", ".join(sorted(rules)) or None
+
+
+def _result(
+    repository: str, deletion: ManifestDeletion, outcome: Outcome, detail: str = ""
+) -> DeletionResult:
+    return DeletionResult(repository, deletion.digest, deletion.tags, outcome, detail)

@@ -1,0 +1,86 @@
+"""``gc.mode: command``: run garbage-collect on this host, optionally between stop and start.
+
+For a sidecar that shares the registry's volume and has its binary, or a host that runs
+Debian's package (``stop_command: [systemctl, stop, docker-registry]``). The start command
+runs whatever happened before it, so a failed GC never leaves the registry down.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+
+from retention.errors import GarbageCollectionError
+from retention.gc import ReadyCheck, count_deleted_blobs
+from retention.model import GcResult
+from retention.policy import GarbageCollection
+
+STOP_START_TIMEOUT_S = 300.0
+
+
+class CommandCollector:
+    mode = "command"
+
+    def __init__(self, settings: GarbageCollection, ready: ReadyCheck) -> None:
+        self.settings = settings
+        self.ready = ready
+
+    def collect(self) -> GcResult:
+        """Stop (if configured), collect, and always start again and wait for readiness."""
+        started = time.monotonic()
+        if self.settings.stop_command:
+            run_command(self.settings.stop_command, STOP_START_TIMEOUT_S, "stop_command")
+        try:
+            output = run_command(
+                gc_argv(self.settings), self.settings.timeout.total_seconds(), "garbage-collect"
+            )
+        finally:
+            self._start_again()
+        return GcResult(
+            mode=self.mode,
+            ran=True,
+            blobs_deleted=count_deleted_blobs(output),
+            duration_s=time.monotonic() - started,
+        )
+
+    def _start_again(self) -> None:
+        if self.settings.start_command:
+            run_command(self.settings.start_command, STOP_START_TIMEOUT_S, "start_command")
+            self.ready(self.settings.ready_timeout.total_seconds())
+
+
+def gc_argv(settings: GarbageCollection) -> list[str]:
+    """The configured command, with ``--delete-untagged`` only when explicitly opted in."""
+    argv = list(settings.command)
+    if settings.delete_untagged and "--delete-untagged" not in argv:
+        argv.append("--delete-untagged")
+    return argv
+
+
+def run_command(argv: Sequence[str], timeout_s: float, what: str) -> str:
+    """Run without a shell; return stdout and stderr together, raise with the last lines."""
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise GarbageCollectionError(f"{what}: program not found: {argv[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GarbageCollectionError(f"{what}: still running after {timeout_s:.0f}s") from exc
+    except OSError as exc:
+        raise GarbageCollectionError(f"{what}: {exc}") from exc
+    if done.returncode != 0:
+        raise GarbageCollectionError(f"{what} exited {done.returncode}: {last_lines(done.stdout)}")
+    return done.stdout
+
+
+def last_lines(output: str, count: int = 3) -> str:
+    """The tail of a program's output on one line, for an error message."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:]) or "(no output)"
