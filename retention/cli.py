@@ -1,0 +1,215 @@
+"""The ``retention`` command: the only place that prints reports and exits the process.
+
+Exit codes: 0 success, 1 a runtime failure (registry, a repository, deletion, GC), 2 a usage
+or policy-file error. Reports go to stdout (or ``--output``), progress and logs to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from retention import logs, report
+from retention.config import LoadedPolicy, load_policy_with_warnings
+from retention.errors import ConfigError, RetentionError
+from retention.model import Outcome, RunResult
+from retention.runner import run_pass
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    envvar="RETENTION_CONFIG",
+    help="Policy file (YAML). Env: RETENTION_CONFIG.",
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(report.FORMATS),
+    default="table",
+    show_default=True,
+    help="Report format.",
+)
+output_option = click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to this file (atomically) instead of stdout.",
+)
+
+
+@click.group(
+    context_settings={"auto_envvar_prefix": "RETENTION", "help_option_names": ["-h", "--help"]}
+)
+@click.version_option(package_name="retention")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    show_default=True,
+    help="JSON lines off a terminal, readable key=value on one.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
+)
+def main(log_format: logs.LogFormat, log_level: str) -> None:
+    """Declarative retention policies for Docker/OCI registries."""
+    logs.configure(log_format, log_level)
+
+
+@main.command()
+@config_option
+def check(config_path: Path) -> None:
+    """Validate the policy file; contacts nothing."""
+    loaded = _load(config_path)
+    policy = loaded.policy
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(
+        f"{config_path}: ok ({len(policy.rules)} rules, {len(policy.protect)} protected patterns, "
+        f"gc mode {policy.gc.mode})"
+    )
+
+
+@main.command()
+@config_option
+@format_option
+@output_option
+def plan(config_path: Path, fmt: str, output: Path | None) -> None:
+    """Show what a pass would delete and why; deletes nothing."""
+    policy = _load(config_path).policy
+    with Progress() as progress:
+        result = _run(run_pass(policy, dry_run=True, progress=progress.update))
+    _emit(result, fmt, output)
+    sys.exit(_exit_code(result))
+
+
+@main.command()
+@config_option
+@click.option("--dry-run", is_flag=True, help="Stop after the plan: the same report as `plan`.")
+@click.option(
+    "--force", is_flag=True, help="Apply even when the plan exceeds safety.max_deletions."
+)
+@format_option
+@output_option
+def run(config_path: Path, dry_run: bool, force: bool, fmt: str, output: Path | None) -> None:
+    """One full pass: plan, delete by digest, garbage-collect, measure storage."""
+    policy = _load(config_path).policy
+    with Progress() as progress:
+        result = _run(run_pass(policy, dry_run=dry_run, force=force, progress=progress.update))
+    _emit(result, fmt, output)
+    sys.exit(_exit_code(result))
+
+
+@main.command()
+@format_option
+def demo(fmt: str) -> None:
+    """Run a full pass against a throwaway local registry seeded with demo images."""
+    from retention import demo as demo_registry
+
+    with (
+        demo_registry.workspace() as workdir,
+        demo_registry.throwaway_registry(workdir) as registry,
+    ):
+        pushed = _run(demo_registry.seed(registry.url, demo_registry.now_utc()))
+        policy_path = demo_registry.write_policy(workdir, registry)
+        click.echo(f"demo registry {registry.url}: pushed {pushed} tags", err=True)
+        click.echo(f"policy ({policy_path}):\n{policy_path.read_text()}", err=True)
+        policy = _load(policy_path).policy
+        result = _run(run_pass(policy))
+    _emit(result, fmt, None)
+    sys.exit(_exit_code(result))
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> LoadedPolicy:
+    try:
+        return load_policy_with_warnings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run async work; expected failures become one line on stderr and exit 1."""
+    try:
+        return asyncio.run(coroutine)
+    except RetentionError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _emit(subject: RunResult, fmt: str, output: Path | None) -> None:
+    text = report.render(subject, fmt)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    write_atomically(output, text)
+    click.echo(f"report written to {output}", err=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=".tmp-") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def _exit_code(result: RunResult) -> int:
+    """1 when anything failed; each failure is also said on stderr, one line each."""
+    for repository in result.plan.repositories:
+        if repository.error:
+            click.echo(f"error: {repository.name}: {repository.error}", err=True)
+    for applied in result.applied:
+        if applied.outcome is Outcome.FAILED:
+            click.echo(f"error: {applied.repository}@{applied.digest}: {applied.detail}", err=True)
+    for error in result.errors:
+        click.echo(f"error: {error}", err=True)
+    return EXIT_OK if result.ok else EXIT_FAILURE
+
+
+class Progress:
+    """A one-line progress counter on stderr, only when stderr is a terminal."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self._stream = stream or sys.stderr
+        self._active = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._shown = False
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._shown:
+            self._stream.write("\r\033[K")
+            self._stream.flush()
+
+    def update(self, done: int, total: int) -> None:
+        if not self._active:
+            return
+        share = f" {100 * done // total}%" if total else ""
+        self._stream.write(f"\rscanning: {done}/{total} tags{share}")
+        self._stream.flush()
+        self._shown = True

@@ -1,0 +1,83 @@
+"""Test support: write policy files and run the real ``retention`` CLI as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def write_policy(path: Path, url: str, *rules: Mapping[str, Any], **sections: Any) -> Path:
+    """A policy file (JSON is YAML) with a state_dir beside it unless one is given."""
+    document: dict[str, Any] = {
+        "registry": {"url": url, "retries": 1},
+        "rules": [dict(r) for r in rules],
+        "state_dir": str(path.parent / "state"),
+    }
+    document.update(sections)
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def retention(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> CliResult:
+    """Run ``python -m retention ARGS`` with JSON logs, as a scheduler or CI would."""
+    environment = {**os.environ, **(env or {})}
+    done = subprocess.run(
+        [sys.executable, "-m", "retention", "--log-format", "json", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        check=False,
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a run (other stderr lines, such as ``error:``, are skipped)."""
+    events = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def actions(report: Mapping[str, Any], repository: str) -> dict[str, str]:
+    for entry in report["repositories"]:
+        if entry["name"] == repository:
+            return {t["tag"]: t["action"] for t in entry["tags"]}
+    raise AssertionError(f"{repository} not in report")
+
+
+def blob_path(root: Path, digest: str) -> Path:
+    """Where Distribution's filesystem driver keeps a blob's bytes."""
+    hex_digest = digest.split(":", 1)[1]
+    return root / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+
+
+def du_bytes(path: Path) -> int:
+    out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[0])
+
+
+def no_traceback(result: CliResult) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
