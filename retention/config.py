@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Union, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -30,6 +31,7 @@ from yaml.reader import ReaderError
 
 from retention.errors import ConfigError
 from retention.policy import Policy, Rule, policy_from_mapping
+from retention.schedule import make_trigger
 
 __all__ = ["LoadedPolicy", "check_warnings", "load_policy", "load_policy_with_warnings"]
 
@@ -44,7 +46,8 @@ _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)(\}?)")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Error types raised by policy.py whose message is already a finished sentence.
 _OWN_ERROR_TYPES = frozenset(
-    {"duration", "regex", "url", "rule_limit", "rule_name", "command", "credentials"}
+    {"duration", "regex", "url", "rule_limit", "rule_name", "command", "schedule", "listen"}
+    | {"credentials", "tls"}
 )
 _EXPECTED = {
     "int_type": "an integer",
@@ -86,9 +89,7 @@ def load_policy(path: Path, environ: Mapping[str, str] | None = None) -> Policy:
     return load_policy_with_warnings(path, environ).policy
 
 
-def load_policy_with_warnings(
-    path: Path, environ: Mapping[str, str] | None = None
-) -> LoadedPolicy:
+def load_policy_with_warnings(path: Path, environ: Mapping[str, str] | None = None) -> LoadedPolicy:
     """Like ``load_policy``, and also warn about risky settings, each with its place.
 
     Separate from ``check_warnings`` because one warning (a password written inline)
@@ -151,10 +152,12 @@ def _compose(text: str, file: str) -> yaml.MappingNode:
     if root is None:
         raise ConfigError([f"{file}: the policy file is empty (it needs at least registry.url)"])
     if not isinstance(root, yaml.MappingNode):
-        raise ConfigError([
-            f"{file}:{root.start_mark.line + 1} the top level must be a mapping of keys "
-            f"such as registry: and rules:, got {_describe_node(root)}"
-        ])
+        raise ConfigError(
+            [
+                f"{file}:{root.start_mark.line + 1} the top level must be a mapping of keys "
+                f"such as registry: and rules:, got {_describe_node(root)}"
+            ]
+        )
     return root
 
 
@@ -288,8 +291,10 @@ class _Document:
                 continue
             line = key_node.start_mark.line + 1
             if key_node.value in first_lines:
-                message = (f"duplicate key {key_node.value!r} (first on line "
-                           f"{first_lines[key_node.value]})")
+                message = (
+                    f"duplicate key {key_node.value!r} (first on line "
+                    f"{first_lines[key_node.value]})"
+                )
                 self.problems.append(_Problem(line, loc, message))
                 self._duplicate_keys.add(id(key_node))
             else:
@@ -321,8 +326,12 @@ class _Document:
                 return "$"
             name, closed = match.group(1), match.group(2)
             if not closed or not _VARIABLE_NAME.fullmatch(name):
-                self._report(node, loc, f"{match.group(0)!r} is not a variable reference "
-                             "(write ${NAME}, or $${ for a literal ${)")
+                self._report(
+                    node,
+                    loc,
+                    f"{match.group(0)!r} is not a variable reference "
+                    "(write ${NAME}, or $${ for a literal ${)",
+                )
                 return match.group(0)
             if name not in self.environ:
                 self._report(node, loc, f"environment variable {name!r} is not set")
@@ -358,10 +367,35 @@ def _validate(data: object, document: _Document, file: str) -> Policy:
             for error in exc.errors(include_url=False)
             if not _is_under(tuple(error["loc"]), document.unresolved)
         ]
+    if policy is not None:
+        problems += _schedule_problems(policy, document)
     if problems or policy is None:
         ordered = sorted(problems, key=_Problem.sort_key)
         raise ConfigError([problem.render(file) for problem in ordered])
     return policy
+
+
+def _schedule_problems(policy: Policy, document: _Document) -> list[_Problem]:
+    """The time zone and cron fields, judged by the tz database and the scheduler itself."""
+    schedule = policy.schedule
+    zone_loc: Loc = ("schedule", "timezone")
+    cron_loc: Loc = ("schedule", "cron")
+    problems = []
+    try:
+        zone = ZoneInfo(schedule.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        message = (
+            f"{schedule.timezone!r} is not a time zone (use a name such as UTC or Europe/Berlin)"
+        )
+        problems.append(_Problem(document.line_of(zone_loc), zone_loc, message))
+        zone = ZoneInfo("UTC")
+    if schedule.cron is not None:
+        try:
+            make_trigger(schedule.model_copy(update={"timezone": zone.key}))
+        except ValueError as exc:
+            message = f"{schedule.cron!r} is not a valid crontab line: {exc}"
+            problems.append(_Problem(document.line_of(cron_loc), cron_loc, message))
+    return problems
 
 
 def _is_under(loc: Loc, roots: set[Loc]) -> bool:
@@ -435,7 +469,7 @@ def _strip_pydantic_prefix(message: str) -> str:
     """'Value error, ' says how pydantic got the message, which the operator cannot use."""
     for prefix in _PYDANTIC_PREFIXES:
         if message.startswith(prefix):
-            return message[len(prefix):]
+            return message[len(prefix) :]
     return message
 
 
@@ -499,14 +533,22 @@ def _source_warnings(policy: Policy, document: _Document) -> list[_Warning]:
     loc: Loc = ("registry", "password")
     if policy.registry.password is None or loc in document.expanded:
         return []
-    return [(loc, "the password is written in the file; secrets belong in the environment "
-                  "(write password: ${REGISTRY_PASSWORD})")]
+    return [
+        (
+            loc,
+            "the password is written in the file; secrets belong in the environment "
+            "(write password: ${REGISTRY_PASSWORD})",
+        )
+    ]
 
 
 def _policy_warnings(policy: Policy) -> list[_Warning]:
     """Every warning that the policy alone can justify, each at the key it is about."""
     checks: tuple[Callable[[Policy], list[_Warning]], ...] = (
-        _warn_no_rules, _warn_unreachable_rules, _warn_live_gc, _warn_delete_untagged,
+        _warn_no_rules,
+        _warn_unreachable_rules,
+        _warn_live_gc,
+        _warn_delete_untagged,
     )
     return [warning for check in checks for warning in check(policy)]
 
@@ -523,17 +565,23 @@ def _warn_unreachable_rules(policy: Policy) -> list[_Warning]:
     for index, rule in enumerate(policy.rules):
         if _claims_everything(rule):
             return [
-                (("rules", later), f"rule {other.name!r} can never claim a tag: rule "
-                 f"{rule.name!r} before it claims every tag in every repository")
-                for later, other in enumerate(policy.rules[index + 1:], start=index + 1)
+                (
+                    ("rules", later),
+                    f"rule {other.name!r} can never claim a tag: rule "
+                    f"{rule.name!r} before it claims every tag in every repository",
+                )
+                for later, other in enumerate(policy.rules[index + 1 :], start=index + 1)
             ]
     return []
 
 
 def _claims_everything(rule: Rule) -> bool:
     """Spelled-out catch-alls only; proving that one regex covers another is out of scope."""
-    return (rule.exclude is None and rule.repositories.pattern in _MATCH_EVERYTHING
-            and rule.match.pattern in _MATCH_EVERYTHING)
+    return (
+        rule.exclude is None
+        and rule.repositories.pattern in _MATCH_EVERYTHING
+        and rule.match.pattern in _MATCH_EVERYTHING
+    )
 
 
 def _warn_live_gc(policy: Policy) -> list[_Warning]:
@@ -542,16 +590,26 @@ def _warn_live_gc(policy: Policy) -> list[_Warning]:
     if not gc.runs_beside_live_registry:
         return []
     loc: Loc = ("gc", "strategy") if gc.mode == "docker" else ("gc", "mode")
-    return [(loc, "garbage collection runs beside the live registry: it can delete layers "
-                  "of a push in progress, and a registry with an inmemory blob-descriptor "
-                  "cache must be restarted after GC; use gc.mode docker with strategy "
-                  "offline, or set gc.stop_command and gc.start_command")]
+    return [
+        (
+            loc,
+            "garbage collection runs beside the live registry: it can delete layers "
+            "of a push in progress, and a registry with an inmemory blob-descriptor "
+            "cache must be restarted after GC; use gc.mode docker with strategy "
+            "offline, or set gc.stop_command and gc.start_command",
+        )
+    ]
 
 
 def _warn_delete_untagged(policy: Policy) -> list[_Warning]:
     """The registry's own flag can break multi-arch pulls that this tool would keep."""
     if not policy.gc.delete_untagged:
         return []
-    return [(("gc", "delete_untagged"), "on Distribution 2.x, garbage-collect "
-             "--delete-untagged also deletes the per-platform manifests of multi-arch "
-             "images whose index is still tagged (distribution#3178)")]
+    return [
+        (
+            ("gc", "delete_untagged"),
+            "on Distribution 2.x, garbage-collect "
+            "--delete-untagged also deletes the per-platform manifests of multi-arch "
+            "images whose index is still tagged (distribution#3178)",
+        )
+    ]

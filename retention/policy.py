@@ -19,6 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -98,14 +100,80 @@ class _Strict(BaseModel):
 
 
 class RegistrySettings(_Strict):
-    """Where the registry is and how to talk to it."""
+    """Where the registry is and how to talk to it: credentials and TLS included.
+
+    Only the shape is checked here (which keys go together); whether the files exist is
+    for the registry client to find out when it starts, because this module does no I/O
+    and the files may only exist where the pass runs (a Kubernetes Secret, say).
+    Fields are validated in order, so each cross-check sits on the later key of a pair
+    and the error points at the line that makes the combination wrong.
+    """
 
     url: RegistryUrl
     username: str | None = None
     password: SecretStr | None = None
+    password_file: Path | None = None
+    credentials: Literal["docker"] | None = None
+    ca_cert: Path | None = None
+    insecure: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
     concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     timeout: PositiveDuration = timedelta(seconds=30)
     retries: Annotated[int, Field(ge=0, le=20)] = 4
+
+    @field_validator("password_file")
+    @classmethod
+    def _one_password_source(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return value
+        if info.data.get("password") is not None:
+            raise PydanticCustomError("credentials", "set password or password_file, not both", {})
+        if "username" in info.data and info.data["username"] is None:
+            raise PydanticCustomError("credentials", "password_file needs username too", {})
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _docker_config_alone(cls, value: str | None, info: ValidationInfo) -> str | None:
+        explicit = ("username", "password", "password_file")  # what Docker's config replaces
+        given = [key for key in explicit if info.data.get(key) is not None]
+        if value is not None and given:
+            raise PydanticCustomError(
+                "credentials",
+                "credentials: docker takes the username and password from the Docker "
+                "config; remove {keys}",
+                {"keys": " and ".join(given)},
+            )
+        return value
+
+    @field_validator("ca_cert", "insecure", "client_cert", "client_key")
+    @classmethod
+    def _tls_needs_https(cls, value: object, info: ValidationInfo) -> object:
+        url = info.data.get("url")
+        if value and isinstance(url, str) and not url.startswith("https://"):
+            raise PydanticCustomError(
+                "tls", "{key} needs an https:// registry.url", {"key": info.field_name}
+            )
+        return value
+
+    @field_validator("insecure")
+    @classmethod
+    def _verify_or_not(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("ca_cert") is not None:
+            raise PydanticCustomError(
+                "tls",
+                "insecure: true skips verification, so ca_cert would be ignored; set one of them",
+                {},
+            )
+        return value
+
+    @field_validator("client_key")
+    @classmethod
+    def _key_with_certificate(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and "client_cert" in info.data and info.data["client_cert"] is None:
+            raise PydanticCustomError("tls", "client_key needs client_cert too", {})
+        return value
 
     @property
     def base_url(self) -> str:
@@ -140,6 +208,30 @@ class Safety(_Strict):
 
     max_deletions: Annotated[int, Field(ge=0)] = 1000
     max_delete_fraction: Annotated[float, Field(gt=0, le=1)] = 0.9
+    grace_period: Duration = timedelta(hours=1)
+
+
+class Artifacts(_Strict):
+    """Signatures, attestations and SBOMs (cosign tags, OCI ``subject``) follow their image."""
+
+    delete_orphans: bool = False
+
+
+class Trash(_Strict):
+    """Deleted manifests are saved in ``state_dir/trash`` and pruned after ``keep``."""
+
+    keep: Duration = timedelta(days=14)
+
+
+class Verify(_Strict):
+    """After deletion and after GC, check that every kept tag is still whole.
+
+    ``blobs`` is how many config and layer blobs to HEAD: ``all`` (default) or a number
+    sampled from all of them.
+    """
+
+    enabled: bool = True
+    blobs: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
 
 
 class GarbageCollection(_Strict):
@@ -159,6 +251,7 @@ class GarbageCollection(_Strict):
     strategy: Literal["exec", "offline"] = "offline"
     docker_host: str | None = None
     ready_timeout: PositiveDuration = timedelta(seconds=60)
+    delay: Duration = timedelta(0)
 
     @property
     def runs_beside_live_registry(self) -> bool:
@@ -174,6 +267,70 @@ class Storage(_Strict):
     path: Path | None = None
 
 
+_CRON_FIELDS = 5
+_LISTEN = re.compile(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})")
+
+
+class Schedule(_Strict):
+    """When ``retention serve`` runs a pass: a crontab line or a fixed interval."""
+
+    cron: str | None = None
+    interval: PositiveDuration | None = None
+    timezone: str = "UTC"
+    jitter: Duration | None = None
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> Schedule:
+        if self.cron is not None and self.interval is not None:
+            raise PydanticCustomError("schedule", "set cron or interval, not both", {})
+        if self.cron is not None and len(self.cron.split()) != _CRON_FIELDS:
+            raise PydanticCustomError(
+                "schedule",
+                "cron {value} needs 5 fields (minute hour day month weekday)",
+                {"value": repr(self.cron)},
+            )
+        return self
+
+    @property
+    def effective_cron(self) -> str | None:
+        """The crontab line in force: the default is 03:00 daily when neither is set."""
+        if self.interval is not None:
+            return None
+        return self.cron or "0 3 * * *"
+
+
+class Server(_Strict):
+    """The daemon's HTTP endpoint: health, readiness, metrics, reports, manual runs."""
+
+    listen: str = "127.0.0.1:9090"
+
+    @model_validator(mode="after")
+    def _host_and_port(self) -> Server:
+        match = _LISTEN.fullmatch(self.listen)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise PydanticCustomError(
+                "listen",
+                "{value} is not host:port (e.g. 127.0.0.1:9090)",
+                {"value": repr(self.listen)},
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class Reports(_Strict):
+    """How many pass reports the daemon keeps in ``state_dir/reports``."""
+
+    keep: Annotated[int, Field(ge=1)] = 30
+
+
 class Policy(_Strict):
     """A whole policy file."""
 
@@ -181,8 +338,14 @@ class Policy(_Strict):
     rules: tuple[Rule, ...] = ()
     protect: tuple[Regex, ...] = ()
     safety: Safety = Safety()
+    artifacts: Artifacts = Artifacts()
     gc: GarbageCollection = GarbageCollection()
+    trash: Trash = Trash()
+    verify: Verify = Verify()
     storage: Storage = Storage()
+    schedule: Schedule = Schedule()
+    server: Server = Server()
+    reports: Reports = Reports()
     state_dir: Path = Path("/var/lib/retention")
 
     @model_validator(mode="after")

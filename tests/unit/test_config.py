@@ -214,6 +214,31 @@ VALIDATION_CASES = [
         "policies.yml:1 rule name 'a' is used twice",
         id="model-wide error without a key path",
     ),
+    pytest.param(
+        REGISTRY + "schedule:\n  cron: '61 3 * * *'\n",
+        "policies.yml:4 schedule.cron: '61 3 * * *' is not a valid crontab line: "
+        "Error validating expression '61': the last value (61) is higher than the maximum "
+        "value (59)",
+        id="cron minute out of range",
+    ),
+    pytest.param(
+        REGISTRY + "schedule:\n  cron: '0 3 * * often'\n",
+        "policies.yml:4 schedule.cron: '0 3 * * often' is not a valid crontab line: "
+        'Invalid weekday name "often"',
+        id="cron weekday that is not one",
+    ),
+    pytest.param(
+        REGISTRY + "schedule:\n  interval: 6h\n  timezone: Mars/Olympus\n",
+        "policies.yml:5 schedule.timezone: 'Mars/Olympus' is not a time zone "
+        "(use a name such as UTC or Europe/Berlin)",
+        id="unknown time zone",
+    ),
+    pytest.param(
+        REGISTRY + "schedule:\n  timezone: ../etc/passwd\n",
+        "policies.yml:4 schedule.timezone: '../etc/passwd' is not a time zone "
+        "(use a name such as UTC or Europe/Berlin)",
+        id="time zone that is a path",
+    ),
 ]
 
 
@@ -222,6 +247,20 @@ def test_each_validation_error_becomes_one_line_with_file_line_and_key_path(
     text: str, expected: str
 ) -> None:
     assert problems(text) == [expected]
+
+
+def test_a_bad_cron_line_and_a_bad_time_zone_are_reported_together() -> None:
+    text = REGISTRY + "schedule:\n  cron: '0 25 * * *'\n  timezone: Nowhere/City\n"
+    assert [line.split(":", 2)[1] for line in problems(text)] == [
+        "4 schedule.cron",
+        "5 schedule.timezone",
+    ]
+
+
+def test_a_valid_cron_line_in_a_named_time_zone_loads() -> None:
+    text = REGISTRY + "schedule:\n  cron: '30 2 * * sun'\n  timezone: Europe/Berlin\n"
+    write(text)
+    assert load_policy(FILE, {}).schedule.cron == "30 2 * * sun"
 
 
 def test_an_invalid_duration_is_reported_on_its_own_line_with_an_indexed_path() -> None:
@@ -274,32 +313,64 @@ def test_several_errors_are_reported_at_once_sorted_by_line() -> None:
 def test_pydantic_prefixes_are_never_shown() -> None:
     from retention.config import _message  # the only path to a plain ValueError today
 
-    error = {"type": "value_error", "loc": ("x",), "msg": "Value error, bad thing",
-             "input": 1, "ctx": {"error": "bad thing"}}
+    error = {
+        "type": "value_error",
+        "loc": ("x",),
+        "msg": "Value error, bad thing",
+        "input": 1,
+        "ctx": {"error": "bad thing"},
+    }
     assert _message(error, ("x",)) == "bad thing"  # type: ignore[arg-type]
 
 
 # --- the file itself -------------------------------------------------------------------
 
 FILE_CASES = [
-    pytest.param("registry:\n  url: [\n", "policies.yml:3 invalid YAML: while parsing a "
-                 "flow node, expected the node content, but found '<stream end>'",
-                 id="syntax error with its line"),
-    pytest.param("registry:\n  url: x\n    bad: indent\n", "policies.yml:3 invalid YAML: "
-                 "mapping values are not allowed here", id="bad indentation"),
-    pytest.param("", "policies.yml: the policy file is empty (it needs at least registry.url)",
-                 id="empty file"),
-    pytest.param("# nothing here yet\n", "policies.yml: the policy file is empty "
-                 "(it needs at least registry.url)", id="only comments"),
-    pytest.param("# a list\n- registry\n", "policies.yml:2 the top level must be a mapping of "
-                 "keys such as registry: and rules:, got a list", id="top level is a list"),
-    pytest.param("hello\n", "policies.yml:1 the top level must be a mapping of keys such as "
-                 "registry: and rules:, got 'hello'", id="top level is a string"),
-    pytest.param("a: 1\n---\nb: 2\n", "policies.yml:2 invalid YAML: expected a single "
-                 "document in the stream, but found another document", id="two documents"),
-    pytest.param("registry: !!python/name:os.system x\n", "policies.yml:1 registry: could not "
-                 "determine a constructor for the tag 'tag:yaml.org,2002:python/name:os.system'",
-                 id="unsafe tag"),
+    pytest.param(
+        "registry:\n  url: [\n",
+        "policies.yml:3 invalid YAML: while parsing a "
+        "flow node, expected the node content, but found '<stream end>'",
+        id="syntax error with its line",
+    ),
+    pytest.param(
+        "registry:\n  url: x\n    bad: indent\n",
+        "policies.yml:3 invalid YAML: mapping values are not allowed here",
+        id="bad indentation",
+    ),
+    pytest.param(
+        "",
+        "policies.yml: the policy file is empty (it needs at least registry.url)",
+        id="empty file",
+    ),
+    pytest.param(
+        "# nothing here yet\n",
+        "policies.yml: the policy file is empty (it needs at least registry.url)",
+        id="only comments",
+    ),
+    pytest.param(
+        "# a list\n- registry\n",
+        "policies.yml:2 the top level must be a mapping of "
+        "keys such as registry: and rules:, got a list",
+        id="top level is a list",
+    ),
+    pytest.param(
+        "hello\n",
+        "policies.yml:1 the top level must be a mapping of keys such as "
+        "registry: and rules:, got 'hello'",
+        id="top level is a string",
+    ),
+    pytest.param(
+        "a: 1\n---\nb: 2\n",
+        "policies.yml:2 invalid YAML: expected a single "
+        "document in the stream, but found another document",
+        id="two documents",
+    ),
+    pytest.param(
+        "registry: !!python/name:os.system x\n",
+        "policies.yml:1 registry: could not "
+        "determine a constructor for the tag 'tag:yaml.org,2002:python/name:os.system'",
+        id="unsafe tag",
+    ),
 ]
 
 
@@ -430,8 +501,11 @@ def test_expanded_values_are_validated_as_if_written_in_place() -> None:
         gc:
           command: [registry, garbage-collect, '${REGISTRY_CONFIG}']
         """
-    environ = {"REGISTRY_URL": "http://10.0.0.1:5000", "CONCURRENCY": "16",
-               "REGISTRY_CONFIG": "/etc/registry.yml"}
+    environ = {
+        "REGISTRY_URL": "http://10.0.0.1:5000",
+        "CONCURRENCY": "16",
+        "REGISTRY_CONFIG": "/etc/registry.yml",
+    }
     policy = loaded(text, environ).policy
     assert policy.registry.url == "http://10.0.0.1:5000"
     assert policy.registry.concurrency == 16
@@ -546,36 +620,66 @@ ONE_RULE = [{"name": "r", "keep_last": 5}]
 
 WARNING_CASES = [
     pytest.param({"rules": ONE_RULE}, [], id="a plain policy"),
-    pytest.param({}, ["rules: there are no rules, so nothing will ever be deleted"],
-                 id="no rules"),
-    pytest.param({"rules": ONE_RULE, "gc": {"mode": "command"}}, [f"gc.mode: {LIVE_GC}"],
-                 id="command without stop_command"),
-    pytest.param({"rules": ONE_RULE, "gc": {"mode": "command", "stop_command": ["stop"],
-                                            "start_command": ["start"]}}, [],
-                 id="command that stops the registry"),
-    pytest.param({"rules": ONE_RULE, "gc": {"mode": "docker", "strategy": "exec"}},
-                 [f"gc.strategy: {LIVE_GC}"], id="docker exec"),
-    pytest.param({"rules": ONE_RULE, "gc": {"mode": "docker"}}, [], id="docker offline"),
-    pytest.param({"rules": ONE_RULE, "gc": {"delete_untagged": True}},
-                 [f"gc.delete_untagged: {UNTAGGED}"], id="delete untagged"),
+    pytest.param({}, ["rules: there are no rules, so nothing will ever be deleted"], id="no rules"),
     pytest.param(
-        {"rules": [{"name": "all", "keep_last": 5}, {"name": "old", "max_age": "1d"},
-                   {"name": "older", "max_age": "2d"}]},
-        ["rules[1]: rule 'old' can never claim a tag: rule 'all' before it claims every "
-         "tag in every repository",
-         "rules[2]: rule 'older' can never claim a tag: rule 'all' before it claims every "
-         "tag in every repository"],
+        {"rules": ONE_RULE, "gc": {"mode": "command"}},
+        [f"gc.mode: {LIVE_GC}"],
+        id="command without stop_command",
+    ),
+    pytest.param(
+        {
+            "rules": ONE_RULE,
+            "gc": {"mode": "command", "stop_command": ["stop"], "start_command": ["start"]},
+        },
+        [],
+        id="command that stops the registry",
+    ),
+    pytest.param(
+        {"rules": ONE_RULE, "gc": {"mode": "docker", "strategy": "exec"}},
+        [f"gc.strategy: {LIVE_GC}"],
+        id="docker exec",
+    ),
+    pytest.param({"rules": ONE_RULE, "gc": {"mode": "docker"}}, [], id="docker offline"),
+    pytest.param(
+        {"rules": ONE_RULE, "gc": {"delete_untagged": True}},
+        [f"gc.delete_untagged: {UNTAGGED}"],
+        id="delete untagged",
+    ),
+    pytest.param(
+        {
+            "rules": [
+                {"name": "all", "keep_last": 5},
+                {"name": "old", "max_age": "1d"},
+                {"name": "older", "max_age": "2d"},
+            ]
+        },
+        [
+            "rules[1]: rule 'old' can never claim a tag: rule 'all' before it claims every "
+            "tag in every repository",
+            "rules[2]: rule 'older' can never claim a tag: rule 'all' before it claims every "
+            "tag in every repository",
+        ],
         id="rules after a catch-all",
     ),
     pytest.param(
-        {"rules": [{"name": "all", "keep_last": 5, "exclude": "latest"},
-                   {"name": "old", "max_age": "1d"}]},
-        [], id="a catch-all with an exclude lets tags fall through",
+        {
+            "rules": [
+                {"name": "all", "keep_last": 5, "exclude": "latest"},
+                {"name": "old", "max_age": "1d"},
+            ]
+        },
+        [],
+        id="a catch-all with an exclude lets tags fall through",
     ),
     pytest.param(
-        {"rules": [{"name": "v", "match": "v.*", "keep_last": 5},
-                   {"name": "rest", "keep_last": 1}]},
-        [], id="a catch-all last is fine",
+        {
+            "rules": [
+                {"name": "v", "match": "v.*", "keep_last": 5},
+                {"name": "rest", "keep_last": 1},
+            ]
+        },
+        [],
+        id="a catch-all last is fine",
     ),
 ]
 
@@ -584,8 +688,7 @@ WARNING_CASES = [
 def test_risky_but_valid_settings_give_warnings(
     sections: dict[str, object], expected: list[str]
 ) -> None:
-    policy: Policy = policy_from_mapping({"registry": {"url": "http://127.0.0.1:5000"},
-                                          **sections})
+    policy: Policy = policy_from_mapping({"registry": {"url": "http://127.0.0.1:5000"}, **sections})
     assert check_warnings(policy) == expected
 
 

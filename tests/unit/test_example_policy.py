@@ -29,7 +29,12 @@ def test_the_example_policy_is_safe_enough_to_give_no_warnings() -> None:
 
 
 SECTIONS: list[type[BaseModel]] = [
-    Policy, RegistrySettings, Rule, Safety, GarbageCollection, Storage,
+    Policy,
+    RegistrySettings,
+    Rule,
+    Safety,
+    GarbageCollection,
+    Storage,
 ]
 
 
