@@ -5,6 +5,9 @@ in ``Accept`` (anything less and a tag resolves to a digest the registry never s
 bounded concurrency, explicit timeouts, retries with backoff on overload and dropped
 connections, ``Link`` pagination, digest verification, and the translation of every failure
 into a ``retention.errors`` exception with method, URL, status and the registry's error code.
+Authentication is an ``httpx.Auth`` flow (``auth.py``), credentials come from
+``credentials.py``, and TLS is one ``ssl.SSLContext`` built here when the client starts, so
+a missing CA or key file fails the pass at once with the key that names it.
 
 It must not decide anything: which tag to delete is the planner's business. And no httpx
 type may leave this package; callers see model values, bytes, str and our exceptions.
@@ -17,18 +20,24 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Awaitable, Callable, Collection
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
+import structlog
 
 from retention import __version__
 from retention.errors import (
     AuthenticationError,
+    ConfigError,
     DeleteDisabled,
     InvalidManifest,
     NotFound,
@@ -36,9 +45,12 @@ from retention.errors import (
     RegistryUnreachable,
 )
 from retention.policy import RegistrySettings
-from retention.registry import media_types
+from retention.registry import credentials, media_types
+from retention.registry.auth import Clock, RegistryAuth
 
 Sleep = Callable[[float], Awaitable[None]]
+# retention.logs sits above this package in .importlinter's layers; structlog is the same.
+log = structlog.get_logger(__name__)
 
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 5.0
@@ -50,6 +62,16 @@ MANIFEST_LIMIT_BYTES = 4 * 1024 * 1024
 _LISTING_LIMIT_BYTES = 64 * 1024 * 1024
 _ACCEPT_MANIFESTS = {"Accept": media_types.MANIFEST_ACCEPT}
 _DIGEST = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+# TLS alerts a server sends about the client's certificate: missing (TLS 1.3 says
+# "certificate required", Go's server says "bad certificate") or from an untrusted CA.
+_CLIENT_CERTIFICATE_ALERTS = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+    }
+)
 _DELETE_DISABLED_HINT = (
     "the registry refuses deletes; set storage.delete.enabled: true "
     "(or REGISTRY_STORAGE_DELETE_ENABLED=true) in the registry's config"
@@ -86,13 +108,19 @@ class RegistryClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """Read credentials and TLS files now: a missing one is a ``ConfigError`` naming its key.
+
+        ``clock`` (monotonic seconds) decides when cached tokens expire; tests inject it.
+        """
         self._settings = settings
         self._sleep = sleep
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._http = httpx.AsyncClient(
-            base_url=settings.base_url,
-            auth=_auth(settings),
+            base_url=_public(httpx.URL(settings.base_url)),
+            auth=_auth(settings, clock),
+            verify=_tls(settings),
             timeout=httpx.Timeout(settings.timeout.total_seconds()),
             limits=httpx.Limits(
                 max_connections=settings.concurrency,
@@ -275,11 +303,13 @@ class RegistryClient:
             try:
                 reply = await self._send_once(request, limit, follow_redirects)
             except _RETRYABLE_ERRORS as exc:
-                if final:
+                if final or _tls_failure(exc) is not None:  # a certificate does not heal
                     raise _unreachable(request, exc, attempt + 1) from exc
                 await self._sleep(backoff_seconds(attempt))
                 continue
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, ssl.SSLError) as exc:
+                # httpcore maps TLS errors of the handshake but not a TLS 1.3 alert that
+                # arrives with the first read, such as a refused client certificate.
                 raise _unreachable(request, exc, attempt + 1) from exc
             if reply.status not in RETRY_STATUSES or final:
                 return reply
@@ -353,13 +383,67 @@ def digest_matches(digest: str, data: bytes) -> bool:
     return hashlib.new(algorithm, data).hexdigest() == expected
 
 
-def _auth(settings: RegistrySettings) -> httpx.Auth | None:
-    """Basic auth from the settings. Bearer token auth belongs here too, as an httpx.Auth
-    flow that answers the registry's ``WWW-Authenticate: Bearer`` challenge."""
-    if settings.username is None:
-        return None
-    password = settings.password.get_secret_value() if settings.password else ""
-    return httpx.BasicAuth(settings.username, password)
+def _auth(settings: RegistrySettings, clock: Clock) -> httpx.Auth:
+    """Basic or Bearer, as the registry asks, with whatever credentials are configured."""
+    return RegistryAuth(credentials.resolve(settings), registry_url=settings.base_url, clock=clock)
+
+
+def _tls(settings: RegistrySettings) -> ssl.SSLContext | bool:
+    """httpx's default unless a TLS key is set; then one context for registry and realm.
+
+    An in-house ``ca_cert`` is trusted in addition to the public CAs httpx trusts by default,
+    because the token service may well have a public certificate. ``verify=<path>`` and
+    ``cert=`` are deprecated in httpx 0.28: everything goes through the context.
+    """
+    if settings.ca_cert is None and not settings.insecure and settings.client_cert is None:
+        return True
+    if settings.insecure:
+        log.warning(
+            "tls verification disabled",
+            registry=_public(httpx.URL(settings.base_url)),
+            setting="registry.insecure",
+        )
+    # httpx's own default (certifi, or SSL_CERT_FILE/SSL_CERT_DIR), to which we add.
+    context = httpx.create_ssl_context(verify=not settings.insecure)
+    if settings.ca_cert is not None:
+        _readable("registry.ca_cert", settings.ca_cert)
+        with _unusable("registry.ca_cert", settings.ca_cert):
+            context.load_verify_locations(cafile=settings.ca_cert)
+    if settings.client_cert is not None:
+        _load_client_certificate(context, settings.client_cert, settings.client_key)
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, cert: Path, key: Path | None) -> None:
+    """The client certificate (and its key, unless both are in one PEM file) for mTLS.
+
+    The password callback answers any passphrase prompt with nothing, so an encrypted key
+    fails here instead of OpenSSL asking on the terminal of an unattended pass.
+    """
+    _readable("registry.client_cert", cert)
+    if key is not None:
+        _readable("registry.client_key", key)
+    with _unusable("registry.client_cert", cert, key):
+        context.load_cert_chain(cert, key, password=lambda: "")
+
+
+def _readable(key: str, path: Path) -> None:
+    """Fail with the key and file named; ssl reports a missing file without its name."""
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise ConfigError([f"{key}: cannot read {path}: {exc.strerror or exc}"]) from exc
+
+
+@contextmanager
+def _unusable(key: str, *paths: Path | None) -> Iterator[None]:
+    """A file that is there but is not a PEM certificate or key, or a key of another cert."""
+    try:
+        yield
+    except ssl.SSLError as exc:
+        files = " and ".join(str(path) for path in paths if path is not None)
+        reason = exc.reason or str(exc)
+        raise ConfigError([f"{key}: cannot use {files}: {reason}"]) from exc
 
 
 def _manifest_path(repository: str, reference: str) -> str:
@@ -434,13 +518,47 @@ def _reply_error(kind: type[RegistryError], reply: _Reply, message: str) -> Regi
     return kind(message, method=reply.method, url=_public(reply.url), status=reply.status)
 
 
-def _unreachable(request: httpx.Request, exc: httpx.TransportError, attempts: int) -> RegistryError:
+def _unreachable(
+    request: httpx.Request, exc: httpx.TransportError | ssl.SSLError, attempts: int
+) -> RegistryError:
+    tls = _tls_failure(exc)
+    if tls is not None:
+        return RegistryUnreachable(
+            _tls_message(tls), method=request.method, url=_public(request.url)
+        )
     cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return RegistryUnreachable(
         f"no answer from the registry after {attempts} attempt(s): {cause}",
         method=request.method,
         url=_public(request.url),
     )
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl error under httpx's and httpcore's wrappers, if TLS is what failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _tls_message(error: ssl.SSLError) -> str:
+    """One line that says which setting would help, instead of OpenSSL's words alone."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"the registry's TLS certificate is not trusted ({error.verify_message}); set "
+            "registry.ca_cert to the CA that signed it, or registry.insecure: true to skip checks"
+        )
+    reason = error.reason or str(error)
+    if reason.upper() in _CLIENT_CERTIFICATE_ALERTS:
+        return (
+            f"the registry refused the TLS connection ({reason}): it wants a client "
+            "certificate its http.tls.clientcas trust; set registry.client_cert and "
+            "registry.client_key"
+        )
+    return f"TLS with the registry failed: {reason}"
 
 
 def _status_error(reply: _Reply) -> RegistryError:
