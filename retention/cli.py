@@ -7,20 +7,26 @@ or policy-file error. Reports go to stdout (or ``--output``), progress and logs 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from retention import logs, report
 from retention.config import LoadedPolicy, load_policy_with_warnings
 from retention.errors import ConfigError, RetentionError
-from retention.model import Outcome, RunResult
-from retention.runner import run_pass
+from retention.model import Outcome, Plan, RunResult
+from retention.policy import Policy
+from retention.runner import apply_plan, run_pass
+
+if TYPE_CHECKING:
+    from retention.restore import Restored
+    from retention.trash import Trash, TrashEntry
 
 T = TypeVar("T")
 
@@ -114,6 +120,108 @@ def run(config_path: Path, dry_run: bool, force: bool, fmt: str, output: Path | 
 
 
 @main.command()
+@config_option
+@click.option("--run-now", is_flag=True, help="Also run one pass at start.")
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds SIGTERM waits for a running pass (its GC may have the registry stopped).",
+)
+def serve(config_path: Path, run_now: bool, stop_timeout: float) -> None:
+    """Run passes on the policy's schedule, with /healthz, /readyz, /metrics, /report, /run.
+
+    SIGTERM or SIGINT stop (a running pass may finish first), SIGHUP reloads the file.
+    """
+    from retention import daemon
+
+    loaded = _load(config_path)
+    try:
+        finished = daemon.serve(
+            config_path,
+            loaded.policy,
+            warnings=loaded.warnings,
+            run_now=run_now,
+            stop_timeout_s=stop_timeout,
+        )
+    except RetentionError as exc:
+        _fail(str(exc))
+    if not finished:
+        # The pass's thread would hold up interpreter exit for as long as it runs.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+    sys.exit(EXIT_OK)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@config_option
+@click.option(
+    "--force", is_flag=True, help="Apply even when the plan exceeds safety.max_deletions."
+)
+@format_option
+@output_option
+def apply(plan_file: Path, config_path: Path, force: bool, fmt: str, output: Path | None) -> None:
+    """Carry out a reviewed plan (from `plan --format json`): only what it lists."""
+    policy = _load(config_path).policy
+    plan = _read_plan(plan_file)
+    result = _run(apply_plan(policy, plan, force=force))
+    _emit(result, fmt, output)
+    sys.exit(_exit_code(result))
+
+
+@main.command("restore")
+@click.argument("run_id")
+@config_option
+@click.option("--repository", help="Only this repository.")
+@click.option("--tag", help="Only this tag (with its index children and signatures).")
+@click.option("--force", is_flag=True, help="Try even after GC collected the run.")
+def restore_command(
+    run_id: str, config_path: Path, repository: str | None, tag: str | None, force: bool
+) -> None:
+    """Push manifests a pass deleted back from the trash, until GC removes their blobs."""
+    from retention import restore
+    from retention.trash import Trash
+
+    policy = _load(config_path).policy
+    trash = Trash(policy.state_dir)
+    _, entries = _guard(
+        lambda: restore.select(trash, run_id, repository=repository, tag=tag, force=force)
+    )
+    results = _run(_restore(policy, trash, run_id, entries))
+    for item in results:
+        state = f"failed: {item.error}" if item.error else "restored"
+        click.echo(f"{item.repository}: {', '.join(item.references)} ({item.digest}) {state}")
+    sys.exit(EXIT_FAILURE if any(item.error for item in results) else EXIT_OK)
+
+
+@main.group()
+def trash() -> None:
+    """What past passes deleted, and whether it can still be restored."""
+
+
+@trash.command("list")
+@config_option
+def trash_list(config_path: Path) -> None:
+    """List trash bins: run id, when, how many manifests, restorable or collected."""
+    from retention.trash import Trash
+
+    policy = _load(config_path).policy
+    bins = Trash(policy.state_dir).bins()
+    rows = [("RUN", "DELETED AT", "MANIFESTS", "TAGS", "STATE")]
+    for item in bins:
+        tags = sum(len(e.tags) for e in item.entries)
+        state = "collected (blobs may be gone)" if item.collected else "restorable"
+        stamp = report.timestamp(item.deleted_at)
+        rows.append((item.run_id, stamp, str(len(item.entries)), str(tags), state))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@main.command()
 @format_option
 def demo(fmt: str) -> None:
     """Run a full pass against a throwaway local registry seeded with demo images."""
@@ -153,6 +261,32 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted")
+
+
+def _guard(action: Callable[[], T]) -> T:
+    """Run sync work whose expected failures become one line and exit 1."""
+    try:
+        return action()
+    except RetentionError as exc:
+        _fail(str(exc))
+
+
+def _read_plan(path: Path) -> Plan:
+    """A saved JSON plan; anything else is a usage error (exit 2)."""
+    try:
+        return report.plan_from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, report.PlanFileError) as exc:
+        _fail(f"{path}: {exc}", EXIT_USAGE)
+
+
+async def _restore(
+    policy: Policy, trash: Trash, run_id: str, entries: list[TrashEntry]
+) -> list[Restored]:
+    from retention.registry import RegistryClient
+    from retention.restore import restore
+
+    async with RegistryClient(policy.registry) as client:
+        return await restore(client, trash, run_id, entries)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

@@ -24,13 +24,23 @@ from retention.model import (
     RepositoryPlan,
 )
 from retention.registry import RegistryClient, parse_manifest
+from retention.trash import BinWriter, TrashEntry, TrashError
 
 log = get_logger(__name__)
+# Subjects before their artifacts, indexes (of images or of artifacts) before their children.
+_BATCHES = (DeletionKind.TAGGED, DeletionKind.ARTIFACT, DeletionKind.CHILD)
+_GONE = (Outcome.DELETED, Outcome.ALREADY_GONE)
 
 
-async def apply(client: RegistryClient, plan: Plan) -> tuple[DeletionResult, ...]:
-    """Carry out every deletion of ``plan``; raises DeleteDisabled, records everything else."""
-    state = _PassState()
+async def apply(
+    client: RegistryClient, plan: Plan, trash: BinWriter | None = None
+) -> tuple[DeletionResult, ...]:
+    """Carry out every deletion of ``plan``; raises DeleteDisabled, records everything else.
+
+    With ``trash``, each manifest's bytes are saved there before it is deleted; a manifest
+    that cannot be saved is not deleted.
+    """
+    state = _PassState(trash=trash)
     work = [r for r in plan.repositories if r.deletions and not r.skipped]
     results = await asyncio.gather(*(_apply_repository(client, r, state) for r in work))
     return tuple(result for batch in results for result in batch)
@@ -40,6 +50,7 @@ async def apply(client: RegistryClient, plan: Plan) -> tuple[DeletionResult, ...
 class _PassState:
     """Shared across repositories: once the registry is gone, stop knocking."""
 
+    trash: BinWriter | None = None
     unreachable: str | None = None
 
 
@@ -53,12 +64,14 @@ async def _apply_repository(
             state.unreachable = str(exc)
         detail = f"could not re-read the repository before deleting: {exc}"
         return [_result(repository.name, d, Outcome.SKIPPED, detail) for d in repository.deletions]
-    tagged = [d for d in repository.deletions if d.kind is DeletionKind.TAGGED]
-    children = [d for d in repository.deletions if d.kind is DeletionKind.CHILD]
-    first = await _delete_all(client, repository, tagged, current, state, done=set())
-    removed = {r.digest for r in first if r.outcome in (Outcome.DELETED, Outcome.ALREADY_GONE)}
-    second = await _delete_all(client, repository, children, current, state, done=removed)
-    return first + second
+    results: list[DeletionResult] = []
+    removed: set[str] = set()
+    for kind in _BATCHES:
+        batch = [d for d in repository.deletions if d.kind is kind]
+        done = await _delete_all(client, repository, batch, current, state, done=removed)
+        removed |= {r.digest for r in done if r.outcome in _GONE}
+        results += done
+    return results
 
 
 async def _delete_all(
@@ -90,10 +103,12 @@ async def _delete_one(
     if state.unreachable is not None:
         return _result(name, deletion, Outcome.FAILED, f"not attempted: {state.unreachable}")
     try:
+        if state.trash is not None and not await _save(client, name, deletion, state.trash):
+            return _result(name, deletion, Outcome.ALREADY_GONE)
         deleted = await client.delete_manifest(name, deletion.digest)
     except DeleteDisabled:
         raise
-    except RegistryError as exc:
+    except (RegistryError, TrashError) as exc:
         if isinstance(exc, RegistryUnreachable):
             state.unreachable = str(exc)
         log.error("deletion failed", repository=name, digest=deletion.digest, error=str(exc))
@@ -108,6 +123,26 @@ async def _delete_one(
         rule=_rule_of(repository, deletion),
     )
     return _result(name, deletion, outcome)
+
+
+async def _save(
+    client: RegistryClient, repository: str, deletion: ManifestDeletion, trash: BinWriter
+) -> bool:
+    """Keep the manifest's exact bytes for ``retention restore``; False if it is gone."""
+    try:
+        fetched = await client.manifest(repository, deletion.digest)
+    except NotFound:
+        return False
+    entry = TrashEntry(
+        repository=repository,
+        digest=deletion.digest,
+        media_type=fetched.media_type,
+        tags=deletion.tags,
+        kind=deletion.kind.value,
+        parents=deletion.parents,
+    )
+    trash.save(entry, fetched.body)
+    return True
 
 
 # -- what the repository looks like right now -----------------------------------------------
@@ -171,10 +206,12 @@ async def _children_of(client: RegistryClient, repository: str, digests: Iterabl
 
 
 def _parents_missing(deletion: ManifestDeletion, done: set[str]) -> str | None:
-    if deletion.kind is not DeletionKind.CHILD:
-        return None
+    """A child or artifact goes only once what it belongs to went (or was already gone)."""
     missing = [p for p in deletion.parents if p not in done]
-    return f"its index {missing[0]} was not deleted" if missing else None
+    if not missing:
+        return None
+    owner = "index" if deletion.kind is DeletionKind.CHILD else "subject"
+    return f"its {owner} {missing[0]} was not deleted"
 
 
 def _rule_of(repository: RepositoryPlan, deletion: ManifestDeletion) -> str | None:

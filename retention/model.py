@@ -40,8 +40,15 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Tag:
+    """A tag and the digest it points at; ``pushed`` is when it was last pushed, if known.
+
+    The registry API has no push time; on the filesystem backend the tag's link file's
+    mtime is one (see ``push_times.py``). Only the grace period uses it.
+    """
+
     name: str
     digest: str
+    pushed: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -79,11 +86,20 @@ class TagDecision:
     action: Action
     rule: str | None
     reason: str
+    subject: str | None = None
+
+    @property
+    def is_artifact(self) -> bool:
+        """A signature, attestation or SBOM: it follows its subject and no rule."""
+        return self.subject is not None
 
 
 class DeletionKind(StrEnum):
+    """Tagged digests go first; children and artifacts only after their parent went."""
+
     TAGGED = "tagged"
     CHILD = "child"
+    ARTIFACT = "artifact"
 
 
 @dataclass(frozen=True)
@@ -91,7 +107,8 @@ class ManifestDeletion:
     """One ``DELETE /v2/<name>/manifests/<digest>`` the plan asks for.
 
     ``tags`` are the tags this removes (all of them were decided delete); a child of a
-    deleted index has none and names its ``parents``.
+    deleted index has none and names its ``parents``; an artifact names its subject as
+    parent (none for an orphan) and is deleted only once its subject is gone.
     """
 
     digest: str
@@ -192,11 +209,14 @@ class StorageUsage:
 
 @dataclass(frozen=True)
 class GcResult:
+    """What garbage collection did; ``skipped`` says why it did not run, if so."""
+
     mode: str
     ran: bool = False
     blobs_deleted: int | None = None
     duration_s: float = 0.0
     error: str | None = None
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,9 +230,11 @@ class RunResult:
     gc: GcResult | None = None
     errors: tuple[str, ...] = ()
     duration_s: float = 0.0
+    run_id: str | None = None
+    verification: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         failed = any(r.outcome is Outcome.FAILED for r in self.applied)
         unread = any(r.error for r in self.plan.repositories)
-        return not (self.errors or failed or unread)
+        return not (self.errors or failed or unread or self.verification)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from retention import artifacts
 from retention.model import (
     Action,
     DeletionKind,
@@ -45,17 +46,31 @@ def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:
 
 
 def plan_repository(policy: Policy, repository: Repository, now: datetime) -> RepositoryPlan:
-    """Rules first, then the holds that make deletion by digest safe, then the budget."""
-    decisions = _by_rules(policy, repository, now)
-    if repository.error is not None:
-        return _held_back(repository.name, decisions, error=repository.error)
-    decisions = _hold_needed_digests(decisions, repository.manifests)
-    over = _over_fraction(decisions, policy.safety)
-    if over is not None:
-        return _held_back(repository.name, decisions, held=over)
+    """Rules, grace and the digest holds for images; artifacts follow; then the budget."""
+    found = {
+        name: attachment
+        for name, attachment in artifacts.attachments(repository).items()
+        if policy.protecting_pattern(name) is None
+    }
+    images = _by_rules(policy, repository, now, skip=found)
+    images = _within_grace(images, repository, policy.safety.grace_period, now)
+    images = _hold_needed_digests(images, repository.manifests)
+    held = repository.error is None and _over_fraction(images, policy.safety)
+    if repository.error is not None or held:
+        images = _held_back(images, repository.error, held or None)
+    fates = _fates(images, repository)
+    attached = artifacts.decide(repository, found, fates, policy.artifacts.delete_orphans)
+    decisions = _hold_needed_digests((*images, *attached), repository.manifests)
+    if repository.error is not None or held:
+        return RepositoryPlan(
+            name=repository.name,
+            decisions=_report_order(decisions),
+            error=repository.error,
+            held=held or None,
+        )
     return RepositoryPlan(
         name=repository.name,
-        decisions=decisions,
+        decisions=_report_order(decisions),
         deletions=_deletions(decisions, repository.manifests),
     )
 
@@ -74,14 +89,24 @@ def check_budget(plan: Plan, safety: Safety) -> str | None:
 # -- rules ----------------------------------------------------------------------------------
 
 
-def _by_rules(policy: Policy, repository: Repository, now: datetime) -> tuple[TagDecision, ...]:
-    """Protect first, then the first rule that claims each tag; the rest are kept."""
+def _by_rules(
+    policy: Policy,
+    repository: Repository,
+    now: datetime,
+    skip: Mapping[str, object],
+) -> tuple[TagDecision, ...]:
+    """Protect first, then the first rule that claims each tag; the rest are kept.
+
+    Artifact tags (``skip``, never protected ones) are left to ``artifacts.decide``.
+    """
     claimed: dict[str, list[Tag]] = {}
     decisions: list[TagDecision] = []
     for tag in repository.tags:
         created = _created(repository.manifests, tag.digest)
         pattern = policy.protecting_pattern(tag.name)
         rule = policy.rule_for(repository.name, tag.name)
+        if tag.name in skip:
+            continue
         if pattern is not None:
             decisions.append(_keep(tag, created, None, f"protected by {pattern!r}"))
         elif rule is None:
@@ -91,7 +116,7 @@ def _by_rules(policy: Policy, repository: Repository, now: datetime) -> tuple[Ta
     for rule in policy.rules:
         tags = claimed.get(rule.name, [])
         decisions.extend(_apply_rule(rule, tags, repository.manifests, now))
-    return _newest_first(decisions)
+    return tuple(decisions)
 
 
 def _apply_rule(
@@ -189,14 +214,15 @@ def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]
 def _deletions(
     decisions: Sequence[TagDecision], manifests: Mapping[str, Manifest]
 ) -> tuple[ManifestDeletion, ...]:
-    """Tagged digests first (an index before its children), then the orphaned children."""
+    """The order the executor keeps: images, then artifacts, then orphaned index children."""
     tags_by_digest: dict[str, list[str]] = {}
     for decision in decisions:
         if decision.action is Action.DELETE:
             tags_by_digest.setdefault(decision.digest, []).append(decision.tag)
     kept = _kept_closure(decisions, manifests)
+    subjects = {d.digest: d.subject for d in decisions if d.subject is not None}
     tagged = [
-        ManifestDeletion(digest, DeletionKind.TAGGED, tags=tuple(sorted(tags)))
+        _tagged_deletion(digest, tags, subjects.get(digest), tags_by_digest)
         for digest, tags in sorted(tags_by_digest.items())
     ]
     parents: dict[str, list[str]] = {}
@@ -208,7 +234,20 @@ def _deletions(
         ManifestDeletion(child, DeletionKind.CHILD, parents=tuple(sorted(set(owners))))
         for child, owners in sorted(parents.items())
     ]
-    return tuple(tagged + children)
+    images = [t for t in tagged if t.kind is DeletionKind.TAGGED]
+    return tuple(images + [t for t in tagged if t.kind is DeletionKind.ARTIFACT] + children)
+
+
+def _tagged_deletion(
+    digest: str, tags: list[str], subject: str | None, deleted: Mapping[str, list[str]]
+) -> ManifestDeletion:
+    """An artifact waits for its subject when the subject goes in this pass too."""
+    if subject is None:
+        return ManifestDeletion(digest, DeletionKind.TAGGED, tags=tuple(sorted(tags)))
+    parents = (subject,) if subject in deleted else ()
+    return ManifestDeletion(
+        digest, DeletionKind.ARTIFACT, tags=tuple(sorted(tags)), parents=parents
+    )
 
 
 def _kept_closure(decisions: Iterable[TagDecision], manifests: Mapping[str, Manifest]) -> set[str]:
@@ -235,21 +274,53 @@ def _over_fraction(decisions: Sequence[TagDecision], safety: Safety) -> str | No
 
 
 def _held_back(
-    name: str,
-    decisions: Sequence[TagDecision],
-    *,
-    error: str | None = None,
-    held: str | None = None,
-) -> RepositoryPlan:
-    """A repository where nothing is deleted; each tag still says what the rules wanted."""
+    decisions: Sequence[TagDecision], error: str | None, held: str | None
+) -> tuple[TagDecision, ...]:
+    """Nothing is deleted here; each tag still says what the rules wanted."""
     why = f"not fully read: {error}" if error else str(held)
-    kept = tuple(
+    return tuple(
         replace(d, action=Action.KEEP, reason=f"held: {why} (rule said delete: {d.reason})")
         if d.action is Action.DELETE
         else d
         for d in decisions
     )
-    return RepositoryPlan(name=name, decisions=kept, error=error, held=held)
+
+
+def _within_grace(
+    decisions: Sequence[TagDecision],
+    repository: Repository,
+    grace: timedelta,
+    now: datetime,
+) -> tuple[TagDecision, ...]:
+    """Keep what was pushed (or, when the push time is unknown, built) within the grace."""
+    pushed = {t.name: t.pushed for t in repository.tags}
+    kept: list[TagDecision] = []
+    for decision in decisions:
+        moment, verb = pushed.get(decision.tag), "pushed"
+        if moment is None:
+            moment, verb = decision.created, "created"
+        if decision.action is Action.DELETE and moment is not None and now - moment < grace:
+            reason = (
+                f"{verb} {describe_age(now - moment)} ago, within "
+                f"safety.grace_period={format_duration(grace)}"
+            )
+            decision = replace(decision, action=Action.KEEP, reason=reason)
+        kept.append(decision)
+    return tuple(kept)
+
+
+def _fates(images: Sequence[TagDecision], repository: Repository) -> artifacts.Fates:
+    """Which image digests stay and which go, for their signatures to follow."""
+    kept = _kept_closure(images, repository.manifests)
+    deleted = {d.digest for d in images if d.action is Action.DELETE}
+    for digest in list(deleted):
+        deleted.update(_descendants(digest, repository.manifests))
+    return artifacts.Fates(
+        kept=frozenset(kept),
+        deleted=frozenset(deleted - kept),
+        present=frozenset(repository.manifests),
+        names=artifacts.first_tag_by_digest(images),
+    )
 
 
 # -- reclaimable bytes ----------------------------------------------------------------------
@@ -307,11 +378,30 @@ def _delete(tag: Tag, created: datetime | None, rule: str | None, reason: str) -
     return TagDecision(tag.name, tag.digest, created, Action.DELETE, rule, reason)
 
 
-def _newest_first(decisions: Iterable[TagDecision]) -> tuple[TagDecision, ...]:
-    """Report order: newest first, unknown ages last, ties by tag name."""
-    return tuple(
-        sorted(
-            decisions,
-            key=lambda d: (d.created is None, -(d.created.timestamp() if d.created else 0), d.tag),
-        )
+def _report_order(decisions: Iterable[TagDecision]) -> tuple[TagDecision, ...]:
+    """Newest first, unknown ages last, ties by name; artifacts right under their subject."""
+    images = sorted(
+        (d for d in decisions if not d.is_artifact),
+        key=lambda d: (d.created is None, -(d.created.timestamp() if d.created else 0), d.tag),
     )
+    attached: dict[str, list[TagDecision]] = {}
+    for decision in sorted((d for d in decisions if d.is_artifact), key=lambda d: d.tag):
+        attached.setdefault(str(decision.subject), []).append(decision)
+    ordered: list[TagDecision] = []
+    for image in images:
+        ordered.append(image)
+        ordered.extend(attached.pop(image.digest, []))
+    ordered.extend(_artifacts_of_artifacts(ordered, attached))
+    return tuple(ordered)
+
+
+def _artifacts_of_artifacts(
+    placed: list[TagDecision], attached: dict[str, list[TagDecision]]
+) -> list[TagDecision]:
+    """Place artifacts whose subject is another artifact, then orphans, at the end."""
+    rest: list[TagDecision] = []
+    for decision in list(placed):
+        rest.extend(attached.pop(decision.digest, []))
+    for group in attached.values():
+        rest.extend(group)
+    return rest

@@ -12,9 +12,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from retention.errors import RetentionError
 from retention.model import (
     Action,
+    DeletionKind,
     DeletionResult,
+    ManifestDeletion,
     Plan,
     RepositoryPlan,
     RunResult,
@@ -52,9 +55,11 @@ def to_dict(result: RunResult) -> dict[str, Any]:
         "summary": asdict(plan.summary),
     }
     if not result.dry_run:
+        data["run_id"] = result.run_id
         data["applied"] = [_applied_dict(a) for a in result.applied]
         data["storage"] = {**asdict(result.storage), "freed_bytes": result.storage.freed_bytes}
         data["gc"] = asdict(result.gc) if result.gc else None
+        data["verification"] = list(result.verification)
     data["errors"] = list(result.errors) + [
         f"{r.name}: {r.error}" for r in plan.repositories if r.error
     ]
@@ -90,6 +95,7 @@ def _decision_dict(decision: TagDecision) -> dict[str, Any]:
         "action": decision.action.value,
         "rule": decision.rule,
         "reason": decision.reason,
+        "subject": decision.subject,
     }
 
 
@@ -106,6 +112,61 @@ def _applied_dict(applied: DeletionResult) -> dict[str, Any]:
 def timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with a Z, to the second: what people paste into other tools."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- reading a saved plan back --------------------------------------------------------------
+
+
+class PlanFileError(RetentionError):
+    """A saved plan that is not a ``retention plan --format json`` report."""
+
+
+def plan_from_dict(data: Any) -> Plan:
+    """The Plan a JSON report describes, for ``retention apply`` to carry out."""
+    try:
+        return Plan(
+            registry=str(data["registry"]),
+            created_at=_parse_time(data["generated_at"]),
+            repositories=tuple(_repository_from(r) for r in data["repositories"]),
+            reclaimable_bytes=int(data["summary"]["reclaimable_bytes"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanFileError(f"not a retention plan report ({type(exc).__name__}: {exc})") from exc
+
+
+def _repository_from(data: dict[str, Any]) -> RepositoryPlan:
+    return RepositoryPlan(
+        name=str(data["name"]),
+        decisions=tuple(_decision_from(t) for t in data["tags"]),
+        deletions=tuple(
+            ManifestDeletion(
+                digest=str(d["digest"]),
+                kind=DeletionKind(d["kind"]),
+                tags=tuple(d["tags"]),
+                parents=tuple(d["parents"]),
+            )
+            for d in data["deletions"]
+        ),
+        error=data.get("error"),
+        held=data.get("held"),
+    )
+
+
+def _decision_from(data: dict[str, Any]) -> TagDecision:
+    created = data.get("created")
+    return TagDecision(
+        tag=str(data["tag"]),
+        digest=str(data["digest"]),
+        created=_parse_time(created) if created else None,
+        action=Action(data["action"]),
+        rule=data.get("rule"),
+        reason=str(data["reason"]),
+        subject=data.get("subject"),
+    )
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 # -- table and Markdown ---------------------------------------------------------------------
@@ -157,7 +218,7 @@ def _repository_title(repository: RepositoryPlan) -> str:
 
 def _row(decision: TagDecision) -> tuple[str, ...]:
     return (
-        decision.tag,
+        f"└ {decision.tag}" if decision.is_artifact else decision.tag,
         "DELETE" if decision.action is Action.DELETE else "keep",
         decision.rule or "-",
         timestamp(decision.created) if decision.created else "unknown",
@@ -178,6 +239,7 @@ def _footer(result: RunResult) -> list[str]:
     if not result.dry_run:
         lines.extend(_applied_lines(result))
     lines.extend(f"error: {e}" for e in result.errors)
+    lines.extend(f"broken: {problem}" for problem in result.verification)
     return lines
 
 
@@ -185,7 +247,8 @@ def _applied_lines(result: RunResult) -> list[str]:
     counts: dict[str, int] = {}
     for applied in result.applied:
         counts[applied.outcome.value] = counts.get(applied.outcome.value, 0) + 1
-    lines = ["applied: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing")]
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing"
+    lines = [f"applied (run {result.run_id}): {summary}"]
     lines.extend(
         f"{a.outcome.value}: {a.repository}@{short_digest(a.digest)} {a.detail}".rstrip()
         for a in result.applied
@@ -195,7 +258,7 @@ def _applied_lines(result: RunResult) -> list[str]:
         gc = result.gc
         blobs = "?" if gc.blobs_deleted is None else str(gc.blobs_deleted)
         state = f"error: {gc.error}" if gc.error else f"{blobs} blobs deleted"
-        lines.append(f"gc ({gc.mode}): {state}" if gc.ran else f"gc ({gc.mode}): not run")
+        lines.append(f"gc ({gc.mode}): {state}" if gc.ran else f"gc ({gc.mode}): {gc.skipped}")
     storage = result.storage
     if storage.before_bytes is not None:
         after = "?" if storage.after_bytes is None else human_bytes(storage.after_bytes)

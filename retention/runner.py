@@ -2,29 +2,42 @@
 
 This is the only place that strings the edges together; it holds no policy logic of its
 own. Dry run is this same path stopped before the first write, never a second
-implementation. Expected failures after the plan (GC, storage) are recorded in the result
-rather than raised, so the report always shows what was deleted.
+implementation, and ``apply`` of a saved plan joins it right after planning. Expected
+failures after the plan (GC, storage, verification) are recorded in the result rather
+than raised, so the report always shows what was deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 from retention import executor, planner
-from retention.errors import DeleteDisabled, GarbageCollectionError, RegistryError, StorageError
+from retention.errors import (
+    DeleteDisabled,
+    GarbageCollectionError,
+    RegistryError,
+    RetentionError,
+    StorageError,
+)
 from retention.gc import Collector, ReadyCheck
 from retention.gc.command import CommandCollector
 from retention.inventory import ProgressCallback, collect
 from retention.lock import exclusive
 from retention.logs import get_logger
-from retention.model import GcResult, Outcome, Plan, RunResult, StorageUsage
-from retention.policy import Policy
+from retention.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
+from retention.policy import Policy, format_duration
+from retention.push_times import with_push_times
 from retention.registry.client import RegistryClient
 from retention.storage import LocalStorage, StorageProbe
+from retention.subjects import confirm_subjects
+from retention.trash import Trash, TrashBin, new_run_id
+from retention.verify import verify
 
 Clock = Callable[[], datetime]
 log = get_logger(__name__)
@@ -33,6 +46,10 @@ READY_POLL_S = 0.5
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class PlanMismatch(RetentionError):
+    """A saved plan is for another registry than the policy's."""
 
 
 async def run_pass(
@@ -51,16 +68,29 @@ async def run_pass(
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
             plan = await _scan_and_plan(client, policy, progress, clock)
-            result = await _apply(client, policy, plan, force=force)
-    result = _finished(result, started)
-    _log_summary(result)
-    return result
+            result = await _apply(client, policy, plan, force=force, clock=clock)
+    return _finished(result, started)
+
+
+async def apply_plan(
+    policy: Policy, plan: Plan, *, force: bool = False, clock: Clock = utc_now
+) -> RunResult:
+    """Carry out a reviewed plan: only what it lists, each tag re-checked before deletion."""
+    started = time.monotonic()
+    async with RegistryClient(policy.registry) as client:
+        if plan.registry != client.url:
+            raise PlanMismatch(
+                f"the plan is for {plan.registry}, the policy's registry is {client.url}"
+            )
+        with exclusive(policy.state_dir):
+            result = await _apply(client, policy, plan, force=force, clock=clock)
+    return _finished(result, started)
 
 
 async def _scan_and_plan(
     client: RegistryClient, policy: Policy, progress: ProgressCallback | None, clock: Clock
 ) -> Plan:
-    inventory = await collect(client, progress=progress)
+    inventory = await _inventory(client, policy, progress)
     plan = planner.plan(policy, inventory, clock())
     summary = plan.summary
     log.info(
@@ -77,41 +107,114 @@ async def _scan_and_plan(
     return plan
 
 
-async def _apply(client: RegistryClient, policy: Policy, plan: Plan, *, force: bool) -> RunResult:
+async def _inventory(
+    client: RegistryClient, policy: Policy, progress: ProgressCallback | None
+) -> Inventory:
+    """The scan, plus what the planner needs beyond it: signed subjects and push times."""
+    inventory = await confirm_subjects(client, await collect(client, progress=progress))
+    if policy.storage.path is not None and policy.gc.mode != "docker":
+        inventory = with_push_times(inventory, policy.storage.path)
+    return inventory
+
+
+async def _apply(
+    client: RegistryClient, policy: Policy, plan: Plan, *, force: bool, clock: Clock
+) -> RunResult:
     over = planner.check_budget(plan, policy.safety)
     if over is not None and not force:
         log.error("safety limit exceeded", reason=over)
         return RunResult(plan, dry_run=False, errors=(over,))
-    probe = storage_probe(policy)
+    with docker_engine(policy) as engine:
+        return await _delete_and_collect(client, policy, plan, engine, clock)
+
+
+async def _delete_and_collect(
+    client: RegistryClient, policy: Policy, plan: Plan, engine: Any, clock: Clock
+) -> RunResult:
+    now = clock()
+    run_id = new_run_id(now)
+    trash = Trash(policy.state_dir)
+    probe = storage_probe(policy, engine)
     before = _measure(probe, "before")
     try:
-        applied = await executor.apply(client, plan)
+        applied = await executor.apply(client, plan, trash.open_bin(run_id, plan.registry, now))
     except DeleteDisabled as exc:
-        return RunResult(plan, dry_run=False, errors=(str(exc),))
+        return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
-    gc, errors = await _collect_garbage(client, policy, deleted)
+    problems = await _verify(client, policy, plan, "after deletion") if deleted else []
+    gc, errors = await _collect_garbage(client, policy, trash, engine, clock())
+    if gc is not None and gc.ran:
+        problems += await _verify(client, policy, plan, "after gc")
+    trash.prune(policy.trash.keep, clock())
     after = _measure(probe, "after") if before is not None else None
-    storage = StorageUsage(before, after)
-    return RunResult(plan, dry_run=False, applied=applied, storage=storage, gc=gc, errors=errors)
+    return RunResult(
+        plan,
+        dry_run=False,
+        applied=applied,
+        storage=StorageUsage(before, after),
+        gc=gc,
+        errors=errors,
+        run_id=run_id,
+        verification=tuple(problems),
+    )
+
+
+async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str) -> list[str]:
+    if not policy.verify.enabled:
+        return []
+    problems = [f"{when}: {p}" for p in await verify(client, plan, policy.verify.blobs)]
+    for problem in problems:
+        log.error("verification failed", problem=problem)
+    if not problems:
+        log.info("verification passed", when=when)
+    return problems
 
 
 # -- garbage collection ---------------------------------------------------------------------
 
 
 async def _collect_garbage(
-    client: RegistryClient, policy: Policy, deleted: bool
+    client: RegistryClient, policy: Policy, trash: Trash, engine: Any, now: datetime
 ) -> tuple[GcResult | None, tuple[str, ...]]:
-    """Run GC only when this pass deleted something: stopping a registry for nothing is downtime."""
+    """GC when deletions wait for it and the oldest is older than ``gc.delay``.
+
+    Stopping a registry for nothing is downtime, and collecting too early ends the window
+    in which ``retention restore`` can bring an image back.
+    """
     if policy.gc.mode == "none":
         return None, ()
-    if not deleted:
-        log.info("gc skipped", mode=policy.gc.mode, reason="nothing was deleted")
-        return GcResult(mode=policy.gc.mode), ()
+    pending = trash.uncollected()
+    why_not = _gc_deferred(pending, policy, now)
+    if why_not is not None:
+        log.info("gc skipped", mode=policy.gc.mode, reason=why_not)
+        return GcResult(mode=policy.gc.mode, skipped=why_not), ()
+    result, errors = await _run_collector(client, policy, engine)
+    if result.error is None:
+        trash.mark_collected([b.run_id for b in pending])
+    return result, errors
+
+
+def _gc_deferred(pending: list[TrashBin], policy: Policy, now: datetime) -> str | None:
+    if not pending:
+        return "nothing deleted since the last collection"
+    oldest = min(b.deleted_at for b in pending)
+    if now - oldest < policy.gc.delay:
+        age = format_duration(now - oldest) if now > oldest else "0s"
+        return (
+            f"gc.delay={format_duration(policy.gc.delay)}: the oldest uncollected deletion "
+            f"is {age} old (restorable until collected)"
+        )
+    return None
+
+
+async def _run_collector(
+    client: RegistryClient, policy: Policy, engine: Any
+) -> tuple[GcResult, tuple[str, ...]]:
     ready = _ready_check(client, asyncio.get_running_loop())
     log.info("gc started", mode=policy.gc.mode)
     started = time.monotonic()
     try:
-        result = await asyncio.to_thread(lambda: make_collector(policy, ready).collect())
+        result = await asyncio.to_thread(lambda: make_collector(policy, ready, engine).collect())
     except GarbageCollectionError as exc:
         log.error("gc failed", mode=policy.gc.mode, error=str(exc))
         elapsed = time.monotonic() - started
@@ -126,12 +229,30 @@ async def _collect_garbage(
     return result, ()
 
 
-def make_collector(policy: Policy, ready: ReadyCheck) -> Collector:
+def make_collector(policy: Policy, ready: ReadyCheck, engine: Any) -> Collector:
     if policy.gc.mode == "docker":
-        from retention.gc.docker import DockerCollector, docker_client
+        from retention.gc.docker import DockerCollector
 
-        return DockerCollector(policy.gc, ready, docker_client(policy.gc))
+        return DockerCollector(policy.gc, ready, engine)
     return CommandCollector(policy.gc, ready)
+
+
+@contextmanager
+def docker_engine(policy: Policy) -> Iterator[Any]:
+    """One Docker client per pass in docker mode (None otherwise), closed at the end.
+
+    Connecting first means an unreachable engine stops the pass before anything is deleted.
+    """
+    if policy.gc.mode != "docker":
+        yield None
+        return
+    from retention.gc.docker import docker_client
+
+    engine = docker_client(policy.gc)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def _ready_check(client: RegistryClient, loop: asyncio.AbstractEventLoop) -> ReadyCheck:
@@ -160,15 +281,13 @@ async def _wait_until_up(client: RegistryClient, timeout_s: float) -> None:
 # -- storage --------------------------------------------------------------------------------
 
 
-def storage_probe(policy: Policy) -> StorageProbe | None:
+def storage_probe(policy: Policy, engine: Any) -> StorageProbe | None:
     if policy.storage.path is None:
         return None
-    if policy.gc.mode == "docker":
-        from retention.gc.docker import ContainerStorage, docker_client
+    if engine is not None:
+        from retention.gc.docker import ContainerStorage
 
-        return ContainerStorage(
-            docker_client(policy.gc), policy.gc.container, str(policy.storage.path)
-        )
+        return ContainerStorage(engine, policy.gc.container, str(policy.storage.path))
     return LocalStorage(policy.storage.path)
 
 
@@ -189,7 +308,9 @@ def _measure(probe: StorageProbe | None, when: str) -> int | None:
 
 
 def _finished(result: RunResult, started: float) -> RunResult:
-    return replace(result, duration_s=time.monotonic() - started)
+    result = replace(result, duration_s=time.monotonic() - started)
+    _log_summary(result)
+    return result
 
 
 def _log_summary(result: RunResult) -> None:
@@ -199,6 +320,7 @@ def _log_summary(result: RunResult) -> None:
     log.info(
         "pass finished",
         ok=result.ok,
+        run_id=result.run_id,
         tags_deleted=sum(len(a.tags) for a in result.applied if a.outcome is Outcome.DELETED),
         manifests=counts,
         bytes_before=result.storage.before_bytes,
@@ -206,6 +328,7 @@ def _log_summary(result: RunResult) -> None:
         bytes_freed=result.storage.freed_bytes,
         gc_blobs_deleted=result.gc.blobs_deleted if result.gc else None,
         gc_duration_s=round(result.gc.duration_s, 3) if result.gc else None,
+        verification_problems=len(result.verification),
         duration_s=round(result.duration_s, 3),
         errors=list(result.errors),
     )

@@ -13,13 +13,17 @@ from typing import Any
 
 
 def write_policy(path: Path, url: str, *rules: Mapping[str, Any], **sections: Any) -> Path:
-    """A policy file (JSON is YAML) with a state_dir beside it unless one is given."""
+    """A policy file (JSON is YAML) with a state_dir beside it unless one is given.
+
+    Tests push images and plan at once, so the grace period is 0s unless a test sets it.
+    """
     document: dict[str, Any] = {
         "registry": {"url": url, "retries": 1},
         "rules": [dict(r) for r in rules],
         "state_dir": str(path.parent / "state"),
     }
     document.update(sections)
+    document["safety"] = {"grace_period": "0s", **document.get("safety", {})}
     path.write_text(json.dumps(document, indent=2))
     return path
 

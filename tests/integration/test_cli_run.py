@@ -256,5 +256,6 @@ def test_gc_is_not_run_when_nothing_was_deleted(
         "blobs_deleted": None,
         "duration_s": 0.0,
         "error": None,
+        "skipped": "nothing deleted since the last collection",
     }
     assert json.dumps(report["applied"]) == "[]"

@@ -376,3 +376,155 @@ def test_decisions_are_listed_newest_first_with_unknown_ages_last() -> None:
 )
 def test_ages_are_described_as_people_say_them(age: timedelta, text: str) -> None:
     assert describe_age(age) == text
+
+
+# -- signatures, attestations, grace --------------------------------------------------------
+
+
+def cosign(subject: Manifest, suffix: str = "sig") -> str:
+    return f"sha256-{subject.digest.split(':')[1]}.{suffix}"
+
+
+def hexdigest(name: str, age_days: float = 90) -> Manifest:
+    """An image whose digest is a real-looking sha256, so cosign tag names can point at it."""
+    value = name.encode().hex().ljust(64, "0")[:64]
+    return Manifest(f"sha256:{value}", IMAGE, 100, created=days_ago(age_days))
+
+
+def signature(of: str, name: str) -> Manifest:
+    return Manifest(f"sha256:{name}", IMAGE, 50, created=None, subject=of)
+
+
+def test_signature_tags_follow_their_image_not_the_rules() -> None:
+    old, new = hexdigest("old"), hexdigest("new", 1)
+    tags = {
+        "old": old,
+        "new": new,
+        cosign(old): image("sig-old", 1),
+        cosign(new): image("sig-new", 1),
+    }
+    p = policy({"name": "everything", "keep_last": 1, "max_age": "1s"})
+    result = run(p, repo("app", tags))
+    assert actions(result) == {
+        "new": "keep",
+        cosign(new): "keep",
+        "old": "delete",
+        cosign(old): "delete",
+    }
+    reasons = decisions(result)
+    assert reasons[cosign(old)][1] == f"signature of deleted image {old.digest[7:19]} (old)"
+    assert reasons[cosign(new)][1] == f"signature of kept image {new.digest[7:19]} (new)"
+
+
+def test_artifacts_are_not_counted_by_keep_last() -> None:
+    a, b = hexdigest("a"), hexdigest("b")
+    tags = {"a": a, "b": b, cosign(a, "att"): image("att-a", 0), cosign(b, "sbom"): image("sb", 0)}
+    result = run(policy({"name": "r", "keep_last": 2}), repo("app", tags))
+    assert set(actions(result).values()) == {"keep"}
+
+
+def test_artifact_deletion_waits_for_its_subjects_deletion() -> None:
+    old, new = hexdigest("old"), hexdigest("new", 1)
+    tags = {"old": old, "new": new, cosign(old): image("sig-old", 1)}
+    result = run(policy({"name": "r", "keep_last": 1}), repo("app", tags))
+    deletions = result.repositories[0].deletions
+    assert [(d.digest, d.kind, d.parents) for d in deletions] == [
+        (old.digest, DeletionKind.TAGGED, ()),
+        ("sha256:sig-old", DeletionKind.ARTIFACT, (old.digest,)),
+    ]
+
+
+def test_oci_subject_makes_a_tag_an_artifact_of_that_image() -> None:
+    old, new = image("old", 90), image("new", 1)
+    tags = {"old": old, "new": new, "old-sbom": signature(old.digest, "sbom-old")}
+    result = run(policy({"name": "r", "keep_last": 1}), repo("app", tags))
+    assert decisions(result)["old-sbom"] == (Action.DELETE, "artifact of deleted image old (old)")
+
+
+def test_orphan_artifacts_are_kept_unless_asked_to_delete() -> None:
+    gone = hexdigest("gone")
+    tags = {"v1": image("v1", 1), cosign(gone): image("orphan-sig", 1)}
+    kept = run(policy({"name": "r", "keep_last": 5}), repo("app", tags))
+    deleted = run(
+        policy({"name": "r", "keep_last": 5}, artifacts={"delete_orphans": True}),
+        repo("app", tags),
+    )
+    assert decisions(kept)[cosign(gone)] == (
+        Action.KEEP,
+        f"signature of missing image {gone.digest[7:19]} (orphan; set "
+        "artifacts.delete_orphans to delete)",
+    )
+    assert decisions(deleted)[cosign(gone)][0] is Action.DELETE
+    assert deleted.repositories[0].deletions[0].parents == ()
+
+
+def test_signature_of_an_untagged_image_stays() -> None:
+    untagged = hexdigest("untagged")
+    tags = {"v1": image("v1", 1), cosign(untagged): image("sig", 1)}
+    p = policy({"name": "r", "keep_last": 0}, artifacts={"delete_orphans": True})
+    result = run(p, repo("app", tags, untagged))
+    assert decisions(result)[cosign(untagged)][0] is Action.KEEP
+
+
+def test_signature_of_a_signature_follows_it() -> None:
+    old = hexdigest("old")
+    sig = Manifest("sha256:" + "5" * 64, IMAGE, 10)
+    tags = {"old": old, "new": image("new", 1), cosign(old): sig, cosign(sig): image("sigsig", 1)}
+    result = run(policy({"name": "r", "keep_last": 1}), repo("app", tags))
+    assert decisions(result)[cosign(sig)] == (
+        Action.DELETE,
+        f"signature of deleted signature {cosign(old)!r}",
+    )
+
+
+def test_protected_artifact_tags_are_kept_as_protected() -> None:
+    old = hexdigest("old")
+    tags = {"old": old, "new": image("new", 1), cosign(old): image("s", 1)}
+    p = policy({"name": "r", "keep_last": 1}, protect=("sha256-.*",))
+    result = run(p, repo("app", tags))
+    assert decisions(result)[cosign(old)] == (Action.KEEP, "protected by 'sha256-.*'")
+
+
+def test_artifacts_are_listed_right_under_their_subject() -> None:
+    old, new = hexdigest("old"), hexdigest("new", 1)
+    tags = {"old": old, "new": replace_created(new, 1), cosign(old): image("so", 1)}
+    result = run(policy({"name": "r", "keep_last": 5}), repo("app", tags))
+    assert [d.tag for d in result.repositories[0].decisions] == ["new", "old", cosign(old)]
+
+
+def replace_created(manifest: Manifest, age_days: float) -> Manifest:
+    return Manifest(manifest.digest, manifest.media_type, manifest.size, created=days_ago(age_days))
+
+
+def test_tags_within_the_grace_period_are_never_deleted() -> None:
+    tags = {"fresh": image("fresh", 0.01), "old": image("old", 30)}
+    p = policy({"name": "r", "keep_last": 0}, safety={"max_delete_fraction": 1.0})
+    result = run(p, repo("app", tags))
+    assert decisions(result)["fresh"] == (
+        Action.KEEP,
+        "created 14m ago, within safety.grace_period=1h",
+    )
+    assert decisions(result)["old"][0] is Action.DELETE
+
+
+def test_grace_uses_the_push_time_when_known() -> None:
+    built_long_ago = image("old-build", 300)
+    repository = Repository(
+        "app",
+        tags=(Tag("retagged", built_long_ago.digest, pushed=NOW - timedelta(minutes=5)),),
+        manifests={built_long_ago.digest: built_long_ago},
+    )
+    result = run(policy({"name": "r", "max_age": "1d"}), repository)
+    assert decisions(result)["retagged"] == (
+        Action.KEEP,
+        "pushed 5m ago, within safety.grace_period=1h",
+    )
+
+
+def test_held_repository_keeps_artifacts_of_images_the_rules_would_delete() -> None:
+    old = hexdigest("old")
+    tags = {"old": old, cosign(old): image("sig", 1)}
+    p = policy({"name": "r", "keep_last": 0}, safety={"max_delete_fraction": 0.5})
+    result = run(p, repo("app", tags))
+    assert result.repositories[0].held is not None
+    assert actions(result) == {"old": "keep", cosign(old): "keep"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from retention.model import (
     Action,
     DeletionKind,
@@ -18,7 +20,7 @@ from retention.model import (
     StorageUsage,
     TagDecision,
 )
-from retention.report import human_bytes, render
+from retention.report import PlanFileError, human_bytes, plan_from_dict, render
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CREATED = datetime(2026, 10, 1, tzinfo=UTC)
@@ -53,6 +55,7 @@ def test_json_plan_has_the_public_shape() -> None:
         "action": "delete",
         "rule": "r",
         "reason": "beyond keep_last=1 (#2)",
+        "subject": None,
     }
     assert data["repositories"][0]["delete"] == [DIGEST]
     assert data["summary"] == {
@@ -117,7 +120,7 @@ def test_table_of_a_run_says_what_was_applied_and_freed() -> None:
         gc=GcResult("docker", ran=True, blobs_deleted=2),
     )
     text = render(result, "table")
-    assert "applied: 1 skipped" in text
+    assert "applied (run None): 1 skipped" in text
     assert "skipped: app/web@sha256:abababababab tag 'v1' moved" in text
     assert "gc (docker): 2 blobs deleted" in text
     assert "storage: 2.0 MiB before, 1.0 MiB after, 1.0 MiB freed" in text
@@ -130,3 +133,13 @@ def test_human_bytes_uses_binary_units() -> None:
         "1.0 KiB",
         "5.0 GiB",
     ]
+
+
+def test_a_json_plan_reads_back_into_the_same_plan() -> None:
+    plan = sample_plan()
+    assert plan_from_dict(json.loads(render(plan, "json"))) == plan
+
+
+def test_a_file_that_is_not_a_plan_is_refused_in_one_line() -> None:
+    with pytest.raises(PlanFileError, match="not a retention plan report"):
+        plan_from_dict({"registry": "x", "repositories": [{"name": "a"}]})
