@@ -1,0 +1,589 @@
+"""``retention serve``: the same pass as ``retention run``, on a schedule, behind an HTTP port.
+
+Owns the long-running parts and nothing of a pass itself: the APScheduler 3.x jobs, the
+guard that keeps two passes from overlapping, the reports kept in ``state_dir/reports``,
+the HTTP endpoints (health, readiness, metrics, the last report, a manual run) and the
+signals (TERM/INT stop, HUP reloads the policy file). Only ``cli.py`` imports it.
+
+Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
+registry pings; ``POST /run`` starts a pass in a thread of its own; the HTTP server answers
+from its own threads. What they share lives in ``Daemon`` and is guarded by one lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+# APScheduler 3.x ships no type information (no py.typed); its names are Any here.
+from apscheduler.events import (  # type: ignore[import-untyped]
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+)
+from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+    BackgroundScheduler,
+)
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry
+
+from retention import report
+from retention.config import load_policy_with_warnings
+from retention.errors import ConfigError, RegistryError, RetentionError
+from retention.logs import get_logger
+from retention.metrics import CONTENT_TYPE, LastPass, Metrics, PassOutcome
+from retention.model import RunResult
+from retention.policy import Policy, Server
+from retention.registry.client import RegistryClient
+from retention.reports import ReportStore
+from retention.runner import Clock, run_pass, utc_now
+from retention.schedule import describe_schedule, job_options, make_trigger
+
+log = get_logger(__name__)
+
+PASS_JOB = "pass"
+PING_JOB = "ping"
+PING_INTERVAL_S = 30
+PING_TIMEOUT = timedelta(seconds=5)
+# How long SIGTERM waits for a pass in flight. A docker offline GC must be allowed to start
+# the registry again, so this is generous; set the orchestrator's grace period above it.
+STOP_TIMEOUT_S = 300.0
+
+PassFunction = Callable[[Policy], RunResult]
+PingFunction = Callable[[Policy], None]
+
+
+# -- one pass, as the daemon runs it ------------------------------------------------------
+
+
+def run_scheduled_pass(policy: Policy) -> RunResult:
+    """The same pass as ``retention run``; whether it is a dry run is the policy's choice."""
+    return asyncio.run(run_pass(policy, dry_run=policy.schedule.dry_run))
+
+
+def ping_registry(policy: Policy) -> None:
+    """One quick ``GET /v2/`` for readiness: a short timeout and no retries."""
+    settings = policy.registry.model_copy(update={"timeout": PING_TIMEOUT, "retries": 0})
+
+    async def ping() -> None:
+        async with RegistryClient(settings) as client:
+            await client.ping()
+
+    asyncio.run(ping())
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """How one pass ended: its result, or the error it raised instead."""
+
+    result: RunResult | None
+    outcome: PassOutcome
+    duration_s: float
+    finished_at: datetime
+    error: str | None = None
+    registry_failed: bool = False
+
+
+def outcome_of(result: RunResult) -> PassOutcome:
+    if not result.ok:
+        return "failure"
+    return "dry_run" if result.dry_run else "success"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str
+
+
+def failure_document(record: PassRecord, registry: str) -> dict[str, Any]:
+    """A report for a pass that raised, shaped like ``report.to_dict`` where it can be."""
+    return {
+        "registry": registry,
+        "generated_at": report.timestamp(record.finished_at),
+        "errors": [record.error or "unknown error"],
+        "ok": False,
+        "duration_s": round(record.duration_s, 3),
+    }
+
+
+# -- the daemon's state ---------------------------------------------------------------------
+
+
+class Daemon:
+    """What the scheduler, the HTTP threads and the signal loop share.
+
+    ``_pass_lock`` means "a pass is running": whoever takes it without waiting runs the
+    pass and everyone else is told no. That lock, not APScheduler's ``max_instances``
+    alone, keeps a ``POST /run`` and a scheduled pass from overlapping.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        policy: Policy,
+        *,
+        metrics: Metrics,
+        run: PassFunction = run_scheduled_pass,
+        ping: PingFunction = ping_registry,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.path = path
+        self.policy = policy
+        self.metrics = metrics
+        self._run = run
+        self._ping = ping
+        self._clock = clock
+        self._reports = _store_for(policy)
+        self._pass_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._state_lock = threading.Lock()
+        self._last_report: bytes | None = None
+        self._readiness = Readiness(False, "the registry has not been checked yet")
+        self._scheduler = BackgroundScheduler(timezone=UTC)
+
+    # state read by the HTTP threads
+
+    @property
+    def readiness(self) -> Readiness:
+        return self._readiness
+
+    @property
+    def last_report(self) -> bytes | None:
+        return self._last_report
+
+    @property
+    def running(self) -> bool:
+        return self._pass_lock.locked()
+
+    def next_pass(self) -> datetime | None:
+        job = self._scheduler.get_job(PASS_JOB) if self._scheduler.running else None
+        moment: datetime | None = job.next_run_time if job else None
+        return moment
+
+    def metrics_body(self) -> bytes:
+        """Only the next pass time is read at scrape time: it is the scheduler's, not disk."""
+        self.metrics.set_next_pass(self.next_pass())
+        return self.metrics.render()
+
+    # starting and stopping
+
+    def restore(self) -> None:
+        """Load the newest stored report, so /report and the gauges survive a restart."""
+        latest = self._reports.latest()
+        if latest is None:
+            return
+        stored, document = latest
+        self._last_report = _encode(document)
+        self.metrics.restore(LastPass.from_report(document), self._reports.last_success())
+        log.info("last report loaded", path=str(stored.path), outcome=stored.outcome)
+
+    def start(self) -> None:
+        # The listener below logs skips and misfires as structured events; APScheduler's own
+        # plain-text warnings about them would only repeat those lines.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        self._scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        trigger = make_trigger(self.policy.schedule)
+        self._scheduler.add_job(self.run_scheduled, trigger, id=PASS_JOB, **job_options())
+        self._scheduler.add_job(
+            self.check_registry,
+            IntervalTrigger(seconds=PING_INTERVAL_S, timezone=UTC),
+            id=PING_JOB,
+            next_run_time=datetime.now(UTC),
+            **job_options(),
+        )
+        self._scheduler.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        """No new pass; wait up to ``timeout_s`` for the one in flight, never cancelling it.
+
+        A pass is never cancelled because its GC may have stopped the registry, and only the
+        pass starts it again. The lock is kept, so nothing can start a pass after this.
+        """
+        self._stopping.set()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self.running:
+            log.info("waiting for the running pass", timeout_s=timeout_s)
+        if not self._pass_lock.acquire(timeout=timeout_s):
+            log.error("pass still running at exit", waited_s=timeout_s)
+            return False
+        return True
+
+    def reload(self) -> None:
+        """SIGHUP: read the policy file again; a broken file leaves the old policy in force."""
+        try:
+            loaded = load_policy_with_warnings(self.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("policy not reloaded", problem=problem)
+            log.error("old policy stays in force", path=str(self.path))
+            return
+        for warning in loaded.warnings:
+            log.warning("policy warning", warning=warning)
+        self._apply(loaded.policy)
+
+    def _apply(self, policy: Policy) -> None:
+        if policy.server != self.policy.server:
+            log.warning("server.listen changes at the next restart", listen=policy.server.listen)
+        rescheduled = policy.schedule != self.policy.schedule
+        self.policy = policy
+        self._reports = _store_for(policy)
+        # An unchanged schedule keeps its slots: a HUP must not push an interval's pass back.
+        if rescheduled and self._scheduler.running:
+            self._scheduler.reschedule_job(PASS_JOB, trigger=make_trigger(policy.schedule))
+        log.info(
+            "policy reloaded",
+            path=str(self.path),
+            rules=len(policy.rules),
+            schedule=describe_schedule(policy.schedule),
+            next_pass=_iso(self.next_pass()),
+        )
+
+    # passes
+
+    def run_scheduled(self) -> None:
+        """APScheduler's job: one pass, unless one is already running or we are stopping."""
+        if self._stopping.is_set():
+            return
+        if not self._pass_lock.acquire(blocking=False):
+            log.warning("scheduled pass skipped", reason="another pass is running")
+            return
+        self._run_held("schedule")
+
+    def start_now(self, *, reason: str = "manual") -> bool:
+        """Start a pass in its own thread now; False when one is running (or we stop)."""
+        if self._stopping.is_set() or not self._pass_lock.acquire(blocking=False):
+            return False
+        # Daemonic: if SIGTERM's wait runs out, the process must still be able to exit.
+        worker = threading.Thread(
+            target=self._run_held, args=(reason,), name="retention-pass", daemon=True
+        )
+        worker.start()
+        return True
+
+    def _run_held(self, reason: str) -> None:
+        """Run one pass while holding ``_pass_lock``, then release it, whatever happens."""
+        try:
+            self.metrics.set_running(True)
+            log.info("pass started", trigger=reason, dry_run=self.policy.schedule.dry_run)
+            self._finish(self._attempt(self.policy))
+        finally:
+            self.metrics.set_running(False)
+            self._pass_lock.release()  # stop(), if waiting, takes it and keeps it
+
+    def _attempt(self, policy: Policy) -> PassRecord:
+        """The job wrapper: the one place where any exception is caught, logged and counted."""
+        started = time.monotonic()
+
+        def ended(error: str, *, registry_failed: bool = False) -> PassRecord:
+            elapsed = time.monotonic() - started
+            return PassRecord(None, "failure", elapsed, self._clock(), error, registry_failed)
+
+        try:
+            result = self._run(policy)
+        except RegistryError as exc:
+            log.error("pass failed", error=str(exc))
+            return ended(str(exc), registry_failed=True)
+        except RetentionError as exc:
+            log.error("pass failed", error=str(exc))
+            return ended(str(exc))
+        except Exception as exc:  # a bug: keep the daemon alive, keep the traceback
+            log.exception("pass crashed", error=repr(exc))
+            return ended(f"internal error: {exc!r}")
+        elapsed = time.monotonic() - started
+        return PassRecord(result, outcome_of(result), elapsed, self._clock())
+
+    def _finish(self, record: PassRecord) -> None:
+        if record.result is not None:
+            document = report.to_dict(record.result)
+        else:
+            document = failure_document(record, self.policy.registry.base_url)
+        self._last_report = _encode(document)
+        self.metrics.record(
+            record.result, record.outcome, record.duration_s, finished_at=record.finished_at
+        )
+        self._save(document, record)
+        if record.result is not None:
+            self._set_readiness(Readiness(True, "the registry answered the last pass"))
+        elif record.registry_failed:
+            self._set_readiness(Readiness(False, f"the last pass failed: {record.error}"))
+
+    def _save(self, document: Mapping[str, Any], record: PassRecord) -> None:
+        """A report that cannot be written is logged; the daemon goes on either way."""
+        try:
+            path = self._reports.write(document, record.outcome, record.finished_at)
+            self._reports.prune()
+        except OSError as exc:
+            log.error("report not written", directory=str(self._reports.directory), error=str(exc))
+            return
+        log.info("report written", path=str(path), outcome=record.outcome)
+
+    # readiness
+
+    def check_registry(self) -> None:
+        """The periodic ping; skipped while a pass runs, since the pass will tell."""
+        if self.running or self._stopping.is_set():
+            return
+        try:
+            self._ping(self.policy)
+        except RegistryError as exc:
+            self._set_readiness(Readiness(False, f"the registry did not answer: {exc}"))
+            return
+        self._set_readiness(Readiness(True, "the registry answered"))
+
+    def _set_readiness(self, readiness: Readiness) -> None:
+        with self._state_lock:
+            changed = readiness.ready != self._readiness.ready
+            self._readiness = readiness
+        if changed:
+            log.info("readiness changed", ready=readiness.ready, reason=readiness.reason)
+
+    def _on_skipped(self, event: Any) -> None:
+        if event.job_id != PASS_JOB:
+            return
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            log.warning("scheduled pass skipped", reason="the previous pass is still running")
+        else:
+            log.warning("scheduled pass missed", reason="later than the grace time")
+
+
+def _store_for(policy: Policy) -> ReportStore:
+    return ReportStore(policy.state_dir / "reports", policy.reports.keep)
+
+
+def _encode(document: Mapping[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+JSON_TYPE = "application/json"
+HTTP_POLL_S = 0.1  # how soon the server thread notices shutdown()
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+
+
+def _json(status: int, data: Mapping[str, Any]) -> Response:
+    return Response(status, (json.dumps(data) + "\n").encode())
+
+
+def _healthz(daemon: Daemon) -> Response:
+    return _json(200, {"status": "alive"})
+
+
+def _readyz(daemon: Daemon) -> Response:
+    readiness = daemon.readiness
+    body = {"ready": readiness.ready, "reason": readiness.reason}
+    return _json(200 if readiness.ready else 503, body)
+
+
+def _metrics(daemon: Daemon) -> Response:
+    return Response(200, daemon.metrics_body(), CONTENT_TYPE)
+
+
+def _report(daemon: Daemon) -> Response:
+    body = daemon.last_report
+    if body is None:
+        return _json(404, {"error": "no pass has run yet"})
+    return Response(200, body)
+
+
+def _run(daemon: Daemon) -> Response:
+    if daemon.start_now():
+        return _json(202, {"status": "pass started"})
+    return _json(409, {"error": "a pass is already running"})
+
+
+_ROUTES: dict[str, tuple[str, Callable[[Daemon], Response]]] = {
+    "/healthz": ("GET", _healthz),
+    "/readyz": ("GET", _readyz),
+    "/metrics": ("GET", _metrics),
+    "/report": ("GET", _report),
+    "/run": ("POST", _run),
+}
+
+
+def respond(daemon: Daemon, method: str, target: str) -> Response:
+    """Route one request; kept apart from the socket code so it can be called directly."""
+    path = urlsplit(target).path
+    route = _ROUTES.get(path)
+    if route is None:
+        return _json(404, {"error": f"no endpoint {path}"})
+    allowed, handler = route
+    if method != allowed:
+        return _json(405, {"error": f"{path} answers {allowed} only"})
+    return handler(daemon)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Tiny on purpose: every decision is in ``respond``."""
+
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def _answer(self, method: str) -> None:
+        response = respond(self.server.app, method, self.path)
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: Prometheus scrapes every few seconds and would drown the passes."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: Daemon) -> None:
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """HTTPServer's own looks up the host's FQDN, which can stall on a slow resolver."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
+@contextmanager
+def listening(server: Server, daemon: Daemon) -> Iterator[_Server]:
+    """Serve HTTP on ``server.listen`` from a background thread for the ``with`` block."""
+    try:
+        http = _Server((server.host, server.port), daemon)
+    except OSError as exc:
+        raise RetentionError(f"cannot listen on {server.listen}: {exc.strerror or exc}") from exc
+    thread = threading.Thread(
+        target=http.serve_forever, args=(HTTP_POLL_S,), name="retention-http", daemon=True
+    )
+    thread.start()
+    try:
+        yield http
+    finally:
+        http.shutdown()
+        http.server_close()
+
+
+# -- signals and the main loop --------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)
+
+
+def _note(signum: int, frame: FrameType | None) -> None:
+    """Does nothing: the signal number reaches the main loop through the wakeup pipe."""
+
+
+class Signals:
+    """TERM, INT and HUP delivered to the main loop as numbers read from a pipe.
+
+    The handlers do nothing in Python; the interpreter writes each signal's number to the
+    wakeup fd. A handler that took a lock (an Event, a Queue) could deadlock against the
+    very code it interrupted, and blocking signals instead would leak into GC subprocesses.
+    """
+
+    def __enter__(self) -> Signals:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, _note) for signum in HANDLED_SIGNALS}
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self._read)
+        os.close(self._write)
+
+    def wait(self, timeout_s: float | None = None) -> list[int]:
+        """The signals received, in order; empty after ``timeout_s`` without one."""
+        readable, _, _ = select.select([self._read], [], [], timeout_s)
+        if not readable:
+            return []
+        try:
+            return list(os.read(self._read, 64))
+        except BlockingIOError:
+            return []
+
+
+def wait_for_stop(signals: Signals, daemon: Daemon) -> None:
+    """Block until TERM or INT; reload the policy on each HUP meanwhile."""
+    while True:
+        for signum in signals.wait():
+            if signum in STOP_SIGNALS:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                return
+            if signum == signal.SIGHUP:
+                log.info("reloading", signal="SIGHUP", path=str(daemon.path))
+                daemon.reload()
+
+
+def serve(
+    path: Path,
+    policy: Policy,
+    *,
+    warnings: Sequence[str] = (),
+    run_now: bool = False,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> bool:
+    """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
+    for warning in warnings:
+        log.warning("policy warning", warning=warning)
+    daemon = Daemon(path, policy, metrics=Metrics(CollectorRegistry()))
+    daemon.restore()
+    with Signals() as signals, listening(policy.server, daemon):
+        daemon.start()
+        log.info(
+            "serving",
+            listen=policy.server.listen,
+            schedule=describe_schedule(policy.schedule),
+            dry_run=policy.schedule.dry_run,
+            next_pass=_iso(daemon.next_pass()),
+        )
+        if run_now:
+            daemon.start_now(reason="start")
+        wait_for_stop(signals, daemon)
+        finished = daemon.stop(stop_timeout_s)
+    log.info("stopped", pass_left_running=not finished)
+    return finished

@@ -1,0 +1,205 @@
+"""Prometheus metrics of the daemon, kept in a ``CollectorRegistry`` the caller passes in.
+
+Owns the metric names, their help texts and how a pass's result becomes numbers. It must
+not measure anything itself: every figure comes from a finished pass (or from the report
+of one, after a restart), so a scrape never touches the disk or the registry. The
+registry is injected rather than the process-global one so that tests, and two daemons
+in one process, never see each other's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from retention.model import Outcome, RunResult
+
+PassOutcome = Literal["success", "failure", "dry_run"]
+OUTCOMES: tuple[PassOutcome, ...] = ("success", "failure", "dry_run")
+# generate_latest writes the classic text format, so say that version, not the newest one.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# From a pass over a handful of tags to a docker offline GC of a large registry.
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+@dataclass(frozen=True)
+class LastPass:
+    """The figures of the last pass that produced them; None is unknown and not exported."""
+
+    storage_before_bytes: int | None = None
+    storage_after_bytes: int | None = None
+    bytes_freed: int | None = None
+    gc_blobs_deleted: int | None = None
+
+    @classmethod
+    def from_result(cls, result: RunResult) -> LastPass:
+        storage = result.storage
+        return cls(
+            storage.before_bytes,
+            storage.after_bytes,
+            storage.freed_bytes,
+            result.gc.blobs_deleted if result.gc else None,
+        )
+
+    @classmethod
+    def from_report(cls, report: Mapping[str, Any]) -> LastPass:
+        """The same figures read back from a stored JSON report (``report.to_dict``)."""
+        storage, gc = _section(report, "storage"), _section(report, "gc")
+        return cls(
+            _integer(storage.get("before_bytes")),
+            _integer(storage.get("after_bytes")),
+            _integer(storage.get("freed_bytes")),
+            _integer(gc.get("blobs_deleted")),
+        )
+
+    def merged_into(self, previous: LastPass) -> LastPass:
+        """A pass that could not measure (a dry run, a failure) keeps the earlier figures."""
+        return LastPass(
+            *(
+                new if new is not None else old
+                for new, old in zip(_values(self), _values(previous), strict=True)
+            )
+        )
+
+
+def _values(figures: LastPass) -> tuple[int | None, ...]:
+    return (
+        figures.storage_before_bytes,
+        figures.storage_after_bytes,
+        figures.bytes_freed,
+        figures.gc_blobs_deleted,
+    )
+
+
+def _section(report: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A sub-mapping of a stored report; anything else (a hand edit, null) reads as empty."""
+    value = report.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _LastPassCollector:
+    """Exports only the figures that are known: a 0 would claim a measurement never made."""
+
+    def __init__(self) -> None:
+        self.figures = LastPass()  # replaced whole, so a scrape never sees half an update
+
+    def collect(self) -> Iterable[Metric]:
+        figures = self.figures
+        storage = GaugeMetricFamily(
+            "retention_storage_bytes",
+            "Registry storage measured by du in the last pass, before deleting and after GC.",
+            labels=["when"],
+        )
+        for when, value in (
+            ("before", figures.storage_before_bytes),
+            ("after", figures.storage_after_bytes),
+        ):
+            if value is not None:
+                storage.add_metric([when], value)
+        yield storage
+        yield from _single(
+            "retention_bytes_freed", "Storage bytes freed by the last pass.", figures.bytes_freed
+        )
+        yield from _single(
+            "retention_gc_blobs_deleted",
+            "Blobs deleted by the last garbage collection.",
+            figures.gc_blobs_deleted,
+        )
+
+
+def _single(name: str, documentation: str, value: int | None) -> Iterable[Metric]:
+    family = GaugeMetricFamily(name, documentation)
+    if value is not None:
+        family.add_metric([], value)
+    yield family
+
+
+class Metrics:
+    """The daemon's metrics: counters across passes, and gauges about the last one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._passes = Counter(
+            "retention_passes", "Retention passes by outcome.", ["outcome"], registry=registry
+        )
+        for outcome in OUTCOMES:
+            self._passes.labels(outcome)  # export 0 before the first pass, so rate() works
+        self._tags_deleted = Counter(
+            "retention_tags_deleted", "Tags removed by deleted manifests.", registry=registry
+        )
+        self._manifests_deleted = Counter(
+            "retention_manifests_deleted", "Manifests deleted.", registry=registry
+        )
+        self._broken = Counter(
+            "retention_verification_problems",
+            "Problems with kept images found by the checks after deletion and after GC.",
+            registry=registry,
+        )
+        self._duration = Histogram(
+            "retention_pass_duration_seconds",
+            "Duration of retention passes.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self._last_success = Gauge(
+            "retention_last_success_timestamp_seconds",
+            "Unix time the last pass without failure ended (dry runs included); 0 is never.",
+            registry=registry,
+        )
+        self._next_pass = Gauge(
+            "retention_next_pass_timestamp_seconds",
+            "Unix time of the next scheduled pass; 0 is none.",
+            registry=registry,
+        )
+        self._running = Gauge(
+            "retention_pass_running", "1 while a pass is running.", registry=registry
+        )
+        self._last = _LastPassCollector()
+        registry.register(self._last)
+
+    def record(
+        self,
+        result: RunResult | None,
+        outcome: PassOutcome,
+        duration_s: float,
+        *,
+        finished_at: datetime,
+    ) -> None:
+        """Count one finished pass; ``result`` is None when the pass raised."""
+        self._passes.labels(outcome).inc()
+        self._duration.observe(duration_s)
+        if outcome != "failure":
+            self._last_success.set(finished_at.timestamp())
+        if result is None:
+            return
+        deleted = [a for a in result.applied if a.outcome is Outcome.DELETED]
+        self._manifests_deleted.inc(len(deleted))
+        self._tags_deleted.inc(sum(len(a.tags) for a in deleted))
+        self._broken.inc(len(result.verification))
+        self._last.figures = LastPass.from_result(result).merged_into(self._last.figures)
+
+    def restore(self, figures: LastPass, last_success: datetime | None) -> None:
+        """Gauges from stored reports after a restart; counters start again at 0, as usual."""
+        self._last.figures = figures
+        if last_success is not None:
+            self._last_success.set(last_success.timestamp())
+
+    def set_next_pass(self, moment: datetime | None) -> None:
+        self._next_pass.set(moment.timestamp() if moment else 0)
+
+    def set_running(self, running: bool) -> None:
+        self._running.set(1 if running else 0)
+
+    def render(self) -> bytes:
+        """The text exposition format (``CONTENT_TYPE``) of everything in the registry."""
+        return generate_latest(self._registry)
