@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs on a fresh Debian machine: CNCF Distribution
 # (docker-registry), a Docker engine (docker.io) for the docker-mode GC tests, htpasswd
-# (apache2-utils) for basic-auth tests, and this project with its test extras.
+# (apache2-utils) for basic-auth tests, docker-compose and systemd-analyze (systemd) to check
+# the files in deploy/, and this project with its test extras.
 # The tests start every service themselves; nothing here is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ missing=()
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   $sudo apt-get update -qq
