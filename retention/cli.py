@@ -10,14 +10,13 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from retention import logs, report
+from retention import atomic, logs, report
 from retention.config import LoadedPolicy, load_policy_with_warnings
 from retention.errors import ConfigError, RetentionError
 from retention.model import Outcome, Plan, RunResult
@@ -299,16 +298,11 @@ def _emit(subject: RunResult, fmt: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    write_atomically(output, text)
+    try:
+        atomic.write_text(output, text)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}")
     click.echo(f"report written to {output}", err=True)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=".tmp-") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 def _exit_code(result: RunResult) -> int:

@@ -7,15 +7,14 @@ and the last-success metric) survive restarts.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from retention import atomic
 from retention.logs import get_logger
 from retention.metrics import OUTCOMES, PassOutcome
 
@@ -47,12 +46,7 @@ class ReportStore:
         moment = at.astimezone(UTC)
         stamp = moment.strftime("%Y%m%dT%H%M%S.") + f"{moment.microsecond // 1000:03d}Z"
         path = self.directory / f"{stamp}-{outcome}.json"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=self.directory, prefix=".tmp-", suffix=".json", delete=False
-        ) as tmp:
-            json.dump(document, tmp, indent=2)
-        os.replace(tmp.name, path)
+        atomic.write_text(path, json.dumps(document, indent=2))
         return path
 
     def prune(self) -> None:

@@ -11,15 +11,14 @@ restored. Bins older than ``trash.keep`` are pruned.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from retention import atomic
 from retention.errors import RetentionError
 
 INDEX = "index.json"
@@ -121,10 +120,7 @@ def _write_index(path: Path, contents: TrashBin) -> None:
     data = asdict(contents)
     data["deleted_at"] = contents.deleted_at.isoformat()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path, delete=False, prefix=".tmp-") as tmp:
-            json.dump(data, tmp, indent=2)
-        os.replace(tmp.name, path / INDEX)
+        atomic.write_text(path / INDEX, json.dumps(data, indent=2))
     except OSError as exc:
         raise TrashError(f"cannot write {path / INDEX}: {exc.strerror}") from exc
 
