@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention import executor, planner
+from retention.cache import ManifestCache
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
@@ -110,8 +111,10 @@ async def _scan_and_plan(
 async def _inventory(
     client: RegistryClient, policy: Policy, progress: ProgressCallback | None
 ) -> Inventory:
-    """The scan, plus what the planner needs beyond it: signed subjects and push times."""
-    inventory = await confirm_subjects(client, await collect(client, progress=progress))
+    """The scan (manifests cached by digest), signed subjects and push times."""
+    cache = ManifestCache(policy.state_dir)
+    scanned = await collect(client, progress=progress, cache=cache)
+    inventory = await confirm_subjects(client, scanned)
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)
     return inventory

@@ -1,0 +1,191 @@
+"""One ``retention plan`` in a process of its own, so its peak memory is its own.
+
+Run by ``plan_benchmark.py`` as ``python plan_pass.py URL STATE_DIR REPOSITORIES
+CONCURRENCY``; prints one JSON object. It does what ``runner.run_pass(dry_run=True)`` does
+(a ``RegistryClient`` from the policy, ``inventory.collect`` with the manifest cache in
+``state_dir``, ``planner.plan``) but scans only the first REPOSITORIES repositories (the
+scaling runs) and meters the client's transport:
+
+* requests by kind, to show one HEAD per tag and one GET per distinct manifest and config;
+* TCP connections opened, to show keep-alive reuse (one per concurrency slot);
+* requests in flight over time (from sending to the body closed), to show that the pool is
+  kept full rather than starved by the per-repository fan-out.
+
+The meter adds a counter and a trace callback per request, a cost the limit loop does not
+pay; the ratio it reports is, if anything, pessimistic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import httpx  # noqa: E402
+from seed import repository_name  # noqa: E402
+
+from retention import inventory, planner  # noqa: E402
+from retention.cache import ManifestCache  # noqa: E402
+from retention.model import Inventory  # noqa: E402
+from retention.policy import Policy, policy_from_mapping  # noqa: E402
+from retention.registry import RegistryClient  # noqa: E402
+
+
+class _ClosingStream(httpx.AsyncByteStream):
+    """A response body that tells the meter when the connection is free again."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, closed: Callable[[], None]) -> None:
+        self._inner = inner
+        self._closed: Callable[[], None] | None = closed
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+        closed, self._closed = self._closed, None  # httpx may close a stream twice
+        if closed is not None:
+            closed()
+
+
+class Meter(httpx.AsyncBaseTransport):
+    """A real keep-alive transport that counts what goes through it."""
+
+    def __init__(self, concurrency: int) -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._inner = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        self.requests: Counter[str] = Counter()
+        self.connections = 0
+        self.peak_in_flight = 0
+        self._in_flight = 0
+        self._area = 0.0
+        self._started = self._changed = time.perf_counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests[_kind(request)] += 1
+        request.extensions["trace"] = self._trace
+        self._change(+1)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._change(-1)
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_ClosingStream(response.stream, lambda: self._change(-1)),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def mean_in_flight(self) -> float:
+        self._change(0)
+        return self._area / max(self._changed - self._started, 1e-9)
+
+    def _change(self, delta: int) -> None:
+        now = time.perf_counter()
+        self._area += self._in_flight * (now - self._changed)
+        self._changed = now
+        self._in_flight += delta
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+
+    async def _trace(self, name: str, info: dict[str, Any]) -> None:
+        if name == "connection.connect_tcp.complete":
+            self.connections += 1
+
+
+def _kind(request: httpx.Request) -> str:
+    path = request.url.path
+    if "/manifests/" in path:
+        return f"{request.method} manifest"
+    if "/blobs/" in path:
+        return f"{request.method} blob"
+    return f"{request.method} other"
+
+
+def benchmark_policy(url: str, state_dir: Path, concurrency: int) -> Policy:
+    """Keep the ten newest builds: enough rules for the planner to do real work."""
+    return policy_from_mapping(
+        {
+            "registry": {"url": url, "concurrency": concurrency},
+            "rules": [{"name": "builds", "match": "build-.*", "keep_last": 10}],
+            "safety": {"max_delete_fraction": 1.0},
+            "state_dir": str(state_dir),
+        }
+    )
+
+
+async def plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
+    """What ``run_pass(dry_run=True)`` does, timed and metered; the plan is summarised."""
+    wanted = {repository_name(index) for index in range(repositories)}
+    meter = Meter(policy.registry.concurrency)
+    rss_before = _rss_kib("VmRSS")
+    started, cpu_started = time.perf_counter(), time.process_time()
+    async with RegistryClient(policy.registry, transport=meter) as client:
+        scanned = await inventory.collect(
+            client, repositories=wanted.__contains__, cache=ManifestCache(policy.state_dir)
+        )
+        plan = planner.plan(policy, scanned, datetime.now(UTC))
+        seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
+        mean_in_flight = meter.mean_in_flight()
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        **_inventory_facts(scanned),
+        "tags_to_delete": plan.summary.tags_to_delete,
+        "requests": dict(sorted(meter.requests.items())),
+        "connections": meter.connections,
+        "peak_in_flight": meter.peak_in_flight,
+        "mean_in_flight": mean_in_flight,
+        "rss_before_kib": rss_before,
+        "peak_rss_kib": _rss_kib("VmHWM"),
+    }
+
+
+def _inventory_facts(scanned: Inventory) -> dict[str, int]:
+    """What the benchmark checks against the seeded registry before trusting a timing."""
+    manifests = [m for r in scanned.repositories for m in r.manifests.values()]
+    return {
+        "repositories": len(scanned.repositories),
+        "tags": sum(len(r.tags) for r in scanned.repositories),
+        "manifests": len(manifests),
+        "undated": sum(1 for m in manifests if m.created is None),
+        "failed_repositories": sum(1 for r in scanned.repositories if r.error),
+    }
+
+
+def _rss_kib(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc; getrusage's peak elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def main(argv: list[str]) -> None:
+    url, state_dir, repositories, concurrency = argv
+    policy = benchmark_policy(url, Path(state_dir), int(concurrency))
+    print(json.dumps(asyncio.run(plan_once(policy, int(repositories)))))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
