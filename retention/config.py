@@ -549,8 +549,17 @@ def _policy_warnings(policy: Policy) -> list[_Warning]:
         _warn_unreachable_rules,
         _warn_live_gc,
         _warn_delete_untagged,
+        _warn_password_without_username,
     )
     return [warning for check in checks for warning in check(policy)]
+
+
+def _warn_password_without_username(policy: Policy) -> list[_Warning]:
+    """Basic auth needs both; a password alone is never sent, which surprises people."""
+    registry = policy.registry
+    if registry.password is None or registry.username is not None:
+        return []
+    return [(("registry", "password"), "is set without registry.username, so it is not used")]
 
 
 def _warn_no_rules(policy: Policy) -> list[_Warning]:

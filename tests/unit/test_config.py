@@ -711,15 +711,18 @@ def test_loaded_warnings_carry_file_and_line() -> None:
 
 
 def test_an_inline_password_is_a_warning_with_its_line() -> None:
-    text = REGISTRY + "  password: hunter2\nrules: [{name: r, keep_last: 5}]\n"
+    text = REGISTRY + "  username: ci\n  password: hunter2\nrules: [{name: r, keep_last: 5}]\n"
     assert loaded(text).warnings == (
-        "policies.yml:3 registry.password: the password is written in the file; secrets "
+        "policies.yml:4 registry.password: the password is written in the file; secrets "
         "belong in the environment (write password: ${REGISTRY_PASSWORD})",
     )
 
 
 def test_a_password_from_the_environment_gives_no_warning() -> None:
-    text = REGISTRY + "  password: ${REGISTRY_PASSWORD}\nrules: [{name: r, keep_last: 5}]\n"
+    text = (
+        REGISTRY
+        + "  username: ci\n  password: ${REGISTRY_PASSWORD}\nrules: [{name: r, keep_last: 5}]\n"
+    )
     assert loaded(text, {"REGISTRY_PASSWORD": "hunter2"}).warnings == ()
 
 
@@ -735,3 +738,12 @@ def test_error_lines_start_with_the_path_as_given(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_policy(path, {})
     assert caught.value.problems == [f"{path}:1 registry.url: is required"]
+
+
+def test_a_password_without_a_username_is_a_warning(tmp_path: Path) -> None:
+    policy = tmp_path / "policies.yml"
+    policy.write_text("registry:\n  url: http://127.0.0.1:5000\n  password: ${P}\n")
+    loaded = load_policy_with_warnings(policy, {"P": "x"})
+    assert f"{policy}:3 registry.password: is set without registry.username, so it is not used" in (
+        loaded.warnings
+    )
