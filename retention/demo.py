@@ -46,6 +46,8 @@ rules:
     keep_last: 10
     max_age: 14d
 protect: ['latest', 'stable']
+safety:
+  grace_period: 0s                 # the demo pushed every tag a second ago; keep 1h in production
 gc:
   mode: command
   command: [{binary}, garbage-collect, {config}]
