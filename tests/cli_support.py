@@ -28,6 +28,18 @@ def write_policy(path: Path, url: str, *rules: Mapping[str, Any], **sections: An
     return path
 
 
+def command_gc(server: Any, **extra: Any) -> dict[str, Any]:
+    """Policy sections for ``gc.mode: command`` with the test registry's own binary and config."""
+    return {
+        "gc": {
+            "mode": "command",
+            "command": [server.binary, "garbage-collect", str(server.config_path)],
+            **extra,
+        },
+        "storage": {"path": str(server.root)},
+    }
+
+
 @dataclass(frozen=True)
 class CliResult:
     code: int

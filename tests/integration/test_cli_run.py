@@ -13,6 +13,7 @@ import pytest
 from cli_support import (
     actions,
     blob_path,
+    command_gc,
     du_bytes,
     log_events,
     no_traceback,
@@ -27,17 +28,6 @@ BUILDS = {"name": "builds", "match": r"build-\d+", "keep_last": 1}
 
 def ago(days: int) -> datetime:
     return NOW - timedelta(days=days)
-
-
-def command_gc(server: RegistryServer, **extra: Any) -> dict[str, Any]:
-    return {
-        "gc": {
-            "mode": "command",
-            "command": [server.binary, "garbage-collect", str(server.config_path)],
-            **extra,
-        },
-        "storage": {"path": str(server.root)},
-    }
 
 
 def blobs_of(seeder: Seeder, repository: str, digest: str) -> list[str]:

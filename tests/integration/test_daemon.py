@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cli_support import log_events, write_policy
+from cli_support import command_gc, log_events, write_policy
 from prometheus_client.parser import text_string_to_metric_families
 from registry_server import RegistryServer, Seeder, free_port
 
@@ -139,17 +139,6 @@ def daemon_policy(
     sections.setdefault("schedule", {"interval": "1h"})
     sections.setdefault("server", {"listen": f"127.0.0.1:{free_port()}"})
     return write_policy(tmp_path / "policy.yml", registry.url, *rules, **sections)
-
-
-def command_gc(server: RegistryServer, **extra: Any) -> dict[str, Any]:
-    return {
-        "gc": {
-            "mode": "command",
-            "command": [server.binary, "garbage-collect", str(server.config_path)],
-            **extra,
-        },
-        "storage": {"path": str(server.root)},
-    }
 
 
 def push_builds(seeder: Seeder, *numbers: int) -> None:

@@ -6,9 +6,8 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from cli_support import actions, no_traceback, retention, write_policy
+from cli_support import actions, command_gc, no_traceback, retention, write_policy
 from registry_server import RegistryServer, Seeder
 
 from retention.registry import media_types
@@ -56,14 +55,6 @@ def sign(seeder: Seeder, repository: str, digest: str) -> str:
     ).encode()
     tag = digest.replace(":", "-") + ".sig"
     return seeder.manifest(repository, [tag], body, media_types.OCI_MANIFEST)
-
-
-def gc_command(server: RegistryServer, **extra: Any) -> dict[str, Any]:
-    command = [server.binary, "garbage-collect", str(server.config_path)]
-    return {
-        "gc": {"mode": "command", "command": command, **extra},
-        "storage": {"path": str(server.root)},
-    }
 
 
 def test_signatures_follow_their_image(
@@ -167,7 +158,7 @@ def test_trash_restores_a_deleted_image_until_gc_collects_it(
     arm = seeder.image("multi", [], ago(9), unique="arm")
     old = seeder.index("multi", ["v1"], [amd, arm])
     seeder.image("multi", ["v2"], ago(1), unique="new")
-    sections = gc_command(registry_server, delay="1h")
+    sections = command_gc(registry_server, delay="1h")
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **sections)
 
     run = retention("run", "-c", str(policy), "--format", "json")
@@ -194,7 +185,7 @@ def test_restore_is_refused_once_gc_collected_the_run(
     for i in range(3):
         seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}")
     policy = write_policy(
-        tmp_path / "p.yml", registry_server.url, BUILDS, **gc_command(registry_server)
+        tmp_path / "p.yml", registry_server.url, BUILDS, **command_gc(registry_server)
     )
     run_id = retention("run", "-c", str(policy), "--format", "json").json()["run_id"]
 
@@ -236,7 +227,7 @@ def test_verification_catches_delete_untagged_breaking_multi_arch_images(
     seeder.index("multi", ["v2"], [amd, arm])
     for i in range(3):
         seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}")
-    sections = gc_command(registry_server, delete_untagged=True)
+    sections = command_gc(registry_server, delete_untagged=True)
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **sections)
 
     result = retention("run", "-c", str(policy), "--format", "json")
