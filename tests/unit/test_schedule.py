@@ -31,8 +31,9 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from retention import report
-from retention.daemon import Daemon, Signals, respond, wait_for_stop
+from retention.daemon import Daemon, Signals, wait_for_stop
 from retention.errors import LockError, RegistryUnreachable
+from retention.http_api import respond
 from retention.metrics import Metrics
 from retention.model import DeletionResult, GcResult, Outcome, Plan, RunResult, StorageUsage
 from retention.policy import Policy, Schedule, policy_from_mapping
