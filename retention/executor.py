@@ -27,8 +27,6 @@ from retention.registry import RegistryClient, parse_manifest
 from retention.trash import BinWriter, TrashEntry, TrashError
 
 log = get_logger(__name__)
-# Subjects before their artifacts, indexes (of images or of artifacts) before their children.
-_BATCHES = (DeletionKind.TAGGED, DeletionKind.ARTIFACT, DeletionKind.CHILD)
 _GONE = (Outcome.DELETED, Outcome.ALREADY_GONE)
 
 
@@ -64,14 +62,33 @@ async def _apply_repository(
             state.unreachable = str(exc)
         detail = f"could not re-read the repository before deleting: {exc}"
         return [_result(repository.name, d, Outcome.SKIPPED, detail) for d in repository.deletions]
+    return await _in_dependency_order(client, repository, current, state)
+
+
+async def _in_dependency_order(
+    client: RegistryClient, repository: RepositoryPlan, current: _Current, state: _PassState
+) -> list[DeletionResult]:
+    """Delete in rounds: a child or artifact only after everything it names was tried.
+
+    Whatever waits on a parent that was never tried (it is not in the plan) is skipped.
+    """
+    pending = list(repository.deletions)
     results: list[DeletionResult] = []
     removed: set[str] = set()
-    for kind in _BATCHES:
-        batch = [d for d in repository.deletions if d.kind is kind]
-        done = await _delete_all(client, repository, batch, current, state, done=removed)
+    while pending:
+        tried = {r.digest for r in results}
+        ready = [d for d in pending if all(p in tried for p in d.parents)]
+        if not ready:
+            break
+        done = await _delete_all(client, repository, ready, current, state, done=removed)
         removed |= {r.digest for r in done if r.outcome in _GONE}
         results += done
-    return results
+        pending = [d for d in pending if d not in ready]
+    waiting = [
+        _result(repository.name, d, Outcome.SKIPPED, _parents_missing(d, removed) or "")
+        for d in pending
+    ]
+    return results + waiting
 
 
 async def _delete_all(

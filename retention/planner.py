@@ -214,17 +214,12 @@ def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]
 def _deletions(
     decisions: Sequence[TagDecision], manifests: Mapping[str, Manifest]
 ) -> tuple[ManifestDeletion, ...]:
-    """The order the executor keeps: images, then artifacts, then orphaned index children."""
+    """Images, artifacts, then orphaned index children; each names what must go first."""
     tags_by_digest: dict[str, list[str]] = {}
     for decision in decisions:
         if decision.action is Action.DELETE:
             tags_by_digest.setdefault(decision.digest, []).append(decision.tag)
     kept = _kept_closure(decisions, manifests)
-    subjects = {d.digest: d.subject for d in decisions if d.subject is not None}
-    tagged = [
-        _tagged_deletion(digest, tags, subjects.get(digest), tags_by_digest)
-        for digest, tags in sorted(tags_by_digest.items())
-    ]
     parents: dict[str, list[str]] = {}
     for digest in sorted(tags_by_digest):
         for child in _descendants(digest, manifests):
@@ -234,12 +229,18 @@ def _deletions(
         ManifestDeletion(child, DeletionKind.CHILD, parents=tuple(sorted(set(owners))))
         for child, owners in sorted(parents.items())
     ]
+    subjects = {d.digest: d.subject for d in decisions if d.subject is not None}
+    going = set(tags_by_digest) | set(parents)
+    tagged = [
+        _tagged_deletion(digest, tags, subjects.get(digest), going)
+        for digest, tags in sorted(tags_by_digest.items())
+    ]
     images = [t for t in tagged if t.kind is DeletionKind.TAGGED]
     return tuple(images + [t for t in tagged if t.kind is DeletionKind.ARTIFACT] + children)
 
 
 def _tagged_deletion(
-    digest: str, tags: list[str], subject: str | None, deleted: Mapping[str, list[str]]
+    digest: str, tags: list[str], subject: str | None, deleted: set[str]
 ) -> ManifestDeletion:
     """An artifact waits for its subject when the subject goes in this pass too."""
     if subject is None:

@@ -528,3 +528,13 @@ def test_held_repository_keeps_artifacts_of_images_the_rules_would_delete() -> N
     result = run(p, repo("app", tags))
     assert result.repositories[0].held is not None
     assert actions(result) == {"old": "keep", cosign(old): "keep"}
+
+
+def test_signature_of_a_deleted_platform_waits_for_that_platform() -> None:
+    amd = hexdigest("amd")
+    multi = index("idx", amd)
+    tags = {"old": multi, "new": image("new", 1), cosign(amd): image("sig-amd", 1)}
+    result = run(policy({"name": "r", "keep_last": 1}), repo("app", tags, amd))
+    by_digest = {d.digest: d for d in result.repositories[0].deletions}
+    assert by_digest["sha256:sig-amd"].parents == (amd.digest,)
+    assert by_digest[amd.digest].kind is DeletionKind.CHILD
