@@ -94,11 +94,7 @@ def check(config_path: Path) -> None:
 @output_option
 def plan(config_path: Path, fmt: str, output: Path | None) -> None:
     """Show what a pass would delete and why; deletes nothing."""
-    policy = _load(config_path).policy
-    with Progress() as progress:
-        result = _run(run_pass(policy, dry_run=True, progress=progress.update))
-    _emit(result, fmt, output)
-    sys.exit(_exit_code(result))
+    _one_pass(config_path, fmt, output, dry_run=True, force=False)
 
 
 @main.command()
@@ -111,6 +107,13 @@ def plan(config_path: Path, fmt: str, output: Path | None) -> None:
 @output_option
 def run(config_path: Path, dry_run: bool, force: bool, fmt: str, output: Path | None) -> None:
     """One full pass: plan, delete by digest, garbage-collect, measure storage."""
+    _one_pass(config_path, fmt, output, dry_run=dry_run, force=force)
+
+
+def _one_pass(
+    config_path: Path, fmt: str, output: Path | None, *, dry_run: bool, force: bool
+) -> NoReturn:
+    """`plan` is `run --dry-run`: one code path, so the preview cannot drift from the run."""
     policy = _load(config_path).policy
     with Progress() as progress:
         result = _run(run_pass(policy, dry_run=dry_run, force=force, progress=progress.update))
