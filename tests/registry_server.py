@@ -344,7 +344,36 @@ class _FakeRepository:
         self.had_manifests = False  # 2.8 keeps _manifests/ after the last delete: "tags": null
 
 
-class FakeRegistry:
+class Script:
+    """Requests seen, and queued answers (responses or exceptions) for the next matching ones.
+
+    Shared by the in-memory fake and the wrapper around the real transport, so a test
+    scripts a 429 storm the same way against either.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self._scripts: dict[tuple[str, str], list[Outcome]] = {}
+
+    def script(self, method: str, path: str, *outcomes: Outcome) -> None:
+        self._scripts.setdefault((method, path), []).extend(outcomes)
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for r in self.requests if (r.method, r.url.path) == (method, path))
+
+    def scripted(self, request: httpx.Request) -> httpx.Response | None:
+        """Record ``request``; the queued answer for it, raised if it is an exception."""
+        self.requests.append(request)
+        queued = self._scripts.get((request.method, request.url.path))
+        if not queued:
+            return None
+        outcome = queued.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+class FakeRegistry(Script):
     """Distribution 2.8's API in memory, for what a real registry cannot easily be made to do.
 
     Serve it with ``httpx.MockTransport(fake.handler)``. It copies what we measured on
@@ -369,16 +398,9 @@ class FakeRegistry:
         self.delete_enabled = delete_enabled
         self.page_size = page_size
         self.tag_page_size = tag_page_size
+        super().__init__()
         self.repositories: dict[str, _FakeRepository] = {}
-        self.requests: list[httpx.Request] = []
-        self._scripts: dict[tuple[str, str], list[Outcome]] = {}
         self._uploads: dict[str, str] = {}
-
-    def script(self, method: str, path: str, *outcomes: Outcome) -> None:
-        self._scripts.setdefault((method, path), []).extend(outcomes)
-
-    def count(self, method: str, path: str) -> int:
-        return sum(1 for r in self.requests if (r.method, r.url.path) == (method, path))
 
     def corrupt(self, repository: str, digest: str, body: bytes) -> None:
         """Serve ``body`` under ``digest``, as a damaged storage or a lying proxy would."""
@@ -386,14 +408,8 @@ class FakeRegistry:
         self.repositories[repository].manifests[digest] = (media_type, body)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        scripted = self._scripts.get((request.method, request.url.path))
-        if scripted:
-            outcome = scripted.pop(0)
-            if isinstance(outcome, Exception):
-                raise outcome
-            return outcome
-        return self._route(request)
+        answer = self.scripted(request)
+        return self._route(request) if answer is None else answer
 
     def _route(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -529,7 +545,7 @@ def _error(
     return httpx.Response(status, json={"errors": [{"code": code, "message": message}]})
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
+class RecordingTransport(Script, httpx.AsyncBaseTransport):
     """Wraps a real transport: records every request and can answer some with a script.
 
     Lets tests against the real registry count requests (one GET per distinct manifest) and
@@ -537,25 +553,14 @@ class RecordingTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__()
         self._inner = inner or httpx.AsyncHTTPTransport(trust_env=False)
-        self.requests: list[httpx.Request] = []
-        self._scripts: dict[tuple[str, str], list[Outcome]] = {}
-
-    def script(self, method: str, path: str, *outcomes: Outcome) -> None:
-        self._scripts.setdefault((method, path), []).extend(outcomes)
-
-    def count(self, method: str, path: str) -> int:
-        return sum(1 for r in self.requests if (r.method, r.url.path) == (method, path))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        scripted = self._scripts.get((request.method, request.url.path))
-        if scripted:
-            outcome = scripted.pop(0)
-            if isinstance(outcome, Exception):
-                raise outcome
-            return outcome
-        return await self._inner.handle_async_request(request)
+        answer = self.scripted(request)
+        if answer is None:
+            answer = await self._inner.handle_async_request(request)
+        return answer
 
     async def aclose(self) -> None:
         await self._inner.aclose()
