@@ -276,6 +276,22 @@ class Seeder:
     def blob_status(self, repo: str, digest: str) -> int:
         return self._http.head(f"/v2/{repo}/blobs/{digest}").status_code
 
+    def manifest_bytes(self, repo: str, reference: str) -> bytes:
+        """The manifest as served, with all four manifest types accepted."""
+        return self._get_manifest(repo, reference).content
+
+    def digest(self, repo: str, reference: str) -> str:
+        """What a tag (or digest) resolves to now, by HEAD."""
+        served = self._http.head(
+            f"/v2/{repo}/manifests/{reference}", headers={"Accept": media_types.MANIFEST_ACCEPT}
+        )
+        _expect(served, 200)
+        return served.headers["docker-content-digest"]
+
+    def delete(self, repo: str, digest: str) -> int:
+        """DELETE a manifest by digest, as an operator or another tool would by hand."""
+        return self._http.delete(f"/v2/{repo}/manifests/{digest}").status_code
+
     def _get_manifest(self, repo: str, reference: str) -> httpx.Response:
         served = self._http.get(
             f"/v2/{repo}/manifests/{reference}", headers={"Accept": media_types.MANIFEST_ACCEPT}

@@ -32,16 +32,7 @@ def ago(days: int) -> datetime:
 
 def blobs_of(seeder: Seeder, repository: str, digest: str) -> list[str]:
     """Every manifest and blob digest a tag needs, by reading it back from the registry."""
-    response = seeder._http.get(  # the seeder's raw client: test-only
-        f"/v2/{repository}/manifests/{digest}",
-        headers={
-            "Accept": "application/vnd.oci.image.manifest.v1+json, "
-            "application/vnd.docker.distribution.manifest.v2+json, "
-            "application/vnd.oci.image.index.v1+json, "
-            "application/vnd.docker.distribution.manifest.list.v2+json"
-        },
-    )
-    document = response.json()
+    document = json.loads(seeder.manifest_bytes(repository, digest))
     needed = [digest]
     for child in document.get("manifests", []):
         needed += blobs_of(seeder, repository, child["digest"])
@@ -53,16 +44,7 @@ def blobs_of(seeder: Seeder, repository: str, digest: str) -> list[str]:
 def fully_pullable(seeder: Seeder, repository: str, tag: str) -> bool:
     if seeder.manifest_status(repository, tag) != 200:
         return False
-    digest = seeder._http.head(
-        f"/v2/{repository}/manifests/{tag}",
-        headers={
-            "Accept": "application/vnd.oci.image.index.v1+json, "
-            "application/vnd.oci.image.manifest.v1+json, "
-            "application/vnd.docker.distribution.manifest.v2+json, "
-            "application/vnd.docker.distribution.manifest.list.v2+json"
-        },
-    ).headers["docker-content-digest"]
-    for needed in blobs_of(seeder, repository, digest):
+    for needed in blobs_of(seeder, repository, seeder.digest(repository, tag)):
         manifest = seeder.manifest_status(repository, needed)
         blob = seeder.blob_status(repository, needed)
         if 200 not in (manifest, blob):

@@ -100,7 +100,7 @@ async def test_a_manifest_already_gone_counts_as_done(
     seeder.image("app", ["b"], ago(1), unique="new")
     policy = policy_for(registry_server.url)
     plan = await make_plan(policy)
-    seeder._http.delete(f"/v2/app/manifests/{old}")  # someone else deleted it
+    assert seeder.delete("app", old) == 202  # someone else deleted it
 
     results = await apply(policy, plan)
 
