@@ -230,4 +230,4 @@ def test_gc_is_not_run_when_nothing_was_deleted(
         "error": None,
         "skipped": "nothing deleted since the last collection",
     }
-    assert json.dumps(report["applied"]) == "[]"
+    assert report["applied"] == []
