@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from retention import atomic, logs, report
-from retention.config import LoadedPolicy, load_policy_with_warnings
+from retention import logs
+from retention.config.load import LoadedPolicy, load_policy_with_warnings
+from retention.core import render as report
+from retention.core.model import Outcome, Plan, RunResult
+from retention.core.policy import Policy
 from retention.errors import ConfigError, RetentionError
-from retention.model import Outcome, Plan, RunResult
-from retention.policy import Policy
 from retention.runner import apply_plan, run_pass
+from retention.state import atomic
 
 if TYPE_CHECKING:
-    from retention.restore import Restored
-    from retention.trash import Trash, TrashEntry
+    from retention.apply.restore import Restored
+    from retention.apply.trash import Trash, TrashEntry
 
 T = TypeVar("T")
 
@@ -136,7 +138,7 @@ def serve(config_path: Path, run_now: bool, stop_timeout: float) -> None:
 
     SIGTERM or SIGINT stop (a running pass may finish first), SIGHUP reloads the file.
     """
-    from retention import daemon
+    from retention.service import daemon
 
     loaded = _load(config_path)
     try:
@@ -184,8 +186,8 @@ def restore_command(
     run_id: str, config_path: Path, repository: str | None, tag: str | None, force: bool
 ) -> None:
     """Push manifests a pass deleted back from the trash, until GC removes their blobs."""
-    from retention import restore
-    from retention.trash import Trash
+    from retention.apply import restore
+    from retention.apply.trash import Trash
 
     policy = _load(config_path).policy
     trash = Trash(policy.state_dir)
@@ -208,7 +210,7 @@ def trash() -> None:
 @config_option
 def trash_list(config_path: Path) -> None:
     """List trash bins: run id, when, how many manifests, restorable or collected."""
-    from retention.trash import Trash
+    from retention.apply.trash import Trash
 
     policy = _load(config_path).policy
     bins = Trash(policy.state_dir).bins()
@@ -284,8 +286,8 @@ def _read_plan(path: Path) -> Plan:
 async def _restore(
     policy: Policy, trash: Trash, run_id: str, entries: list[TrashEntry]
 ) -> list[Restored]:
+    from retention.apply.restore import restore
     from retention.registry import RegistryClient
-    from retention.restore import restore
 
     async with RegistryClient(policy.registry) as client:
         return await restore(client, trash, run_id, entries)

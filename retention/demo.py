@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from retention.core.policy import RegistrySettings
 from retention.errors import RegistryError, RetentionError
-from retention.policy import RegistrySettings
 from retention.registry import RegistryClient
 from retention.registry import media_types as mt
 

@@ -17,8 +17,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from retention import executor, planner
-from retention.cache import ManifestCache
+from retention.apply import executor
+from retention.apply.trash import Trash, TrashBin, new_run_id
+from retention.apply.verify import verify
+from retention.core import planner
+from retention.core.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
+from retention.core.policy import Policy, format_duration
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
@@ -28,17 +32,14 @@ from retention.errors import (
 )
 from retention.gc import Collector, ReadyCheck
 from retention.gc.command import CommandCollector
-from retention.inventory import ProgressCallback, collect
-from retention.lock import exclusive
+from retention.gc.disk_usage import LocalStorage, StorageProbe
 from retention.logs import get_logger
-from retention.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
-from retention.policy import Policy, format_duration
-from retention.push_times import with_push_times
 from retention.registry.client import RegistryClient
-from retention.storage import LocalStorage, StorageProbe
-from retention.subjects import confirm_subjects
-from retention.trash import Trash, TrashBin, new_run_id
-from retention.verify import verify
+from retention.scan.inventory import ProgressCallback, collect
+from retention.scan.push_times import with_push_times
+from retention.scan.subjects import confirm_subjects
+from retention.state.lock import exclusive
+from retention.state.manifest_cache import ManifestCache
 
 Clock = Callable[[], datetime]
 log = get_logger(__name__)

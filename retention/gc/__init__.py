@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
-from retention.model import GcResult
+from retention.core.model import GcResult
 
 ReadyCheck = Callable[[float], None]
 """Block until the registry answers ``/v2/``, at most the given seconds; raise if it never does."""

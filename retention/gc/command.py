@@ -11,10 +11,10 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from retention.core.model import GcResult
+from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError
 from retention.gc import ReadyCheck, count_deleted_blobs
-from retention.model import GcResult
-from retention.policy import GarbageCollection
 
 STOP_START_TIMEOUT_S = 300.0
 

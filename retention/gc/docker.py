@@ -28,12 +28,12 @@ import docker
 from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 
+from retention.core.model import GcResult
+from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError, RetentionError, StorageError
 from retention.gc import ReadyCheck, count_deleted_blobs
 from retention.gc.command import gc_argv, last_lines
-from retention.model import GcResult
-from retention.policy import GarbageCollection
-from retention.storage import parse_du
+from retention.gc.disk_usage import parse_du
 
 DOCKER_FAILURES = (DockerException, OSError)
 """What the SDK raises: its own errors, and requests' (which are OSErrors) for I/O and timeouts."""

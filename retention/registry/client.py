@@ -35,6 +35,7 @@ import httpx
 import structlog
 
 from retention import __version__
+from retention.core.policy import RegistrySettings
 from retention.errors import (
     AuthenticationError,
     ConfigError,
@@ -44,7 +45,6 @@ from retention.errors import (
     RegistryError,
     RegistryUnreachable,
 )
-from retention.policy import RegistrySettings
 from retention.registry import credentials, media_types
 from retention.registry.auth import Clock, RegistryAuth
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from retention.core.policy import RegistrySettings
 from retention.errors import ConfigError
-from retention.policy import RegistrySettings
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from retention.core.model import Blob, Manifest
 from retention.errors import InvalidManifest
-from retention.model import Blob, Manifest
 from retention.registry import media_types
 from retention.registry.client import FetchedManifest
 

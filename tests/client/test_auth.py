@@ -25,8 +25,8 @@ import pytest
 import structlog
 from registry_server import FAKE_URL, FakeRegistry, Seeder
 
+from retention.core.policy import RegistrySettings
 from retention.errors import AuthenticationError, ConfigError, RegistryError
-from retention.policy import RegistrySettings
 from retention.registry import RegistryClient
 from retention.registry.auth import parse_challenges, required_scope
 

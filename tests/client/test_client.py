@@ -20,6 +20,7 @@ import httpx
 import pytest
 from registry_server import FAKE_URL, FakeRegistry, Seeder
 
+from retention.core.policy import RegistrySettings
 from retention.errors import (
     AuthenticationError,
     DeleteDisabled,
@@ -28,7 +29,6 @@ from retention.errors import (
     RegistryError,
     RegistryUnreachable,
 )
-from retention.policy import RegistrySettings
 from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
 from retention.registry.client import backoff_seconds
 

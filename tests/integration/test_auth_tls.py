@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from registry_server import RegistryServer, Seeder, registry_binary
 
-from retention.policy import RegistrySettings
+from retention.core.policy import RegistrySettings
 from retention.registry import RegistryClient
 
 NOW = dt.datetime.now(dt.UTC)

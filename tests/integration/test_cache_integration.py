@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 from registry_server import RecordingTransport, RegistryServer, Seeder
 
-from retention import inventory
-from retention.cache import ManifestCache
-from retention.model import Inventory, Tag
-from retention.policy import RegistrySettings
+from retention.core.model import Inventory, Tag
+from retention.core.policy import RegistrySettings
 from retention.registry import RegistryClient
+from retention.scan import inventory
+from retention.state.manifest_cache import ManifestCache
 
 JANUARY = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 MARCH = datetime(2024, 3, 15, 10, 0, tzinfo=UTC)

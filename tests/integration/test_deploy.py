@@ -37,9 +37,9 @@ from cli_support import retention
 from registry_server import free_port, registry_binary
 
 from retention.cli import serve
-from retention.config import load_policy
+from retention.config.load import load_policy
+from retention.core.policy import Policy
 from retention.errors import ConfigError
-from retention.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

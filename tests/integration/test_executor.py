@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 from registry_server import RegistryServer, Seeder
 
-from retention import executor, planner
-from retention.inventory import collect
-from retention.model import Outcome, Plan
-from retention.policy import Policy, RegistrySettings, policy_from_mapping
+from retention.apply import executor
+from retention.core import planner
+from retention.core.model import Outcome, Plan
+from retention.core.policy import Policy, RegistrySettings, policy_from_mapping
 from retention.registry import RegistryClient
+from retention.scan.inventory import collect
 
 NOW = datetime.now(UTC)
 

@@ -24,9 +24,9 @@ import pytest
 from docker_engine import DockerEngine, RegistryContainer, answers, gc_containers
 from registry_server import Seeder
 
+from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError, RegistryUnreachable, StorageError
 from retention.gc.docker import ContainerStorage, DockerCollector, docker_client
-from retention.policy import GarbageCollection
 from retention.registry import media_types
 
 pytestmark = pytest.mark.docker

@@ -17,12 +17,12 @@ import httpx
 import pytest
 from registry_server import RecordingTransport, RegistryServer, Seeder
 
-from retention import inventory
+from retention.core.model import Inventory, Repository, Tag
+from retention.core.policy import RegistrySettings
 from retention.errors import RegistryError, RegistryUnreachable
-from retention.model import Inventory, Repository, Tag
-from retention.policy import RegistrySettings
 from retention.registry import RegistryClient
 from retention.registry import media_types as mt
+from retention.scan import inventory
 
 JANUARY = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 FEBRUARY = datetime(2024, 2, 15, 10, 0, tzinfo=UTC)

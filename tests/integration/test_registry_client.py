@@ -19,8 +19,8 @@ import httpx
 import pytest
 from registry_server import FAKE_URL, FakeRegistry, RecordingTransport, RegistryServer, Seeder
 
+from retention.core.policy import RegistrySettings
 from retention.errors import DeleteDisabled, InvalidManifest, NotFound
-from retention.policy import RegistrySettings
 from retention.registry import RegistryClient, parse_created, parse_manifest
 from retention.registry import media_types as mt
 

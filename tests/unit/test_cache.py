@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from retention import cache as cache_module
-from retention.cache import MAX_AGE, MAX_ENTRIES, ManifestCache
-from retention.model import Blob, Manifest
+from retention.core.model import Blob, Manifest
+from retention.state import manifest_cache as cache_module
+from retention.state.manifest_cache import MAX_AGE, MAX_ENTRIES, ManifestCache
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 IMAGE = "application/vnd.oci.image.manifest.v1+json"

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from retention.config import (
+from retention.config.load import (
     LoadedPolicy,
     check_warnings,
     load_policy,
     load_policy_with_warnings,
 )
+from retention.core.policy import Policy, policy_from_mapping
 from retention.errors import ConfigError
-from retention.policy import Policy, policy_from_mapping
 
 FILE = Path("policies.yml")
 REGISTRY = "registry:\n  url: http://127.0.0.1:5000\n"
@@ -311,7 +311,7 @@ def test_several_errors_are_reported_at_once_sorted_by_line() -> None:
 
 
 def test_pydantic_prefixes_are_never_shown() -> None:
-    from retention.config import _message  # the only path to a plain ValueError today
+    from retention.config.load import _message  # the only path to a plain ValueError today
 
     error = {
         "type": "value_error",

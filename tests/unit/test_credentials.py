@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from retention.config import load_policy
+from retention.config.load import load_policy
+from retention.core.policy import RegistrySettings
 from retention.errors import ConfigError
-from retention.policy import RegistrySettings
 from retention.registry.credentials import (
     Credentials,
     docker_config_path,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from retention.config import load_policy, load_policy_with_warnings
-from retention.policy import GarbageCollection, Policy, RegistrySettings, Rule, Safety, Storage
+from retention.config.load import load_policy, load_policy_with_warnings
+from retention.core.policy import GarbageCollection, Policy, RegistrySettings, Rule, Safety, Storage
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies.example.yml"
 

@@ -8,9 +8,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from retention import report
-from retention.metrics import LastPass, Metrics
-from retention.model import DeletionResult, GcResult, Outcome, Plan, RunResult, StorageUsage
+from retention.core import render as report
+from retention.core.model import DeletionResult, GcResult, Outcome, Plan, RunResult, StorageUsage
+from retention.service.metrics import LastPass, Metrics
 
 NOW = datetime(2025, 1, 15, 3, 0, tzinfo=UTC)
 PLAN = Plan(registry="http://127.0.0.1:5000", created_at=NOW, repositories=())

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from retention.model import (
+from retention.core.model import (
     Action,
     Blob,
     DeletionKind,
@@ -17,8 +17,8 @@ from retention.model import (
     Repository,
     Tag,
 )
-from retention.planner import check_budget, describe_age, plan
-from retention.policy import Policy, policy_from_mapping
+from retention.core.planner import check_budget, describe_age, plan
+from retention.core.policy import Policy, policy_from_mapping
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 IMAGE = "application/vnd.oci.image.manifest.v1+json"

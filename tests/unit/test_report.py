@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from retention.model import (
+from retention.core.model import (
     Action,
     DeletionKind,
     DeletionResult,
@@ -20,7 +20,7 @@ from retention.model import (
     StorageUsage,
     TagDecision,
 )
-from retention.report import PlanFileError, human_bytes, plan_from_dict, render
+from retention.core.render import PlanFileError, human_bytes, plan_from_dict, render
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CREATED = datetime(2026, 10, 1, tzinfo=UTC)

@@ -30,15 +30,15 @@ from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from retention import report
-from retention.daemon import Daemon, Signals, wait_for_stop
+from retention.config.schedule import MISFIRE_GRACE_S, crontab_weekdays, job_options, make_trigger
+from retention.core import render as report
+from retention.core.model import DeletionResult, GcResult, Outcome, Plan, RunResult, StorageUsage
+from retention.core.policy import Policy, Schedule, policy_from_mapping
 from retention.errors import LockError, RegistryUnreachable
-from retention.http_api import respond
-from retention.metrics import Metrics
-from retention.model import DeletionResult, GcResult, Outcome, Plan, RunResult, StorageUsage
-from retention.policy import Policy, Schedule, policy_from_mapping
-from retention.reports import ReportStore
-from retention.schedule import MISFIRE_GRACE_S, crontab_weekdays, job_options, make_trigger
+from retention.service.daemon import Daemon, Signals, wait_for_stop
+from retention.service.http_api import respond
+from retention.service.metrics import Metrics
+from retention.state.report_store import ReportStore
 
 WEDNESDAY = datetime(2025, 1, 15, 12, 0, tzinfo=UTC)
 PLAN = Plan(registry="http://127.0.0.1:9", created_at=WEDNESDAY, repositories=())

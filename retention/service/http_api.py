@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from retention.core.policy import Server
 from retention.errors import RetentionError
-from retention.metrics import CONTENT_TYPE
-from retention.policy import Server
+from retention.service.metrics import CONTENT_TYPE
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
-from retention.policy import Schedule, format_duration
+from retention.core.policy import Schedule, format_duration
 
 # A pass that wakes up late (a suspended host, a busy scheduler) still runs within an hour;
 # several missed slots become one pass (coalesce), never a queue of them.

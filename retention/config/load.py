@@ -29,9 +29,9 @@ from pydantic_core import ErrorDetails
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.reader import ReaderError
 
+from retention.config.schedule import make_trigger
+from retention.core.policy import Policy, Rule, policy_from_mapping
 from retention.errors import ConfigError
-from retention.policy import Policy, Rule, policy_from_mapping
-from retention.schedule import make_trigger
 
 __all__ = ["LoadedPolicy", "check_warnings", "load_policy", "load_policy_with_warnings"]
 

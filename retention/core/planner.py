@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from retention import artifacts
-from retention.model import (
+from retention.core import artifacts
+from retention.core.model import (
     Action,
     DeletionKind,
     Inventory,
@@ -31,7 +31,7 @@ from retention.model import (
     Tag,
     TagDecision,
 )
-from retention.policy import Policy, Rule, Safety, format_duration
+from retention.core.policy import Policy, Rule, Safety, format_duration
 
 
 def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:

@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from retention.model import Outcome, RunResult
+from retention.core.model import OUTCOMES, Outcome, PassOutcome, RunResult
 
-PassOutcome = Literal["success", "failure", "dry_run"]
-OUTCOMES: tuple[PassOutcome, ...] = ("success", "failure", "dry_run")
 # generate_latest writes the classic text format, so say that version, not the newest one.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # From a pass over a handful of tags to a docker offline GC of a large registry.

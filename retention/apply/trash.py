@@ -18,8 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from retention import atomic
 from retention.errors import RetentionError
+from retention.state import atomic
 
 INDEX = "index.json"
 

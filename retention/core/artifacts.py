@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from retention.model import Action, Repository, TagDecision
+from retention.core.model import Action, Repository, TagDecision
 
 _COSIGN_TAG = re.compile(r"(sha256)-([0-9a-f]{64})\.(sig|att|sbom)")
 _KINDS = {"sig": "signature", "att": "attestation", "sbom": "SBOM"}

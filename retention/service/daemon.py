@@ -38,18 +38,18 @@ from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
-from retention import report
-from retention.config import load_policy_with_warnings
+from retention.config.load import load_policy_with_warnings
+from retention.config.schedule import describe_schedule, job_options, make_trigger
+from retention.core import render as report
+from retention.core.model import PassOutcome, RunResult
+from retention.core.policy import Policy
 from retention.errors import ConfigError, RegistryError, RetentionError
-from retention.http_api import Readiness, listening
 from retention.logs import get_logger
-from retention.metrics import LastPass, Metrics, PassOutcome
-from retention.model import RunResult
-from retention.policy import Policy
 from retention.registry.client import RegistryClient
-from retention.reports import ReportStore
 from retention.runner import Clock, run_pass, utc_now
-from retention.schedule import describe_schedule, job_options, make_trigger
+from retention.service.http_api import Readiness, listening
+from retention.service.metrics import LastPass, Metrics
+from retention.state.report_store import ReportStore
 
 log = get_logger(__name__)
 

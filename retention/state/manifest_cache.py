@@ -32,8 +32,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from retention.core.model import Blob, Manifest
 from retention.logs import get_logger
-from retention.model import Blob, Manifest
 
 Clock = Callable[[], datetime]
 # Bump when the entry format changes: a file of another version is dropped and rebuilt.

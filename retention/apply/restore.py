@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retention.apply.trash import Trash, TrashBin, TrashEntry, TrashError, restorable
 from retention.errors import RegistryError
 from retention.logs import get_logger
 from retention.registry import RegistryClient
-from retention.trash import Trash, TrashBin, TrashEntry, TrashError, restorable
 
 log = get_logger(__name__)
 

@@ -12,8 +12,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from retention.errors import RetentionError
-from retention.model import (
+from retention.core.model import (
     Action,
     DeletionKind,
     DeletionResult,
@@ -23,6 +22,7 @@ from retention.model import (
     RunResult,
     TagDecision,
 )
+from retention.errors import RetentionError
 
 FORMATS = ("table", "json", "markdown")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from retention.cache import ManifestCache
+from retention.core.model import Inventory, Manifest, Repository, Tag
 from retention.errors import NotFound, RegistryError
-from retention.model import Inventory, Manifest, Repository, Tag
 from retention.registry import RegistryClient, parse_created, parse_manifest
+from retention.state.manifest_cache import ManifestCache
 
 TAG_WORKERS_PER_CONNECTION = 2
 ProgressCallback = Callable[[int, int], None]

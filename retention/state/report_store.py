@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from retention import atomic
+from retention.core.model import OUTCOMES, PassOutcome
 from retention.logs import get_logger
-from retention.metrics import OUTCOMES, PassOutcome
+from retention.state import atomic
 
 log = get_logger(__name__)
 

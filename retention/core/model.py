@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -238,3 +239,8 @@ class RunResult:
         failed = any(r.outcome is Outcome.FAILED for r in self.applied)
         unread = any(r.error for r in self.plan.repositories)
         return not (self.errors or failed or unread or self.verification)
+
+
+# How a whole pass ended, as the daemon counts and files it.
+PassOutcome = Literal["success", "failure", "dry_run"]
+OUTCOMES: tuple[PassOutcome, ...] = ("success", "failure", "dry_run")

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from retention.core.model import Action, Plan, RepositoryPlan
 from retention.errors import NotFound, RegistryError
-from retention.model import Action, Plan, RepositoryPlan
 from retention.registry import RegistryClient, parse_manifest
 
 BlobSample = Literal["all"] | int

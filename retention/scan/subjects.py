@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from retention.artifacts import attachments
+from retention.core.artifacts import attachments
+from retention.core.model import Inventory, Manifest, Repository
 from retention.errors import NotFound, RegistryError
-from retention.model import Inventory, Manifest, Repository
 from retention.registry import RegistryClient, parse_manifest
 
 

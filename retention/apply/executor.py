@@ -13,9 +13,8 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from retention.errors import DeleteDisabled, NotFound, RegistryError, RegistryUnreachable
-from retention.logs import get_logger
-from retention.model import (
+from retention.apply.trash import BinWriter, TrashEntry, TrashError
+from retention.core.model import (
     DeletionKind,
     DeletionResult,
     ManifestDeletion,
@@ -23,8 +22,9 @@ from retention.model import (
     Plan,
     RepositoryPlan,
 )
+from retention.errors import DeleteDisabled, NotFound, RegistryError, RegistryUnreachable
+from retention.logs import get_logger
 from retention.registry import RegistryClient, parse_manifest
-from retention.trash import BinWriter, TrashEntry, TrashError
 
 log = get_logger(__name__)
 _GONE = (Outcome.DELETED, Outcome.ALREADY_GONE)

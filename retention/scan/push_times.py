@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retention.model import Inventory, Repository, Tag
+from retention.core.model import Inventory, Repository, Tag
 
 REPOSITORIES = Path("docker/registry/v2/repositories")
 

@@ -1,0 +1,1 @@
+"""Carrying out a plan: deletion, the trash it writes first, restore, verification after."""

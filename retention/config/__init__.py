@@ -1,0 +1,1 @@
+"""The policy file: YAML to the core's ``Policy``, every error with file, line and key path."""

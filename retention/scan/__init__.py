@@ -1,0 +1,1 @@
+"""Collecting what the planner needs (reads only): the inventory, push times, subjects."""

@@ -1,0 +1,1 @@
+"""``retention serve``: the daemon, its HTTP endpoints and its Prometheus metrics."""
