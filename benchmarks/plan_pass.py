@@ -35,10 +35,11 @@ if str(_ROOT) not in sys.path:
 import httpx  # noqa: E402
 from seed import repository_name  # noqa: E402
 
-from retention import inventory, planner  # noqa: E402
+from retention.core import planner  # noqa: E402
 from retention.core.model import Inventory  # noqa: E402
 from retention.core.policy import Policy, policy_from_mapping  # noqa: E402
 from retention.registry import RegistryClient  # noqa: E402
+from retention.scan import inventory  # noqa: E402
 from retention.state.manifest_cache import ManifestCache  # noqa: E402
 
 
