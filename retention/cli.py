@@ -21,7 +21,7 @@ from retention.config.load import LoadedPolicy, load_policy_with_warnings
 from retention.core import render as report
 from retention.core.model import Outcome, Plan, RunResult
 from retention.core.policy import Policy
-from retention.errors import ConfigError, RetentionError
+from retention.errors import ConfigError, PlanFileError, RetentionError
 from retention.runner import apply_plan, run_pass
 from retention.state import atomic
 
@@ -279,7 +279,7 @@ def _read_plan(path: Path) -> Plan:
     """A saved JSON plan; anything else is a usage error (exit 2)."""
     try:
         return report.plan_from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, report.PlanFileError) as exc:
+    except (OSError, ValueError, PlanFileError) as exc:
         _fail(f"{path}: {exc}", EXIT_USAGE)
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention.core.policy import RegistrySettings
-from retention.errors import RegistryError, RetentionError
+from retention.errors import DemoError, RegistryError
 from retention.registry import RegistryClient
 from retention.registry import media_types as mt
 
@@ -55,10 +55,6 @@ storage:
   path: {storage}
 state_dir: {state}
 """
-
-
-class DemoError(RetentionError):
-    """The demo registry could not be started."""
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,15 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     │   ├── NotFound               404 (a repository or manifest vanished)
     │   ├── DeleteDisabled         405 UNSUPPORTED: storage.delete.enabled is false
     │   └── InvalidManifest        a body that is not what its digest or media type says
-    ├── SafetyLimitExceeded    the plan deletes more than the configured budget
+    ├── PlanFileError          a saved plan file is not a ``retention plan`` JSON report
+    ├── PlanMismatch           a saved plan is for another registry than the policy's
     ├── LockError              another pass holds the lock
+    ├── TrashError             the trash cannot be read or written, or a bin is missing
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    └── DemoError              the demo's throwaway registry could not be started
+
+Every module raises these and nothing defines its own, so this drawing is the whole list.
 """
 
 from __future__ import annotations
@@ -81,8 +86,12 @@ class InvalidManifest(RegistryError):
     """A manifest whose bytes do not match its digest, or that cannot be parsed."""
 
 
-class SafetyLimitExceeded(RetentionError):
-    """The plan would delete more than a configured budget allows."""
+class PlanFileError(RetentionError):
+    """A saved plan that is not a ``retention plan --format json`` report."""
+
+
+class PlanMismatch(RetentionError):
+    """A saved plan is for another registry than the policy's."""
 
 
 class LockError(RetentionError):
@@ -93,5 +102,13 @@ class GarbageCollectionError(RetentionError):
     """Garbage collection failed; the registry has been started again if we stopped it."""
 
 
+class TrashError(RetentionError):
+    """The trash cannot be read or written, or a bin does not exist."""
+
+
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class DemoError(RetentionError):
+    """The demo registry could not be started."""

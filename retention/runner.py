@@ -26,8 +26,8 @@ from retention.core.policy import Policy, format_duration
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
+    PlanMismatch,
     RegistryError,
-    RetentionError,
     StorageError,
 )
 from retention.gc import Collector, ReadyCheck
@@ -48,10 +48,6 @@ READY_POLL_S = 0.5
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class PlanMismatch(RetentionError):
-    """A saved plan is for another registry than the policy's."""
 
 
 async def run_pass(

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from retention.apply.trash import BinWriter, TrashEntry, TrashError
+from retention.apply.trash import BinWriter, TrashEntry
 from retention.core.model import (
     DeletionKind,
     DeletionResult,
@@ -22,7 +22,13 @@ from retention.core.model import (
     Plan,
     RepositoryPlan,
 )
-from retention.errors import DeleteDisabled, NotFound, RegistryError, RegistryUnreachable
+from retention.errors import (
+    DeleteDisabled,
+    NotFound,
+    RegistryError,
+    RegistryUnreachable,
+    TrashError,
+)
 from retention.logs import get_logger
 from retention.registry import RegistryClient, parse_manifest
 

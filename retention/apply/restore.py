@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retention.apply.trash import Trash, TrashBin, TrashEntry, TrashError, restorable
-from retention.errors import RegistryError
+from retention.apply.trash import Trash, TrashBin, TrashEntry, restorable
+from retention.errors import RegistryError, TrashError
 from retention.logs import get_logger
 from retention.registry import RegistryClient
 

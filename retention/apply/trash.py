@@ -18,14 +18,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from retention.errors import RetentionError
+from retention.errors import TrashError
 from retention.state import atomic
 
 INDEX = "index.json"
-
-
-class TrashError(RetentionError):
-    """The trash cannot be read or written, or a bin does not exist."""
 
 
 @dataclass(frozen=True)

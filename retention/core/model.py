@@ -34,10 +34,6 @@ class Manifest:
     children: tuple[str, ...] = ()
     subject: str | None = None
 
-    @property
-    def is_index(self) -> bool:
-        return bool(self.children) or self.media_type.endswith(("list.v2+json", "index.v1+json"))
-
 
 @dataclass(frozen=True)
 class Tag:

@@ -22,7 +22,7 @@ from retention.core.model import (
     RunResult,
     TagDecision,
 )
-from retention.errors import RetentionError
+from retention.errors import PlanFileError
 
 FORMATS = ("table", "json", "markdown")
 
@@ -115,10 +115,6 @@ def timestamp(moment: datetime) -> str:
 
 
 # -- reading a saved plan back --------------------------------------------------------------
-
-
-class PlanFileError(RetentionError):
-    """A saved plan that is not a ``retention plan --format json`` report."""
 
 
 def plan_from_dict(data: Any) -> Plan:

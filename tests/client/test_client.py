@@ -567,7 +567,6 @@ def test_an_index_lists_its_children_and_has_no_config() -> None:
     parsed, config = parse_manifest(manifest)
 
     assert config is None
-    assert parsed.is_index
     assert parsed.media_type == "application/vnd.oci.image.index.v1+json"
     assert parsed.children == ("sha256:" + "a" * 64, "sha256:" + "b" * 64)
 

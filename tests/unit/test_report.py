@@ -20,7 +20,8 @@ from retention.core.model import (
     StorageUsage,
     TagDecision,
 )
-from retention.core.render import PlanFileError, human_bytes, plan_from_dict, render
+from retention.core.render import human_bytes, plan_from_dict, render
+from retention.errors import PlanFileError
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CREATED = datetime(2026, 10, 1, tzinfo=UTC)
