@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from retention import logs
+from retention.clock import utc_now
 from retention.config.load import LoadedPolicy, load_policy_with_warnings
 from retention.core import render as report
 from retention.core.model import Outcome, Plan, RunResult
@@ -235,7 +236,7 @@ def demo(fmt: str) -> None:
         demo_registry.workspace() as workdir,
         demo_registry.throwaway_registry(workdir) as registry,
     ):
-        pushed = _run(demo_registry.seed(registry.url, demo_registry.now_utc()))
+        pushed = _run(demo_registry.seed(registry.url, utc_now()))
         policy_path = demo_registry.write_policy(workdir, registry)
         click.echo(f"demo registry {registry.url}: pushed {pushed} tags", err=True)
         click.echo(f"policy ({policy_path}):\n{policy_path.read_text()}", err=True)

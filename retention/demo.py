@@ -17,11 +17,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from retention.core.policy import RegistrySettings
@@ -253,25 +252,17 @@ def _free_port() -> int:
 
 
 def _wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    try:
+        asyncio.run(_ping_until_up(url, process, timeout_s))
+    except RegistryError:
         if process.poll() is not None:
-            raise DemoError(f"the demo registry exited with {process.returncode}")
-        if asyncio.run(_answers(url)):
-            return
-        time.sleep(0.1)
-    raise DemoError(f"the demo registry did not answer on {url} within {timeout_s:.0f}s")
+            raise DemoError(f"the demo registry exited with {process.returncode}") from None
+        raise DemoError(
+            f"the demo registry did not answer on {url} within {timeout_s:.0f}s"
+        ) from None
 
 
-async def _answers(url: str) -> bool:
+async def _ping_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     settings = RegistrySettings(url=url, retries=0, timeout=timedelta(seconds=1))
     async with RegistryClient(settings) as client:
-        try:
-            await client.ping()
-        except RegistryError:
-            return False
-    return True
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+        await client.wait_until_up(timeout_s, alive=lambda: process.poll() is None)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from retention.apply import executor
 from retention.apply.trash import Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
+from retention.clock import Clock, utc_now
 from retention.core import planner
 from retention.core.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
 from retention.core.policy import Policy, format_duration
@@ -41,13 +42,7 @@ from retention.scan.subjects import confirm_subjects
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
 
-Clock = Callable[[], datetime]
 log = get_logger(__name__)
-READY_POLL_S = 0.5
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def run_pass(
@@ -265,17 +260,12 @@ def _ready_check(client: RegistryClient, loop: asyncio.AbstractEventLoop) -> Rea
 
 
 async def _wait_until_up(client: RegistryClient, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            await client.ping()
-            return
-        except RegistryError as exc:
-            if time.monotonic() >= deadline:
-                raise GarbageCollectionError(
-                    f"the registry did not answer within {timeout_s:.0f}s after GC: {exc}"
-                ) from exc
-        await asyncio.sleep(READY_POLL_S)
+    try:
+        await client.wait_until_up(timeout_s)
+    except RegistryError as exc:
+        raise GarbageCollectionError(
+            f"the registry did not answer within {timeout_s:.0f}s after GC: {exc}"
+        ) from exc
 
 
 # -- storage --------------------------------------------------------------------------------

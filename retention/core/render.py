@@ -7,7 +7,7 @@ Pure: returns strings, writes nothing. The JSON shape is a public interface (scr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +42,13 @@ def render(subject: Plan | RunResult, fmt: str) -> str:
 
 
 def render_json(result: RunResult) -> str:
-    return json.dumps(to_dict(result), indent=2) + "\n"
+    return encode_json(to_dict(result))
+
+
+def encode_json(document: Mapping[str, Any]) -> str:
+    """The one JSON form of a report: stdout, ``--output`` files, the daemon's store and
+    ``/report`` all give the same bytes for the same pass."""
+    return json.dumps(document, indent=2) + "\n"
 
 
 def to_dict(result: RunResult) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +34,7 @@ import httpx
 import structlog
 
 from retention import __version__
+from retention.clock import utc_now
 from retention.core.policy import RegistrySettings
 from retention.errors import (
     AuthenticationError,
@@ -46,7 +46,7 @@ from retention.errors import (
     RegistryUnreachable,
 )
 from retention.registry import credentials, media_types
-from retention.registry.auth import Clock, RegistryAuth
+from retention.registry.auth import Clock, RegistryAuth, public_url
 
 Sleep = Callable[[float], Awaitable[None]]
 # retention.logs sits above this package in .importlinter's layers; structlog is the same.
@@ -76,6 +76,8 @@ _DELETE_DISABLED_HINT = (
     "the registry refuses deletes; set storage.delete.enabled: true "
     "(or REGISTRY_STORAGE_DELETE_ENABLED=true) in the registry's config"
 )
+
+READY_POLL_S = 0.2  # between pings while a registry starts
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class RegistryClient:
         self._sleep = sleep
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._http = httpx.AsyncClient(
-            base_url=_public(httpx.URL(settings.base_url)),
+            base_url=public_url(httpx.URL(settings.base_url)),
             auth=_auth(settings, clock),
             verify=_tls(settings),
             timeout=httpx.Timeout(settings.timeout.total_seconds()),
@@ -133,7 +135,7 @@ class RegistryClient:
     @property
     def url(self) -> str:
         """The registry's base URL without credentials, for reports and inventories."""
-        return _public(httpx.URL(self._settings.base_url))
+        return public_url(httpx.URL(self._settings.base_url))
 
     @property
     def concurrency(self) -> int:
@@ -157,6 +159,25 @@ class RegistryClient:
     async def ping(self) -> None:
         """Fail early, and clearly, on a wrong URL or wrong credentials."""
         await self._request("GET", "/v2/", expect={200})
+
+    async def wait_until_up(
+        self, timeout_s: float, *, alive: Callable[[], bool] = lambda: True
+    ) -> None:
+        """Ping until ``/v2/`` answers: after a registry (re)starts, nothing may go sooner.
+
+        The one such loop, shared by GC restarts and the demo. Raises the last
+        ``RegistryError`` once ``timeout_s`` has passed, or at once when ``alive()`` says
+        the process being waited for has gone.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.ping()
+                return
+            except RegistryError:
+                if time.monotonic() >= deadline or not alive():
+                    raise
+            await asyncio.sleep(READY_POLL_S)
 
     async def catalog(self) -> list[str]:
         """Every repository name, page after page (Distribution serves 100 per page)."""
@@ -363,7 +384,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - utc_now()).total_seconds())
 
 
 def sha256_digest(data: bytes) -> str:
@@ -400,7 +421,7 @@ def _tls(settings: RegistrySettings) -> ssl.SSLContext | bool:
     if settings.insecure:
         log.warning(
             "tls verification disabled",
-            registry=_public(httpx.URL(settings.base_url)),
+            registry=public_url(httpx.URL(settings.base_url)),
             setting="registry.insecure",
         )
     # httpx's own default (certifi, or SSL_CERT_FILE/SSL_CERT_DIR), to which we add.
@@ -450,11 +471,6 @@ def _manifest_path(repository: str, reference: str) -> str:
     return f"/v2/{repository}/manifests/{reference}"
 
 
-def _public(url: httpx.URL) -> str:
-    """The URL as it may appear in messages and logs: never with user:password@."""
-    return str(url.copy_with(username=None, password=None))
-
-
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     """Read a body, refusing one larger than ``limit`` before and while it arrives."""
     declared = response.headers.get("content-length", "")
@@ -474,7 +490,7 @@ def _too_large(response: httpx.Response, limit: int) -> RegistryError:
     return RegistryError(
         f"response larger than {limit} bytes",
         method=response.request.method,
-        url=_public(response.url),
+        url=public_url(response.url),
         status=response.status_code,
     )
 
@@ -515,7 +531,7 @@ def _verified_manifest_digest(reply: _Reply, reference: str) -> str:
 
 
 def _reply_error(kind: type[RegistryError], reply: _Reply, message: str) -> RegistryError:
-    return kind(message, method=reply.method, url=_public(reply.url), status=reply.status)
+    return kind(message, method=reply.method, url=public_url(reply.url), status=reply.status)
 
 
 def _unreachable(
@@ -524,13 +540,13 @@ def _unreachable(
     tls = _tls_failure(exc)
     if tls is not None:
         return RegistryUnreachable(
-            _tls_message(tls), method=request.method, url=_public(request.url)
+            _tls_message(tls), method=request.method, url=public_url(request.url)
         )
     cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return RegistryUnreachable(
         f"no answer from the registry after {attempts} attempt(s): {cause}",
         method=request.method,
-        url=_public(request.url),
+        url=public_url(request.url),
     )
 
 
@@ -566,7 +582,7 @@ def _status_error(reply: _Reply) -> RegistryError:
     code, detail = _registry_error_code(reply.body)
     kind, summary = _classify(reply.method, reply.status, code)
     message = f"{summary}: {detail}" if detail else summary
-    url = _public(reply.url)
+    url = public_url(reply.url)
     return kind(message, method=reply.method, url=url, status=reply.status, code=code)
 
 

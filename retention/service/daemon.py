@@ -13,7 +13,6 @@ from its own threads. What they share lives in ``Daemon`` and is guarded by one 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
@@ -38,6 +37,7 @@ from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
+from retention.clock import Clock, utc_now
 from retention.config.load import load_policy_with_warnings
 from retention.config.schedule import describe_schedule, job_options, make_trigger
 from retention.core import render as report
@@ -46,7 +46,7 @@ from retention.core.policy import Policy
 from retention.errors import ConfigError, RegistryError, RetentionError
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
-from retention.runner import Clock, run_pass, utc_now
+from retention.runner import run_pass
 from retention.service.http_api import Readiness, listening
 from retention.service.metrics import LastPass, Metrics
 from retention.state.report_store import ReportStore
@@ -195,7 +195,7 @@ class Daemon:
             self.check_registry,
             IntervalTrigger(seconds=PING_INTERVAL_S, timezone=UTC),
             id=PING_JOB,
-            next_run_time=datetime.now(UTC),
+            next_run_time=utc_now(),
             **job_options(),
         )
         self._scheduler.start()
@@ -359,7 +359,7 @@ def _store_for(policy: Policy) -> ReportStore:
 
 
 def _encode(document: Mapping[str, Any]) -> bytes:
-    return (json.dumps(document, indent=2) + "\n").encode()
+    return report.encode_json(document).encode()
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -27,15 +27,14 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from retention.clock import Clock, utc_now
 from retention.core.model import Blob, Manifest
 from retention.logs import get_logger
 
-Clock = Callable[[], datetime]
 # Bump when the entry format changes: a file of another version is dropped and rebuilt.
 SCHEMA_VERSION = 1
 # Pruning runs after this pass's hits are marked seen, so only digests no pass has used for
@@ -48,10 +47,6 @@ LOCK_WAIT_SECONDS = 5.0
 _EPOCH = date(1970, 1, 1)
 
 log = get_logger(__name__)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ManifestCache:
@@ -67,7 +62,7 @@ class ManifestCache:
         *,
         max_age: timedelta = MAX_AGE,
         max_entries: int = MAX_ENTRIES,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self.path = state_dir / "cache" / "manifests.sqlite3"
         self._max_age_days = max(1, max_age.days)

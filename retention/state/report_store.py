@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from retention.core.model import OUTCOMES, PassOutcome
+from retention.core.render import encode_json
 from retention.logs import get_logger
 from retention.state import atomic
 
@@ -46,7 +47,7 @@ class ReportStore:
         moment = at.astimezone(UTC)
         stamp = moment.strftime("%Y%m%dT%H%M%S.") + f"{moment.microsecond // 1000:03d}Z"
         path = self.directory / f"{stamp}-{outcome}.json"
-        atomic.write_text(path, json.dumps(document, indent=2))
+        atomic.write_text(path, encode_json(document))
         return path
 
     def prune(self) -> None:
