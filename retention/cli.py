@@ -259,21 +259,31 @@ def _load(path: Path) -> LoadedPolicy:
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run async work; expected failures become one line on stderr and exit 1."""
+    """Run async work; expected failures become one line on stderr (see ``_fail_for``)."""
     try:
         return asyncio.run(coroutine)
     except RetentionError as exc:
-        _fail(str(exc))
+        _fail_for(exc)
     except KeyboardInterrupt:
         _fail("interrupted")
 
 
 def _guard(action: Callable[[], T]) -> T:
-    """Run sync work whose expected failures become one line and exit 1."""
+    """Run sync work whose expected failures become one line (see ``_fail_for``)."""
     try:
         return action()
     except RetentionError as exc:
-        _fail(str(exc))
+        _fail_for(exc)
+
+
+def _fail_for(exc: RetentionError) -> NoReturn:
+    """Exit 2 for configuration found wrong during a pass (a password file or certificate
+    the policy names is missing), as for the policy file itself; exit 1 for the rest."""
+    if isinstance(exc, ConfigError):
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    _fail(str(exc))
 
 
 def _read_plan(path: Path) -> Plan:

@@ -63,9 +63,9 @@ def seed_builds(seeder: Seeder, repository: str = "app") -> list[str]:
     return digests
 
 
-def assert_one_clean_error(result: CliResult, *fragments: str) -> str:
-    """Exit 1, no traceback, and the cause in a single ``error:`` line."""
-    assert result.code == 1, result.stderr
+def assert_one_clean_error(result: CliResult, *fragments: str, code: int = 1) -> str:
+    """Exit ``code`` (1 by default), no traceback, and the cause in a single ``error:`` line."""
+    assert result.code == code, result.stderr
     no_traceback(result)
     lines = [line for line in result.error_lines if all(f in line for f in fragments)]
     assert lines, result.stderr
@@ -423,6 +423,18 @@ def test_htpasswd_the_right_password_from_a_file_plans(
     assert result.json()["summary"]["manifests_to_delete"] == 2
 
 
+def test_htpasswd_a_missing_password_file_is_a_config_error_exit_2_at_run_time(
+    tmp_path: Path, htpasswd_registry: RegistryServer
+) -> None:
+    missing = tmp_path / "secrets" / "password"
+    registry = {"url": htpasswd_registry.url, "username": "ci", "password_file": str(missing)}
+    policy = write_policy(tmp_path / "p.yml", htpasswd_registry.url, BUILDS, registry=registry)
+
+    result = retention("run", "-c", str(policy))
+
+    assert_one_clean_error(result, "registry.password_file", str(missing), code=2)
+
+
 def test_htpasswd_a_wrong_password_is_exit_1_with_one_line(
     tmp_path: Path, htpasswd_registry: RegistryServer
 ) -> None:
@@ -592,7 +604,7 @@ def test_tls_insecure_works_and_warns(tmp_path: Path, https_registry: HttpsRegis
     assert (warnings[0]["level"], warnings[0]["setting"]) == ("warning", "registry.insecure")
 
 
-def test_tls_a_missing_ca_file_is_one_line_naming_key_and_file(
+def test_tls_a_missing_ca_file_is_one_line_naming_key_and_file_and_exits_2(
     tmp_path: Path, https_registry: HttpsRegistry
 ) -> None:
     missing = tmp_path / "nowhere" / "ca.pem"
@@ -600,7 +612,8 @@ def test_tls_a_missing_ca_file_is_one_line_naming_key_and_file(
         "plan", "-c", str(tls_policy(tmp_path, https_registry, ca_cert=str(missing)))
     )
 
-    assert_one_clean_error(result, f"registry.ca_cert: cannot read {missing}")
+    # A file the policy names is part of the configuration: exit 2, as for the policy itself.
+    assert_one_clean_error(result, f"registry.ca_cert: cannot read {missing}", code=2)
 
 
 # --- (d) mutual TLS ------------------------------------------------------------------------
