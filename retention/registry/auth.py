@@ -109,9 +109,9 @@ def required_scope(method: str, path: str) -> str | None:
     return f"repository:{match['name']}:{_ACTIONS.get(method, 'pull,push')}"
 
 
-def public_url(url: httpx.URL) -> str:
-    """The URL as it may appear in messages and logs: never with user:password@."""
-    return str(url.copy_with(username=None, password=None))
+def public_url(url: httpx.URL | str) -> str:
+    """The URL as it may appear in messages, logs and reports: never with user:password@."""
+    return str(httpx.URL(url).copy_with(username=None, password=None))
 
 
 class RegistryAuth(httpx.Auth):

@@ -45,6 +45,7 @@ from retention.core.model import PassOutcome, RunResult
 from retention.core.policy import Policy
 from retention.errors import ConfigError, RegistryError, RetentionError
 from retention.logs import get_logger
+from retention.registry.auth import public_url
 from retention.registry.client import RegistryClient
 from retention.runner import run_pass
 from retention.service.http_api import Readiness, listening
@@ -92,6 +93,7 @@ class PassRecord:
     outcome: PassOutcome
     duration_s: float
     finished_at: datetime
+    registry: str  # the one the pass ran against: a SIGHUP during the pass may change it
     error: str | None = None
     registry_failed: bool = False
 
@@ -102,10 +104,10 @@ def outcome_of(result: RunResult) -> PassOutcome:
     return "dry_run" if result.dry_run else "success"
 
 
-def failure_document(record: PassRecord, registry: str) -> dict[str, Any]:
+def failure_document(record: PassRecord) -> dict[str, Any]:
     """A report for a pass that raised, shaped like ``report.to_dict`` where it can be."""
     return {
-        "registry": registry,
+        "registry": record.registry,
         "generated_at": report.timestamp(record.finished_at),
         "errors": [record.error or "unknown error"],
         "ok": False,
@@ -281,10 +283,13 @@ class Daemon:
     def _attempt(self, policy: Policy) -> PassRecord:
         """The job wrapper: the one place where any exception is caught, logged and counted."""
         started = time.monotonic()
+        registry = public_url(policy.registry.base_url)
 
         def ended(error: str, *, registry_failed: bool = False) -> PassRecord:
             elapsed = time.monotonic() - started
-            return PassRecord(None, "failure", elapsed, self._clock(), error, registry_failed)
+            return PassRecord(
+                None, "failure", elapsed, self._clock(), registry, error, registry_failed
+            )
 
         try:
             result = self._run(policy)
@@ -298,13 +303,13 @@ class Daemon:
             log.exception("pass crashed", error=repr(exc))
             return ended(f"internal error: {exc!r}")
         elapsed = time.monotonic() - started
-        return PassRecord(result, outcome_of(result), elapsed, self._clock())
+        return PassRecord(result, outcome_of(result), elapsed, self._clock(), registry)
 
     def _finish(self, record: PassRecord) -> None:
         if record.result is not None:
             document = report.to_dict(record.result)
         else:
-            document = failure_document(record, self.policy.registry.base_url)
+            document = failure_document(record)
         self._last_report = _encode(document)
         self.metrics.record(
             record.result, record.outcome, record.duration_s, finished_at=record.finished_at

@@ -500,6 +500,26 @@ def test_a_valid_policy_file_on_reload_takes_effect(tmp_path: Path) -> None:
     assert daemon.policy.schedule.interval == timedelta(hours=1)
 
 
+def test_a_reload_during_a_failing_pass_reports_the_registry_the_pass_ran_against(
+    tmp_path: Path, held: FakePass
+) -> None:
+    held.outcomes = [RegistryUnreachable("connection refused", method="GET", url="x")]
+    daemon = make_daemon(tmp_path, held)
+    assert daemon.start_now()
+    assert held.entered.wait(5)
+    write_policy_file(
+        daemon.path,
+        f"registry:\n  url: http://127.0.0.1:10\nstate_dir: {tmp_path / 'state'}\n",
+    )
+    daemon.reload()  # SIGHUP while the pass against :9 is still running
+    held.release.set()
+    wait_idle(daemon)
+
+    assert daemon.policy.registry.url == "http://127.0.0.1:10"
+    assert daemon.last_report is not None
+    assert json.loads(daemon.last_report)["registry"] == "http://127.0.0.1:9"
+
+
 def test_signals_arrive_in_order_through_the_pipe() -> None:
     with Signals() as signals:
         os.kill(os.getpid(), signal.SIGHUP)
