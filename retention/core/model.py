@@ -40,7 +40,7 @@ class Tag:
     """A tag and the digest it points at; ``pushed`` is when it was last pushed, if known.
 
     The registry API has no push time; on the filesystem backend the tag's link file's
-    mtime is one (see ``push_times.py``). Only the grace period uses it.
+    mtime is one (see ``scan/push_times.py``). Only the grace period uses it.
     """
 
     name: str

@@ -2,7 +2,7 @@
 
 Two strategies. ``exec`` runs the command inside the running registry container: no
 downtime, but GC races with pushes and the registry's in-memory blob-descriptor cache still
-believes in the blobs it swept (see REGISTRY-FACTS). ``offline`` stops the registry, runs the
+believes in the blobs it swept (distribution#3045, #1803). ``offline`` stops the registry, runs the
 command in a one-off container of the *same* image with the registry's volumes and
 environment (so it sweeps the same storage with the same config), and starts the registry
 again whatever happened, then waits until it answers.

@@ -7,7 +7,9 @@ signals (TERM/INT stop, HUP reloads the policy file). Only ``cli.py`` imports it
 
 Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
 registry pings; ``POST /run`` starts a pass in a thread of its own; the HTTP server answers
-from its own threads. What they share lives in ``Daemon`` and is guarded by one lock.
+from its own threads. What they share lives in ``Daemon``: ``_pass_lock`` says a pass
+is running (and keeps two from overlapping), ``_state_lock`` guards readiness; the last
+report is replaced whole, so readers need no lock.
 """
 
 from __future__ import annotations
