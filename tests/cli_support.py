@@ -1,4 +1,11 @@
-"""Test support: write policy files and run the real ``retention`` CLI as a subprocess."""
+"""Test support: write policy files and run the real ``retention`` CLI.
+
+``retention()`` runs the CLI in this process through click's ``CliRunner`` (about 70 runs,
+each a second of interpreter start and imports as a subprocess), with the same arguments,
+environment, exit code and separate stdout/stderr. ``process=True`` runs
+``python -m retention`` instead, where a separate process is the point: the entry point
+itself, signals, the README's commands.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,15 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from click.testing import CliRunner
+
+from retention import cli
 
 
 def write_policy(path: Path, url: str, *rules: Mapping[str, Any], **sections: Any) -> Path:
@@ -54,8 +66,12 @@ class CliResult:
         return [line for line in self.stderr.splitlines() if line.startswith("error:")]
 
 
-def retention(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> CliResult:
-    """Run ``python -m retention ARGS`` with JSON logs, as a scheduler or CI would."""
+def retention(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120, process: bool = False
+) -> CliResult:
+    """Run ``retention ARGS`` with JSON logs, as a scheduler or CI would (see the module)."""
+    if not process:
+        return _in_process(args, env or {})
     environment = {**os.environ, **(env or {})}
     done = subprocess.run(
         [sys.executable, "-m", "retention", "--log-format", "json", *args],
@@ -66,6 +82,18 @@ def retention(*args: str, env: Mapping[str, str] | None = None, timeout: float =
         check=False,
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def _in_process(args: tuple[str, ...], env: Mapping[str, str]) -> CliResult:
+    """The CLI through CliRunner; an exception that escaped it is shown as a traceback on
+    stderr, exactly as the interpreter would, so ``no_traceback`` still catches it."""
+    done = CliRunner().invoke(cli.main, ["--log-format", "json", *args], env=dict(env))
+    stderr = done.stderr
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(
+            traceback.format_exception(done.exception)
+        )
+    return CliResult(done.exit_code, done.stdout, stderr)
 
 
 def log_events(stderr: str) -> list[dict[str, Any]]:

@@ -659,7 +659,7 @@ def test_mtls_without_a_client_certificate_is_one_clear_line(
     assert_one_clean_error(result, "client certificate", "registry.client_cert")
 
 
-def test_mtls_a_key_that_does_not_match_the_certificate_is_one_line(
+def test_mtls_a_key_that_does_not_match_the_certificate_is_one_line_and_exits_2(
     tmp_path: Path, mtls_registry: HttpsRegistry, tls: Tls
 ) -> None:
     policy = tls_policy(
@@ -672,7 +672,9 @@ def test_mtls_a_key_that_does_not_match_the_certificate_is_one_line(
 
     result = retention("plan", "-c", str(policy))
 
-    assert_one_clean_error(result, "registry.client_cert: cannot use", "KEY_VALUES_MISMATCH")
+    assert_one_clean_error(
+        result, "registry.client_cert: cannot use", "KEY_VALUES_MISMATCH", code=2
+    )
 
 
 # --- (e) secrets stay secret ---------------------------------------------------------------
