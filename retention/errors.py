@@ -14,7 +14,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    └── InUseError             an in_use source could not be read: the pass deletes nothing
 """
 
 from __future__ import annotations
@@ -95,3 +96,7 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class InUseError(RetentionError):
+    """An ``in_use`` source failed; the message names it. Nothing is deleted in that pass."""
