@@ -17,6 +17,7 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── TrashError             the trash cannot be read or written, or a bin is missing
     ├── GarbageCollectionError a GC command or container failed
     ├── StorageError           storage could not be measured
+    ├── InUseError             an in_use source could not be read: the pass deletes nothing
     └── DemoError              the demo's throwaway registry could not be started
 
 Every module raises these and nothing defines its own, so this drawing is the whole list.
@@ -108,6 +109,10 @@ class TrashError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class InUseError(RetentionError):
+    """An ``in_use`` source failed; the message names it. Nothing is deleted in that pass."""
 
 
 class DemoError(RetentionError):

@@ -22,11 +22,13 @@ from retention.apply.trash import Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
 from retention.clock import Clock, utc_now
 from retention.core import planner
+from retention.core.image_reference import ImageReference
 from retention.core.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
 from retention.core.policy import Policy, format_duration
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
+    InUseError,
     PlanMismatch,
     RegistryError,
     StorageError,
@@ -36,6 +38,7 @@ from retention.gc.command import CommandCollector
 from retention.gc.disk_usage import LocalStorage, StorageProbe
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
+from retention.scan import in_use as in_use_sources
 from retention.scan.inventory import ProgressCallback, collect
 from retention.scan.push_times import with_push_times
 from retention.scan.subjects import confirm_subjects
@@ -84,7 +87,8 @@ async def _scan_and_plan(
     client: RegistryClient, policy: Policy, progress: ProgressCallback | None, clock: Clock
 ) -> Plan:
     inventory = await _inventory(client, policy, progress)
-    plan = planner.plan(policy, inventory, clock())
+    in_use = await _in_use(policy)
+    plan = planner.plan(policy, inventory, clock(), in_use)
     summary = plan.summary
     log.info(
         "plan made",
@@ -110,6 +114,22 @@ async def _inventory(
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)
     return inventory
+
+
+async def _in_use(policy: Policy) -> tuple[ImageReference, ...]:
+    """The references in use, read right before planning; a failing source stops the pass.
+
+    ``InUseError`` propagates: with an image in use unseen, no deletion is safe.
+    """
+    if not policy.in_use:
+        return ()
+    try:
+        found = await asyncio.to_thread(in_use_sources.collect, policy.in_use, policy.registry.url)
+    except InUseError as exc:
+        log.error("in_use source failed", error=str(exc))
+        raise
+    log.info("in use collected", references=len(found), sources=len(policy.in_use))
+    return found
 
 
 async def _apply(

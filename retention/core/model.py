@@ -37,15 +37,17 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Tag:
-    """A tag and the digest it points at; ``pushed`` is when it was last pushed, if known.
+    """A tag and the digest it points at; when it was last pushed and pulled, if known.
 
-    The registry API has no push time; on the filesystem backend the tag's link file's
-    mtime is one (see ``scan/push_times.py``). Only the grace period uses it.
+    The registry API has neither time: on the filesystem backend the tag's link file's
+    mtime is a push time (see ``scan/push_times.py``), and registry notifications give both.
+    The grace period, ``order_by``, ``age_by`` and ``pulled_within`` use them.
     """
 
     name: str
     digest: str
     pushed: datetime | None = None
+    pulled: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,16 @@ class Repository:
 
 @dataclass(frozen=True)
 class Inventory:
+    """Everything scanned in one pass.
+
+    ``pull_history_since`` is when pull events began to be recorded (None: no pull history
+    at all). A tag with no pull since then was not pulled for that long, and no longer is
+    known, so ``pulled_within`` treats a shorter history as unknown, never as old.
+    """
+
     registry: str
     repositories: tuple[Repository, ...] = ()
+    pull_history_since: datetime | None = None
 
 
 class Action(StrEnum):
@@ -75,7 +85,12 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class TagDecision:
-    """The fate of one tag, with the rule that decided and a reason a person can check."""
+    """The fate of one tag, with the rule that decided and a reason a person can check.
+
+    ``pushed`` and ``pulled`` are the tag's times as scanned; ``ranked_by`` and ``aged_by``
+    name the time (or ``semver``) its rule actually used for this tag, None when the rule
+    did not rank or age it (no rule, protected, in use, an artifact, or unknown).
+    """
 
     tag: str
     digest: str
@@ -84,6 +99,10 @@ class TagDecision:
     rule: str | None
     reason: str
     subject: str | None = None
+    pushed: datetime | None = None
+    pulled: datetime | None = None
+    ranked_by: str | None = None
+    aged_by: str | None = None
 
     @property
     def is_artifact(self) -> bool:

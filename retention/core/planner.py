@@ -4,7 +4,8 @@ Pure: the same policy, inventory and ``now`` always give the same plan; nothing 
 clock, a file or the network, and nothing logs. Every safety invariant lives here, so the
 executor can only carry out what a person could have read in the report:
 
-* a tag matched by no rule, protected, or of unknown age (for age) is kept;
+* a tag matched by no rule, protected, in use, or of unknown age (for age) or rank (for
+  rank) is kept; a created time a reproducible build wrote is unknown (``tag_times``);
 * a digest is deleted only if every tag on it is deleted, and never while a kept index needs
   it as a child (deleting by digest removes every tag on it);
 * children of deleted indexes are deleted too, unless a kept manifest still references them;
@@ -15,10 +16,11 @@ executor can only carry out what a person could have read in the report:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from retention.core import artifacts
+from retention.core import artifacts, semver
+from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
     DeletionKind,
@@ -32,11 +34,44 @@ from retention.core.model import (
     TagDecision,
 )
 from retention.core.policy import Policy, Rule, Safety, format_duration
+from retention.core.tag_times import (
+    WORDS,
+    TagTimes,
+    TimeSource,
+    pick,
+    pull_history_start,
+    times_by_tag,
+    why_unknown,
+)
 
 
-def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:
-    """The whole plan for one pass; ``now`` is the reference time for every age."""
-    repositories = tuple(plan_repository(policy, r, now) for r in inventory.repositories)
+@dataclass(frozen=True)
+class _Context:
+    """What every rule of one repository judges against."""
+
+    now: datetime
+    pull_history_since: datetime | None
+    times: Mapping[str, TagTimes]
+
+
+def plan(
+    policy: Policy,
+    inventory: Inventory,
+    now: datetime,
+    in_use: Iterable[ImageReference] = (),
+) -> Plan:
+    """The whole plan for one pass; ``now`` is the reference time for every age.
+
+    ``in_use`` are the references the policy's ``in_use`` sources found: those tags and
+    digests are kept whatever the rules say.
+    """
+    used: dict[str, list[ImageReference]] = {}
+    for reference in in_use:
+        used.setdefault(reference.repository, []).append(reference)
+    repositories = tuple(
+        plan_repository(policy, r, now, inventory.pull_history_since, tuple(used.get(r.name, ())))
+        for r in inventory.repositories
+    )
     return Plan(
         registry=inventory.registry,
         created_at=now,
@@ -45,14 +80,22 @@ def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:
     )
 
 
-def plan_repository(policy: Policy, repository: Repository, now: datetime) -> RepositoryPlan:
+def plan_repository(
+    policy: Policy,
+    repository: Repository,
+    now: datetime,
+    pull_history_since: datetime | None = None,
+    in_use: Sequence[ImageReference] = (),
+) -> RepositoryPlan:
     """Rules, grace and the digest holds for images; artifacts follow; then the budget."""
     found = {
         name: attachment
         for name, attachment in artifacts.attachments(repository).items()
         if policy.protecting_pattern(name) is None
     }
-    images = _by_rules(policy, repository, now, skip=found)
+    images_only = [t for t in repository.tags if t.name not in found]
+    context = _Context(now, pull_history_since, times_by_tag(images_only, repository.manifests))
+    images = _by_rules(policy, repository, context, found, in_use)
     images = _within_grace(images, repository, policy.safety.grace_period, now)
     images = _hold_needed_digests(images, repository.manifests)
     held = repository.error is None and _over_fraction(images, policy.safety)
@@ -92,12 +135,14 @@ def check_budget(plan: Plan, safety: Safety) -> str | None:
 def _by_rules(
     policy: Policy,
     repository: Repository,
-    now: datetime,
+    context: _Context,
     skip: Mapping[str, object],
+    in_use: Sequence[ImageReference],
 ) -> tuple[TagDecision, ...]:
-    """Protect first, then the first rule that claims each tag; the rest are kept.
+    """Protect first, then what is in use, then the first rule that claims each tag.
 
-    Artifact tags (``skip``, never protected ones) are left to ``artifacts.decide``.
+    Tags no rule claims are kept. Artifact tags (``skip``, never protected ones) are left
+    to ``artifacts.decide``.
     """
     claimed: dict[str, list[Tag]] = {}
     decisions: list[TagDecision] = []
@@ -107,51 +152,209 @@ def _by_rules(
         rule = policy.rule_for(repository.name, tag.name)
         if tag.name in skip:
             continue
+        using = _in_use_by(tag, repository.manifests, in_use)
         if pattern is not None:
             decisions.append(_keep(tag, created, None, f"protected by {pattern!r}"))
+        elif using is not None:
+            decisions.append(_keep(tag, created, rule.name if rule else None, using))
         elif rule is None:
             decisions.append(_keep(tag, created, None, "matched no rule"))
         else:
             claimed.setdefault(rule.name, []).append(tag)
     for rule in policy.rules:
         tags = claimed.get(rule.name, [])
-        decisions.extend(_apply_rule(rule, tags, repository.manifests, now))
+        decisions.extend(_apply_rule(rule, tags, repository.manifests, context))
     return tuple(decisions)
 
 
+def _in_use_by(
+    tag: Tag, manifests: Mapping[str, Manifest], in_use: Sequence[ImageReference]
+) -> str | None:
+    """``in use (origin)`` when a reference names this tag, its digest or one of its platforms.
+
+    A digest in use keeps every tag on it; an index is kept when a platform manifest of it
+    is in use (a runtime pulls the child by digest through the index).
+    """
+    below = set(_descendants(tag.digest, manifests))
+    direct = sorted(r.origin for r in in_use if r.tag == tag.name or r.digest == tag.digest)
+    if direct:
+        return _in_use_reason(direct)
+    platform = sorted(r.origin for r in in_use if r.digest in below)
+    return _in_use_reason(platform, " of a platform manifest") if platform else None
+
+
+def _in_use_reason(origins: Sequence[str], what: str = "") -> str:
+    unique = sorted(set(origins))
+    more = f" and {len(unique) - 1} more" if len(unique) > 1 else ""
+    return f"in use{what} ({unique[0]}{more})"
+
+
+@dataclass(frozen=True)
+class _Rank:
+    """A tag's place in its rule's order, and the words for it (``#3 by push time``)."""
+
+    position: int
+    source: str
+    text: str
+
+
 def _apply_rule(
-    rule: Rule, tags: Sequence[Tag], manifests: Mapping[str, Manifest], now: datetime
+    rule: Rule, tags: Sequence[Tag], manifests: Mapping[str, Manifest], context: _Context
 ) -> list[TagDecision]:
-    """Rank a rule's tags newest first (ties by name) and judge each against its limits."""
-    dated = [(t, _created(manifests, t.digest)) for t in tags]
-    known = sorted(
-        ((t, c) for t, c in dated if c is not None),
-        key=lambda item: (item[1], item[0].name),
+    """Rank a rule's tags (``order_by``) and judge each against its limits."""
+    ranks = _ranks(rule, tags, context.times)
+    return [
+        _judge(rule, tag, _created(manifests, tag.digest), ranks.get(tag.name), context)
+        for tag in tags
+    ]
+
+
+def _ranks(rule: Rule, tags: Sequence[Tag], times: Mapping[str, TagTimes]) -> dict[str, _Rank]:
+    """Newest (or highest version) first; a tag with nothing to rank it by gets no place.
+
+    ``semver``: tags that are SemVer 2.0 first, by precedence; then the others by push time,
+    else created time, newest first. Ties go by name, last name first.
+    """
+    if rule.order_by != "semver":
+        return _ranked_by_time(tags, times, rule.order_by, start=1, prefix="")
+    versions = {t.name: semver.parse(t.name) for t in tags}
+    releases = sorted(
+        (t for t in tags if versions[t.name] is not None),
+        key=lambda t: (versions[t.name], t.name),
         reverse=True,
     )
-    unknown = [
-        _keep(t, None, rule.name, "created time unknown: never deleted by age or rank")
-        for t, c in dated
-        if c is None
-    ]
-    ranked = [_judge(rule, tag, created, rank, now) for rank, (tag, created) in enumerate(known, 1)]
-    return ranked + unknown
+    ranks = {t.name: _Rank(i, "semver", f"#{i} by semver") for i, t in enumerate(releases, 1)}
+    others = [t for t in tags if versions[t.name] is None]
+    after = "not semver, after the semver tags by "
+    ranks.update(_ranked_by_time(others, times, None, start=len(releases) + 1, prefix=after))
+    return ranks
 
 
-def _judge(rule: Rule, tag: Tag, created: datetime, rank: int, now: datetime) -> TagDecision:
-    """One tag's verdict; the reason names every limit that decided it."""
-    if rule.keep_last is not None and rank <= rule.keep_last:
-        return _keep(tag, created, rule.name, f"within keep_last={rule.keep_last} (#{rank})")
-    reasons = [] if rule.keep_last is None else [f"beyond keep_last={rule.keep_last} (#{rank})"]
-    if rule.max_age is None:
-        return _delete(tag, created, rule.name, reasons[0])
-    age = now - created
+def _ranked_by_time(
+    tags: Sequence[Tag],
+    times: Mapping[str, TagTimes],
+    by: str | None,
+    *,
+    start: int,
+    prefix: str,
+) -> dict[str, _Rank]:
+    moments = {t.name: pick(times[t.name], _source(by)) for t in tags}
+    known = sorted(
+        ((m, t.name) for t in tags if (m := moments[t.name]) is not None),
+        key=lambda item: (item[0].at, item[1]),
+        reverse=True,
+    )
+    return {
+        name: _Rank(i, moment.source, f"#{i}, {prefix}{WORDS[moment.source]}")
+        if prefix
+        else _Rank(i, moment.source, f"#{i} by {WORDS[moment.source]}")
+        for i, (moment, name) in enumerate(known, start)
+    }
+
+
+@dataclass(frozen=True)
+class _Age:
+    """How old a tag counts as, by ``age_by``, and the words for it (``41d since pushed``)."""
+
+    value: timedelta
+    source: str
+    text: str
+
+
+def _age(rule: Rule, times: TagTimes, context: _Context) -> _Age | str:
+    """The tag's age by ``age_by``, or why it is unknown."""
+    now = context.now
+    if rule.age_by == "pulled":
+        if times.pulled is not None:
+            age = now - times.pulled
+            return _Age(age, "pulled", f"last pulled {describe_age(age)} ago")
+        start = pull_history_start(times, context.pull_history_since)
+        if start is None:
+            return "no pull history"
+        age = now - start
+        return _Age(age, "pulled", f"not pulled in {describe_age(age)} of pull history")
+    moment = pick(times, _source(rule.age_by))
+    if moment is None:
+        return why_unknown(times, _source(rule.age_by))
+    age = now - moment.at
+    return _Age(age, moment.source, f"{describe_age(age)} since {moment.source}")
+
+
+def _recent_pull(rule: Rule, times: TagTimes, context: _Context) -> tuple[bool, str] | None:
+    """``pulled_within``: (keep?, words); a pull history shorter than the window is unknown."""
+    if rule.pulled_within is None:
+        return None
+    window = format_duration(rule.pulled_within)
+    if times.pulled is not None:
+        age = context.now - times.pulled
+        pulled = f"pulled {describe_age(age)} ago"
+        if age <= rule.pulled_within:
+            return True, f"{pulled}, within pulled_within={window}"
+        return False, f"not pulled within {window} (last {pulled})"
+    start = pull_history_start(times, context.pull_history_since)
+    if start is None:
+        return True, f"no pull history: unknown whether pulled within {window}"
+    watched = context.now - start
+    if watched < rule.pulled_within:
+        return True, (
+            f"not pulled in {describe_age(watched)} of pull history, shorter than "
+            f"pulled_within={window}: unknown"
+        )
+    return False, f"not pulled within {window} ({describe_age(watched)} of pull history)"
+
+
+def _judge(
+    rule: Rule, tag: Tag, created: datetime | None, rank: _Rank | None, context: _Context
+) -> TagDecision:
+    """One tag's verdict; the reason names every limit that decided it and by what time."""
+    times = context.times[tag.name]
+    age = _age(rule, times, context) if rule.max_age is not None else None
+    ranked_by = rank.source if rank is not None else None
+    aged_by = age.source if isinstance(age, _Age) else None
+
+    def keep(reason: str) -> TagDecision:
+        decision = _keep(tag, created, rule.name, reason)
+        return replace(decision, ranked_by=ranked_by, aged_by=aged_by)
+
+    def delete(reason: str) -> TagDecision:
+        decision = _delete(tag, created, rule.name, reason)
+        return replace(decision, ranked_by=ranked_by, aged_by=aged_by)
+
+    pull = _recent_pull(rule, times, context)
+    if pull is not None and pull[0]:
+        return keep(pull[1])
+    reasons = [] if pull is None else [pull[1]]
+    if rule.keep_last is not None:
+        if rank is None:
+            why = _why_unranked(rule, tag, times)
+            both = isinstance(age, str) and age == why
+            return keep(f"{why}: never deleted by {'age or rank' if both else 'rank'}")
+        if rank.position <= rule.keep_last:
+            return keep(f"within keep_last={rule.keep_last} ({rank.text})")
+        reasons.insert(0, f"beyond keep_last={rule.keep_last} ({rank.text})")
+    if rule.max_age is None or age is None:
+        return delete(" and ".join(reasons))
+    if isinstance(age, str):
+        return keep(f"{age}: never deleted by age")
     limit = format_duration(rule.max_age)
-    if age > rule.max_age:
-        reasons.append(f"older than {limit} ({describe_age(age)})")
-        return _delete(tag, created, rule.name, " and ".join(reasons))
-    reasons.append(f"newer than {limit} ({describe_age(age)})")
-    return _keep(tag, created, rule.name, " but ".join(reasons))
+    if age.value > rule.max_age:
+        return delete(" and ".join([*reasons, f"older than {limit} ({age.text})"]))
+    return keep(" but ".join([*reasons, f"newer than {limit} ({age.text})"]))
+
+
+def _why_unranked(rule: Rule, tag: Tag, times: TagTimes) -> str:
+    if rule.order_by == "semver":
+        return f"not semver, and {why_unknown(times, None)}"
+    return why_unknown(times, _source(rule.order_by))
+
+
+def _source(by: str | None) -> TimeSource | None:
+    """``order_by``/``age_by`` values that name a time (not semver or pulled)."""
+    if by == "pushed":
+        return "pushed"
+    if by == "created":
+        return "created"
+    return None
 
 
 # -- holds: deletion by digest must never take a kept tag or a kept index's child -----------
@@ -372,11 +575,15 @@ def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:
 
 
 def _keep(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
-    return TagDecision(tag.name, tag.digest, created, Action.KEEP, rule, reason)
+    return TagDecision(
+        tag.name, tag.digest, created, Action.KEEP, rule, reason, None, tag.pushed, tag.pulled
+    )
 
 
 def _delete(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
-    return TagDecision(tag.name, tag.digest, created, Action.DELETE, rule, reason)
+    return TagDecision(
+        tag.name, tag.digest, created, Action.DELETE, rule, reason, None, tag.pushed, tag.pulled
+    )
 
 
 def _report_order(decisions: Iterable[TagDecision]) -> tuple[TagDecision, ...]:

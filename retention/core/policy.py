@@ -189,6 +189,10 @@ class Rule(_Strict):
     exclude: Regex | None = None
     keep_last: Annotated[int, Field(ge=0)] | None = None
     max_age: Duration | None = None
+    # None (the default): the push time where known, else a believable created time.
+    order_by: Literal["pushed", "created", "semver"] | None = None
+    age_by: Literal["pushed", "created", "pulled"] | None = None
+    pulled_within: PositiveDuration | None = None
 
     @model_validator(mode="after")
     def _needs_a_limit(self) -> Rule:
@@ -201,6 +205,54 @@ class Rule(_Strict):
         if not self.repositories.fullmatch(repository) or not self.match.fullmatch(tag):
             return False
         return self.exclude is None or not self.exclude.fullmatch(tag)
+
+
+class KubernetesSource(_Strict):
+    """Where the cluster is: a kubeconfig file (and context), or the pod's service account."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+    @field_validator("context")
+    @classmethod
+    def _context_needs_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("kubeconfig") is None:
+            raise PydanticCustomError("in_use", "context needs kubeconfig too", {})
+        return value
+
+
+class InUseSource(_Strict):
+    """One source of image references that are in use: exactly one of the three kinds.
+
+    ``name`` labels a command in reasons and errors (default: the program's name).
+    ``timeout`` bounds a command and each Kubernetes request.
+    """
+
+    file: Path | None = None
+    command: Command | None = None
+    kubernetes: KubernetesSource | None = None
+    name: Annotated[str, Field(min_length=1)] | None = None
+    timeout: PositiveDuration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> InUseSource:
+        given = [k for k in ("file", "command", "kubernetes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "in_use",
+                "an in_use source needs exactly one of file, command and kubernetes{got}",
+                {"got": f" (got {' and '.join(given)})" if given else ""},
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """How reasons and errors name this source: ``file: PATH``, ``command: NAME``."""
+        if self.file is not None:
+            return f"file: {self.file}"
+        if self.command is not None:
+            return f"command: {self.name or Path(self.command[0]).name}"
+        return f"kubernetes: {self.name}" if self.name else "kubernetes"
 
 
 class Safety(_Strict):
@@ -337,6 +389,7 @@ class Policy(_Strict):
     registry: RegistrySettings
     rules: tuple[Rule, ...] = ()
     protect: tuple[Regex, ...] = ()
+    in_use: tuple[InUseSource, ...] = ()
     safety: Safety = Safety()
     artifacts: Artifacts = Artifacts()
     gc: GarbageCollection = GarbageCollection()

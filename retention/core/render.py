@@ -94,15 +94,25 @@ def _repository_dict(repository: RepositoryPlan) -> dict[str, Any]:
 
 
 def _decision_dict(decision: TagDecision) -> dict[str, Any]:
+    """``created`` stays for older readers; ``*_at`` and ``*_by`` say which time decided."""
     return {
         "tag": decision.tag,
         "digest": decision.digest,
-        "created": timestamp(decision.created) if decision.created else None,
+        "created": _optional_time(decision.created),
         "action": decision.action.value,
         "rule": decision.rule,
         "reason": decision.reason,
         "subject": decision.subject,
+        "pushed_at": _optional_time(decision.pushed),
+        "pulled_at": _optional_time(decision.pulled),
+        "created_at": _optional_time(decision.created),
+        "ranked_by": decision.ranked_by,
+        "aged_by": decision.aged_by,
     }
+
+
+def _optional_time(moment: datetime | None) -> str | None:
+    return timestamp(moment) if moment is not None else None
 
 
 def _applied_dict(applied: DeletionResult) -> dict[str, Any]:
@@ -155,16 +165,23 @@ def _repository_from(data: dict[str, Any]) -> RepositoryPlan:
 
 
 def _decision_from(data: dict[str, Any]) -> TagDecision:
-    created = data.get("created")
     return TagDecision(
         tag=str(data["tag"]),
         digest=str(data["digest"]),
-        created=_parse_time(created) if created else None,
+        created=_optional_parse(data.get("created")),
         action=Action(data["action"]),
         rule=data.get("rule"),
         reason=str(data["reason"]),
         subject=data.get("subject"),
+        pushed=_optional_parse(data.get("pushed_at")),
+        pulled=_optional_parse(data.get("pulled_at")),
+        ranked_by=data.get("ranked_by"),
+        aged_by=data.get("aged_by"),
     )
+
+
+def _optional_parse(text: str | None) -> datetime | None:
+    return _parse_time(text) if text else None
 
 
 def _parse_time(text: str) -> datetime:

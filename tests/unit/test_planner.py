@@ -131,13 +131,13 @@ def test_reason_names_rank_and_age_for_a_deleted_tag() -> None:
     result = run(policy({"name": "builds", "keep_last": 2, "max_age": "30d"}), five_builds())
     assert decisions(result)["b3"] == (
         Action.DELETE,
-        "beyond keep_last=2 (#4) and older than 30d (40d)",
+        "beyond keep_last=2 (#4 by created time) and older than 30d (40d since created)",
     )
     assert decisions(result)["b2"] == (
         Action.KEEP,
-        "beyond keep_last=2 (#3) but newer than 30d (10d)",
+        "beyond keep_last=2 (#3 by created time) but newer than 30d (10d since created)",
     )
-    assert decisions(result)["b0"] == (Action.KEEP, "within keep_last=2 (#1)")
+    assert decisions(result)["b0"] == (Action.KEEP, "within keep_last=2 (#1 by created time)")
 
 
 def test_tags_matched_by_no_rule_are_kept() -> None:
@@ -147,7 +147,7 @@ def test_tags_matched_by_no_rule_are_kept() -> None:
 
 
 def test_first_matching_rule_wins_and_later_rules_do_not_see_its_tags() -> None:
-    tags = {"v1": image("v1", 50), "v2": image("v2", 40), "dev-1": image("d1", 50)}
+    tags = {"v1": image("v1", 50), "v2": image("v2", 40), "dev-1": image("d1", 51)}
     p = policy(
         {"name": "releases", "match": r"v\d+", "keep_last": 5},
         {"name": "everything", "keep_last": 0},
@@ -159,7 +159,7 @@ def test_first_matching_rule_wins_and_later_rules_do_not_see_its_tags() -> None:
 
 
 def test_excluded_tags_fall_through_to_later_rules() -> None:
-    tags = {"v1": image("v1", 50), "v1-rc1": image("rc", 50)}
+    tags = {"v1": image("v1", 50), "v1-rc1": image("rc", 51)}
     p = policy(
         {"name": "releases", "match": "v.*", "exclude": r".*-rc\d+", "keep_last": 5},
         {"name": "rcs", "match": ".*-rc.*", "max_age": "7d"},
@@ -178,13 +178,13 @@ def test_repository_pattern_must_match_fully() -> None:
 
 def test_tag_pattern_must_match_fully_not_as_a_prefix() -> None:
     p = policy({"name": "v", "match": "v1", "keep_last": 0})
-    result = run(p, repo("app", {"v1": image("a", 9), "v10": image("b", 9)}))
+    result = run(p, repo("app", {"v1": image("a", 9), "v10": image("b", 8)}))
     assert actions(result) == {"v1": "delete", "v10": "keep"}
 
 
 def test_protected_tags_are_never_deleted_whatever_the_rules_say() -> None:
     p = policy({"name": "all", "keep_last": 0}, protect=("latest", "stable-.*"))
-    tags = {"latest": image("a", 90), "stable-1": image("b", 90), "old": image("c", 90)}
+    tags = {"latest": image("a", 90), "stable-1": image("b", 91), "old": image("c", 92)}
     result = run(p, repo("app", tags))
     assert actions(result) == {"latest": "keep", "stable-1": "keep", "old": "delete"}
     assert decisions(result)["stable-1"][1] == "protected by 'stable-.*'"
@@ -210,17 +210,19 @@ def test_unknown_ages_do_not_take_keep_last_slots() -> None:
 
 def test_equal_created_times_rank_deterministically_by_tag_name() -> None:
     same = days_ago(10)
-    manifests = {t: Manifest(f"sha256:{t}", IMAGE, 1, created=same) for t in "abc"}
+    manifests = {t: Manifest(f"sha256:{t}", IMAGE, 1, created=same) for t in "ab"}
+    manifests |= {t: image(t, 20 + i) for i, t in enumerate("cde")}  # two of five: not most
     first = run(policy({"name": "r", "keep_last": 1}), repo("app", manifests))
     again = run(
         policy({"name": "r", "keep_last": 1}), repo("app", dict(reversed(manifests.items())))
     )
-    assert actions(first) == actions(again) == {"c": "keep", "b": "delete", "a": "delete"}
+    expected = {"b": "keep", "a": "delete", "c": "delete", "d": "delete", "e": "delete"}
+    assert actions(first) == actions(again) == expected
 
 
 def test_digest_shared_with_kept_tag_is_not_deleted() -> None:
     shared = image("shared", 90)
-    tags = {"build-1": shared, "stable": shared, "build-2": image("other", 90)}
+    tags = {"build-1": shared, "stable": shared, "build-2": image("other", 91)}
     p = policy({"name": "builds", "match": "build-.*", "keep_last": 0})
     result = run(p, repo("app", tags))
     assert decisions(result)["build-1"] == (Action.KEEP, "shares digest with kept tag 'stable'")
@@ -251,7 +253,7 @@ def test_children_of_a_deleted_index_are_deleted_after_it() -> None:
 
 
 def test_child_shared_with_a_kept_index_is_not_deleted() -> None:
-    amd, arm, ppc = image("amd", 90), image("arm", 90), image("ppc", 90)
+    amd, arm, ppc = image("amd", 90), image("arm", 91), image("ppc", 92)
     tags = {"old": index("old-idx", amd, arm), "new": index("new-idx", arm, ppc)}
     p = policy({"name": "r", "match": "old", "keep_last": 0})
     result = run(p, repo("app", tags, amd, arm, ppc))
@@ -260,7 +262,7 @@ def test_child_shared_with_a_kept_index_is_not_deleted() -> None:
 
 
 def test_tag_on_a_platform_of_a_kept_index_is_held() -> None:
-    amd, arm = image("amd", 90), image("arm", 90)
+    amd, arm = image("amd", 91), image("arm", 90)
     tags = {"multi": index("idx", amd, arm), "amd-only": amd}
     p = policy({"name": "r", "match": "amd-only", "keep_last": 0})
     result = run(p, repo("app", tags, arm))
@@ -293,7 +295,7 @@ def test_repository_with_a_scan_error_deletes_nothing_and_says_why() -> None:
     assert only.error == "tag 'b' vanished during the scan"
     assert only.held is None
     assert only.decisions[0].action is Action.KEEP
-    assert "rule said delete: beyond keep_last=0 (#1)" in only.decisions[0].reason
+    assert "rule said delete: beyond keep_last=0 (#1 by created time)" in only.decisions[0].reason
 
 
 def test_repository_over_the_delete_fraction_deletes_nothing() -> None:
@@ -514,7 +516,7 @@ def test_grace_uses_the_push_time_when_known() -> None:
         tags=(Tag("retagged", built_long_ago.digest, pushed=NOW - timedelta(minutes=5)),),
         manifests={built_long_ago.digest: built_long_ago},
     )
-    result = run(policy({"name": "r", "max_age": "1d"}), repository)
+    result = run(policy({"name": "r", "max_age": "1d", "age_by": "created"}), repository)
     assert decisions(result)["retagged"] == (
         Action.KEEP,
         "pushed 5m ago, within safety.grace_period=1h",

@@ -25,6 +25,7 @@ from retention.errors import PlanFileError
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 CREATED = datetime(2026, 10, 1, tzinfo=UTC)
+PUSHED = datetime(2026, 10, 2, 8, 30, tzinfo=UTC)
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -35,7 +36,16 @@ def sample_plan() -> Plan:
             TagDecision(
                 "v2", "sha256:" + "cd" * 32, CREATED, Action.KEEP, "r", "within keep_last=1 (#1)"
             ),
-            TagDecision("v1", DIGEST, CREATED, Action.DELETE, "r", "beyond keep_last=1 (#2)"),
+            TagDecision(
+                "v1",
+                DIGEST,
+                CREATED,
+                Action.DELETE,
+                "r",
+                "beyond keep_last=1 (#2 by push time)",
+                pushed=PUSHED,
+                ranked_by="pushed",
+            ),
             TagDecision("x|y", "sha256:" + "ef" * 32, None, Action.KEEP, None, "matched no rule"),
         ),
         deletions=(ManifestDeletion(DIGEST, DeletionKind.TAGGED, tags=("v1",)),),
@@ -55,8 +65,13 @@ def test_json_plan_has_the_public_shape() -> None:
         "created": "2026-10-01T00:00:00Z",
         "action": "delete",
         "rule": "r",
-        "reason": "beyond keep_last=1 (#2)",
+        "reason": "beyond keep_last=1 (#2 by push time)",
         "subject": None,
+        "pushed_at": "2026-10-02T08:30:00Z",
+        "pulled_at": None,
+        "created_at": "2026-10-01T00:00:00Z",
+        "ranked_by": "pushed",
+        "aged_by": None,
     }
     assert data["repositories"][0]["delete"] == [DIGEST]
     assert data["summary"] == {
