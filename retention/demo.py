@@ -36,14 +36,17 @@ POLICY = """\
 registry:
   url: {url}
 rules:
-  - name: releases                 # semantic-version tags: keep the 3 newest
+  - name: releases                 # semantic-version tags: keep the 3 highest versions
     repositories: 'app/.*'
     match: 'v\\d+\\.\\d+\\.\\d+'
+    order_by: semver
     keep_last: 3
   - name: ci-builds                # CI tags: keep 10, delete the rest once older than 14 days
     match: 'build-\\d+'
     keep_last: 10
     max_age: 14d
+    order_by: created              # the demo pushed every tag a second ago: by push time
+    age_by: created                # nothing would be old; its created times tell the story
 protect: ['latest', 'stable']
 safety:
   grace_period: 0s                 # the demo pushed every tag a second ago; keep 1h in production
