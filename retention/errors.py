@@ -14,7 +14,9 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    ├── EventStoreError        the notification event store cannot be read or written
+    └── MalformedEnvelope      a notification body that is not Distribution's envelope
 """
 
 from __future__ import annotations
@@ -95,3 +97,11 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class EventStoreError(RetentionError):
+    """The sqlite file of received registry events failed; the sender will retry."""
+
+
+class MalformedEnvelope(RetentionError):
+    """A ``POST /events`` body that is not ``{"events": [...]}`` JSON; answered 400."""

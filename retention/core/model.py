@@ -50,6 +50,7 @@ class Tag:
     name: str
     digest: str
     pushed: datetime | None = None
+    pulled: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Repository:
 class Inventory:
     registry: str
     repositories: tuple[Repository, ...] = ()
+    pull_history_since: datetime | None = None
 
 
 class Action(StrEnum):

@@ -2,7 +2,8 @@
 
 Owns the long-running parts and nothing of a pass itself: the APScheduler 3.x jobs, the
 guard that keeps two passes from overlapping, the reports kept in ``state_dir/reports``,
-the HTTP endpoints (health, readiness, metrics, the last report, a manual run) and the
+the HTTP endpoints (health, readiness, metrics, the last report, a manual run, the
+registry's notifications when enabled) and the
 signals (TERM/INT stop, HUP reloads the policy file). Only ``cli.py`` imports it.
 
 Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
@@ -47,8 +48,10 @@ from retention.errors import ConfigError, RegistryError, RetentionError
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.runner import Clock, run_pass, utc_now
+from retention.service.event_receiver import EVENTS_PATH, EventReceiver, load_secret
 from retention.service.http_api import Readiness, listening
 from retention.service.metrics import LastPass, Metrics
+from retention.state.event_store import EventStore
 from retention.state.report_store import ReportStore
 
 log = get_logger(__name__)
@@ -133,6 +136,7 @@ class Daemon:
         run: PassFunction = run_scheduled_pass,
         ping: PingFunction = ping_registry,
         clock: Clock = utc_now,
+        events: EventReceiver | None = None,
     ) -> None:
         self.path = path
         self.policy = policy
@@ -147,8 +151,13 @@ class Daemon:
         self._last_report: bytes | None = None
         self._readiness = Readiness(False, "the registry has not been checked yet")
         self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._events = events
 
     # state read by the HTTP threads
+
+    @property
+    def events(self) -> EventReceiver | None:
+        return self._events
 
     @property
     def readiness(self) -> Readiness:
@@ -233,6 +242,7 @@ class Daemon:
         if policy.server != self.policy.server:
             log.warning("server.listen changes at the next restart", listen=policy.server.listen)
         rescheduled = policy.schedule != self.policy.schedule
+        self._reload_events(policy)
         self.policy = policy
         self._reports = _store_for(policy)
         # An unchanged schedule keeps its slots: a HUP must not push an interval's pass back.
@@ -245,6 +255,16 @@ class Daemon:
             schedule=describe_schedule(policy.schedule),
             next_pass=_iso(self.next_pass()),
         )
+
+    def _reload_events(self, policy: Policy) -> None:
+        """A new receiver for changed ``notifications`` (the secret is read again); one that
+        cannot start (its secret is gone) is logged, and the old one keeps receiving."""
+        if policy.notifications == self.policy.notifications:
+            return
+        try:
+            self._events = event_receiver(policy, self._events)
+        except ConfigError as exc:
+            log.error("notifications not reloaded", problem=str(exc))
 
     # passes
 
@@ -354,6 +374,17 @@ class Daemon:
             log.warning("scheduled pass missed", reason="later than the grace time")
 
 
+def event_receiver(policy: Policy, current: EventReceiver | None = None) -> EventReceiver | None:
+    """The receiver for ``POST /events`` when notifications are enabled (its store reused:
+    ``state_dir`` changes only with a restart)."""
+    settings = policy.notifications
+    if not settings.enabled:
+        return None
+    secret = load_secret(settings)
+    store = current.store if current is not None else EventStore(policy.state_dir)
+    return EventReceiver(store, settings, secret)
+
+
 def _store_for(policy: Policy) -> ReportStore:
     return ReportStore(policy.state_dir / "reports", policy.reports.keep)
 
@@ -438,7 +469,9 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
-    daemon = Daemon(path, policy, metrics=Metrics(CollectorRegistry()))
+    daemon = Daemon(
+        path, policy, metrics=Metrics(CollectorRegistry()), events=event_receiver(policy)
+    )
     daemon.restore()
     with Signals() as signals, listening(policy.server, daemon):
         daemon.start()
@@ -448,6 +481,7 @@ def serve(
             schedule=describe_schedule(policy.schedule),
             dry_run=policy.schedule.dry_run,
             next_pass=_iso(daemon.next_pass()),
+            notifications=EVENTS_PATH if daemon.events is not None else None,
         )
         if run_now:
             daemon.start_now(reason="start")
