@@ -7,7 +7,8 @@ What Distribution 2.8.2 sends (measured): one event per envelope,
 ``Content-Type: application/vnd.docker.distribution.events.v1+json``, the configured
 ``headers`` verbatim, and events for blobs as well as manifests. A manifest event's
 ``target.url`` names ``/manifests/``; blob events (layers, configs, mounts) are ignored,
-since retention decides about manifests and tags only.
+since retention decides about manifests and tags only, and so are the pulls retention's
+own scans make (its User-Agent), or every pass would look like a pull of every image.
 
 Distribution retries a failed delivery forever and holds every later event behind it
 (distribution#2422), so the answers are chosen with care:
@@ -44,6 +45,9 @@ EVENTS_PATH = "/events"
 MAX_BODY_BYTES = 1024 * 1024
 EVENT_TYPES = frozenset({"application/vnd.docker.distribution.events.v1+json", "application/json"})
 _ACTIONS: frozenset[str] = frozenset({"push", "pull", "delete"})
+# Our own registry client's User-Agent (registry/client.py): every pass HEADs every tag and
+# verification GETs what it keeps; counted as pulls, they would make every image "in use".
+OWN_USER_AGENT = "retention/"
 
 Read = Callable[[int], bytes]
 
@@ -151,12 +155,15 @@ def _event(item: Mapping[str, Any]) -> RegistryEvent | None:
     action = item.get("action")
     if not isinstance(target, dict) or action not in _ACTIONS or not _is_manifest(target):
         return None
+    request = item.get("request")
+    request = request if isinstance(request, dict) else {}
+    if action == "pull" and str(request.get("useragent", "")).startswith(OWN_USER_AGENT):
+        return None
     problem = _problem(item, target)
     if problem is not None:
         log.warning("notification event skipped", id=item.get("id"), problem=problem)
         return None
-    request = item.get("request")
-    method = request.get("method") if isinstance(request, dict) else None
+    method = request.get("method")
     return RegistryEvent(
         id=item["id"],
         at=datetime.fromisoformat(item["timestamp"]),

@@ -243,6 +243,19 @@ def test_head_pulls_and_pulls_by_digest_keep_their_method_and_lack_of_tag() -> N
     assert ignored == 0
 
 
+def test_pulls_by_retention_itself_are_not_pulls_but_its_pushes_are_pushes() -> None:
+    """Every pass HEADs every tag; ``retention restore`` really pushes."""
+    own = {"method": "HEAD", "useragent": "retention/0.1.0"}
+    pull = {**MANIFEST_PUSH, "id": "p", "action": "pull", "request": own}
+    push = {**MANIFEST_PUSH, "id": "r", "request": {**own, "method": "PUT"}}
+    someone = {**pull, "id": "k", "request": {"method": "HEAD", "useragent": "containerd/1.7"}}
+
+    events, ignored = parse_envelope(envelope(pull, push, someone))
+
+    assert [(e.id, e.action) for e in events] == [("r", "push"), ("k", "pull")]
+    assert ignored == 1
+
+
 def test_deletes_of_a_digest_a_tag_and_a_repository_are_all_kept() -> None:
     deletes = [
         {"id": "d1", "timestamp": MANIFEST_PUSH["timestamp"], "action": "delete",
