@@ -257,10 +257,8 @@ class Daemon:
         )
 
     def _reload_events(self, policy: Policy) -> None:
-        """A new receiver for changed ``notifications`` (the secret is read again); one that
-        cannot start (its secret is gone) is logged, and the old one keeps receiving."""
-        if policy.notifications == self.policy.notifications:
-            return
+        """A new receiver, with the secret read again (a rotated secret needs only a HUP);
+        one that cannot start (its secret is gone) is logged, and the old one goes on."""
         try:
             self._events = event_receiver(policy, self._events)
         except ConfigError as exc:

@@ -12,6 +12,7 @@ Distribution delivers each endpoint's events in order (one queue per endpoint), 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -315,3 +316,40 @@ def post_events(
     response = daemon.http.post("/events", content=body, headers=headers)
     assert time.monotonic() - started_at < 2.0, "the receiver must answer fast"
     return response
+
+
+def test_serve_without_its_secret_stops_at_start_with_one_line_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    policy = write_policy(
+        tmp_path / "policy.yml",
+        "http://127.0.0.1:9",
+        server={"listen": f"127.0.0.1:{free_port()}"},
+        notifications={"enabled": True, "secret_env": "RETENTION_TEST_UNSET_SECRET"},
+    )
+
+    result = retention("serve", "-c", str(policy), timeout=30)
+
+    assert result.code == 2
+    assert result.error_lines == [
+        "error: notifications.secret_env: RETENTION_TEST_UNSET_SECRET is empty or not set"
+    ]
+
+
+def test_sighup_reads_a_rotated_secret_and_keeps_the_old_one_when_the_new_is_missing(
+    wiring: Wiring,
+) -> None:
+    wiring.write_policy()
+    daemon = wiring.start_daemon()
+    body = envelope(event_id="r1", tag="v1", digest="sha256:" + "a" * 64, at=now())
+
+    wiring.secret_file.write_text("rotated\n")
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.events("policy reloaded"), "the reload")
+    assert post_events(daemon, body).status_code == 401
+    assert post_events(daemon, body, authorization="Bearer rotated").status_code == 200
+
+    wiring.secret_file.unlink()
+    daemon.signal(signal.SIGHUP)
+    wait_for(lambda: daemon.events("notifications not reloaded"), "the failed reload")
+    assert post_events(daemon, body, authorization="Bearer rotated").json()["duplicates"] == 1
