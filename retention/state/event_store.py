@@ -28,9 +28,15 @@ move forward (the maximum wins), a tag's digest changes only with a newer push, 
 delete cannot remove a newer push or pull. A push or pull arriving after the delete that
 ended it recreates a row the scan never asks for (it only asks for what exists).
 
-Why SQLite, WAL and ``synchronous=FULL``: the receiver answers 200 only once events are
-on disk, or Distribution would not retry them; WAL lets a pass read while the daemon
-writes, and the CLI's ``retention plan`` reads the same file. Only the daemon writes.
+Why SQLite in WAL mode with ``synchronous=NORMAL``: the receiver answers 200 only once
+events are committed, or Distribution would not retry them; WAL lets a pass read while the
+daemon writes, and the CLI's ``retention plan`` reads the same file (only the daemon
+writes). A commit then survives the daemon crashing but not the machine losing power
+before the next checkpoint. ``FULL`` would close that gap at an fsync per envelope:
+measured 13.5 ms instead of 2.1 ms per envelope (p50, loaded 2-core machine), and
+Distribution delivers one envelope at a time per endpoint, so that is ~75 events/s instead
+of ~470 before the registry's in-memory queue starts to grow. A lost push time falls back
+to the link mtime; a lost pull is one of many.
 """
 
 from __future__ import annotations
@@ -317,7 +323,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=LOCK_WAIT_SECONDS, check_same_thread=False)
     try:
         connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA synchronous = NORMAL")
         (version,) = connection.execute("PRAGMA user_version").fetchone()
         if version == 0:
             _create_schema(connection)
