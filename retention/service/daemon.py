@@ -3,8 +3,8 @@
 Owns the long-running parts and nothing of a pass itself: the APScheduler 3.x jobs, the
 guard that keeps two passes from overlapping, the reports kept in ``state_dir/reports``,
 the HTTP endpoints (health, readiness, metrics, the last report, a manual run, the
-registry's notifications when enabled) and the
-signals (TERM/INT stop, HUP reloads the policy file). Only ``cli.py`` imports it.
+registry's notifications) and the signals (TERM/INT stop, HUP reloads the policy file).
+Only ``cli.py`` imports it.
 
 Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
 registry pings; ``POST /run`` starts a pass in a thread of its own; the HTTP server answers

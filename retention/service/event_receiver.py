@@ -11,7 +11,8 @@ since retention decides about manifests and tags only, and so are the pulls rete
 own scans make (its User-Agent), or every pass would look like a pull of every image.
 
 Distribution retries a failed delivery forever and holds every later event behind it
-(distribution#2422), so the answers are chosen with care:
+(distribution#2422; measured on 2.8.2: an envelope answered 400 was sent 23 times in 4 s
+and the next one never), so the answers are chosen with care:
 
 - 200 as soon as the events are on disk (a duplicate id is a success too);
 - 401 for a missing or wrong secret (compared in constant time), before reading the body;

@@ -353,3 +353,18 @@ def test_sighup_reads_a_rotated_secret_and_keeps_the_old_one_when_the_new_is_mis
     daemon.signal(signal.SIGHUP)
     wait_for(lambda: daemon.events("notifications not reloaded"), "the failed reload")
     assert post_events(daemon, body, authorization="Bearer rotated").json()["duplicates"] == 1
+
+
+def test_without_notifications_enabled_post_events_is_404_and_nothing_is_written(
+    wiring: Wiring,
+) -> None:
+    wiring.write_policy(enabled=False)
+    daemon = wiring.start_daemon()
+
+    answer = post_events(
+        daemon, envelope(event_id="x", tag="v1", digest="sha256:" + "a" * 64, at=now())
+    )
+
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "notifications are not enabled in the policy"}
+    assert EventStore.existing(wiring.state_dir) is None
