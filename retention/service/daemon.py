@@ -260,7 +260,7 @@ class Daemon:
         """A new receiver, with the secret read again (a rotated secret needs only a HUP);
         one that cannot start (its secret is gone) is logged, and the old one goes on."""
         try:
-            self._events = event_receiver(policy, self._events)
+            self._events = event_receiver(policy, self.metrics, self._clock, self._events)
         except ConfigError as exc:
             log.error("notifications not reloaded", problem=str(exc))
 
@@ -372,15 +372,19 @@ class Daemon:
             log.warning("scheduled pass missed", reason="later than the grace time")
 
 
-def event_receiver(policy: Policy, current: EventReceiver | None = None) -> EventReceiver | None:
+def event_receiver(
+    policy: Policy, metrics: Metrics, clock: Clock, current: EventReceiver | None = None
+) -> EventReceiver | None:
     """The receiver for ``POST /events`` when notifications are enabled (its store reused:
-    ``state_dir`` changes only with a restart)."""
+    ``state_dir`` changes only with a restart), counting its answers in ``metrics``."""
     settings = policy.notifications
     if not settings.enabled:
         return None
     secret = load_secret(settings)
     store = current.store if current is not None else EventStore(policy.state_dir)
-    return EventReceiver(store, settings, secret)
+    return EventReceiver(
+        store, settings, secret, lambda answer: metrics.record_notification(answer, clock())
+    )
 
 
 def _store_for(policy: Policy) -> ReportStore:
@@ -467,9 +471,9 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
-    daemon = Daemon(
-        path, policy, metrics=Metrics(CollectorRegistry()), events=event_receiver(policy)
-    )
+    metrics = Metrics(CollectorRegistry())
+    receiver = event_receiver(policy, metrics, utc_now)
+    daemon = Daemon(path, policy, metrics=metrics, events=receiver)
     daemon.restore()
     with Signals() as signals, listening(policy.server, daemon):
         daemon.start()

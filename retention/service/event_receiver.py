@@ -88,17 +88,36 @@ def expected_header(settings: Notifications, secret: str) -> str:
     return f"Bearer {secret}" if settings.header.lower() == "authorization" else secret
 
 
-class EventReceiver:
-    """Checks and stores one envelope per call; called from the HTTP server's threads."""
+Observer = Callable[[Answer], None]
 
-    def __init__(self, store: EventStore, settings: Notifications, secret: str) -> None:
+
+class EventReceiver:
+    """Checks and stores one envelope per call; called from the HTTP server's threads.
+
+    ``observe`` sees every answer (the daemon counts them in its metrics).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        settings: Notifications,
+        secret: str,
+        observe: Observer | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self._header = settings.header.lower()
         self._expected = expected_header(settings, secret).encode()
+        self._observe = observe
 
     def receive(self, headers: Mapping[str, str], read: Read) -> Answer:
         """``headers`` with lower-case names; ``read(n)`` reads n bytes of the body."""
+        answer = self._answer(headers, read)
+        if self._observe is not None:
+            self._observe(answer)
+        return answer
+
+    def _answer(self, headers: Mapping[str, str], read: Read) -> Answer:
         refused = self._refusal(headers)
         if refused is not None:
             return refused
