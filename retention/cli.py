@@ -150,6 +150,8 @@ def serve(config_path: Path, run_now: bool, stop_timeout: float) -> None:
             run_now=run_now,
             stop_timeout_s=stop_timeout,
         )
+    except ConfigError as exc:  # a notifications secret that cannot be read
+        _fail(str(exc), EXIT_USAGE)
     except RetentionError as exc:
         _fail(str(exc))
     if not finished:

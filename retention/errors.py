@@ -17,6 +17,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── TrashError             the trash cannot be read or written, or a bin is missing
     ├── GarbageCollectionError a GC command or container failed
     ├── StorageError           storage could not be measured
+    ├── EventStoreError        the notification event store cannot be read or written
+    ├── MalformedEnvelope      a notification body that is not Distribution's envelope
     ├── InUseError             an in_use source could not be read: the pass deletes nothing
     └── DemoError              the demo's throwaway registry could not be started
 
@@ -109,6 +111,14 @@ class TrashError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class EventStoreError(RetentionError):
+    """The sqlite file of received registry events failed; the sender will retry."""
+
+
+class MalformedEnvelope(RetentionError):
+    """A ``POST /events`` body that is not ``{"events": [...]}`` JSON; answered 400."""
 
 
 class InUseError(RetentionError):

@@ -40,7 +40,7 @@ from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.scan import in_use as in_use_sources
 from retention.scan.inventory import ProgressCallback, collect
-from retention.scan.push_times import with_push_times
+from retention.scan.push_times import with_event_times, with_push_times
 from retention.scan.subjects import confirm_subjects
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
@@ -107,10 +107,11 @@ async def _scan_and_plan(
 async def _inventory(
     client: RegistryClient, policy: Policy, progress: ProgressCallback | None
 ) -> Inventory:
-    """The scan (manifests cached by digest), signed subjects and push times."""
+    """The scan (manifests cached by digest), signed subjects, push and pull times."""
     cache = ManifestCache(policy.state_dir)
     scanned = await collect(client, progress=progress, cache=cache)
     inventory = await confirm_subjects(client, scanned)
+    inventory = with_event_times(inventory, policy.state_dir, policy.notifications)
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)
     return inventory

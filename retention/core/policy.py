@@ -377,6 +377,56 @@ class Server(_Strict):
         return int(self.listen.rsplit(":", 1)[1])
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (RFC 9110)
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "header", "{value} is not an HTTP header name", {"value": repr(value)}
+        )
+    return value
+
+
+class Notifications(_Strict):
+    """``retention serve`` receives Distribution's webhook events on ``POST /events``.
+
+    They give push and pull times on every storage backend. The shared secret the
+    registry sends in ``header`` is named here (a file or an environment variable), never
+    written here: the policy file is often committed. ``Authorization`` carries it as
+    ``Bearer <secret>``, any other header carries the secret alone. ``pull_events``:
+    Distribution reports a HEAD on a manifest as a pull, and kubelet's freshness checks
+    (``imagePullPolicy: Always``) are HEADs, so by default they count as pulls.
+    """
+
+    enabled: bool = False
+    secret_file: Path | None = None
+    secret_env: Annotated[str, Field(min_length=1)] | None = None
+    header: Annotated[str, AfterValidator(_header_name)] = "Authorization"
+    pull_events: Literal["get", "get_and_head"] = "get_and_head"
+
+    @field_validator("secret_env")
+    @classmethod
+    def _one_secret_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("secret_file") is not None:
+            raise PydanticCustomError("secret", "set secret_file or secret_env, not both", {})
+        return value
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> Notifications:
+        if self.enabled and self.secret_file is None and self.secret_env is None:
+            raise PydanticCustomError(
+                "secret",
+                "enabled needs secret_file or secret_env: the registry must authenticate",
+                {},
+            )
+        return self
+
+    @property
+    def counts_head(self) -> bool:
+        return self.pull_events == "get_and_head"
+
+
 class Reports(_Strict):
     """How many pass reports the daemon keeps in ``state_dir/reports``."""
 
@@ -399,6 +449,7 @@ class Policy(_Strict):
     schedule: Schedule = Schedule()
     server: Server = Server()
     reports: Reports = Reports()
+    notifications: Notifications = Notifications()
     state_dir: Path = Path("/var/lib/retention")
 
     @model_validator(mode="after")

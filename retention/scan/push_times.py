@@ -1,10 +1,18 @@
-"""When was each tag last pushed? Read from the filesystem backend, where that is possible.
+"""When was each tag last pushed, and its image last pulled? From events, else from files.
 
-The registry API has no push time. On Distribution's filesystem driver every push of a tag
-rewrites ``repositories/<name>/_manifests/tags/<tag>/current/link``, so its mtime is the
-last push. Used only for ``safety.grace_period``: a tag pushed minutes ago must survive even
-if its image was built years ago. Reads only; when the storage is not on this host the
-times stay unknown and the grace period falls back to the image's created time.
+The registry API has neither time. Two sources, in order:
+
+1. The registry's notification events, stored by ``retention serve`` in ``state_dir``
+   (``state/event_store.py``), on every storage backend: a tag's last push (believed only
+   while the tag still names the digest that push wrote), and its digest's last pull, by
+   any tag or by digest (HEADs counted as ``notifications.pull_events`` says). The CLI's
+   ``plan`` and ``run`` read the same file when it exists; only the daemon writes it.
+2. On Distribution's filesystem driver, every push of a tag rewrites
+   ``repositories/<name>/_manifests/tags/<tag>/current/link``, so its mtime is the last
+   push: the fallback for tags the events say nothing about.
+
+Reads only. A store that cannot be read is logged and left out: push times then come from
+the files, and pull times stay unknown (the planner treats unknown as "keep").
 """
 
 from __future__ import annotations
@@ -14,12 +22,53 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from retention.core.model import Inventory, Repository, Tag
+from retention.core.policy import Notifications
+from retention.errors import EventStoreError
+from retention.logs import get_logger
+from retention.state.event_store import EventStore, RepositoryTimes
 
 REPOSITORIES = Path("docker/registry/v2/repositories")
+log = get_logger(__name__)
+
+
+def with_event_times(inventory: Inventory, state_dir: Path, settings: Notifications) -> Inventory:
+    """``Tag.pushed``/``Tag.pulled`` and ``pull_history_since`` from the stored events."""
+    store = EventStore.existing(state_dir) if settings.enabled else None
+    if store is None:
+        return inventory
+    try:
+        return _from_store(inventory, store, count_head=settings.counts_head)
+    except EventStoreError as exc:
+        log.warning("event times not used", error=str(exc))
+        return inventory
+    finally:
+        store.close()
+
+
+def _from_store(inventory: Inventory, store: EventStore, *, count_head: bool) -> Inventory:
+    repositories = tuple(
+        replace(r, tags=_timed_tags(r, store.times(r.name), count_head))
+        for r in inventory.repositories
+    )
+    return replace(inventory, repositories=repositories, pull_history_since=store.history_since())
+
+
+def _timed_tags(
+    repository: Repository, times: RepositoryTimes, count_head: bool
+) -> tuple[Tag, ...]:
+    return tuple(_timed_tag(tag, times, count_head) for tag in repository.tags)
+
+
+def _timed_tag(tag: Tag, times: RepositoryTimes, count_head: bool) -> Tag:
+    push = times.tags.get(tag.name)
+    digest = times.digests.get(tag.digest)
+    pushed = push.pushed if push is not None and push.digest == tag.digest else None
+    pulled = digest.pulled(count_head=count_head) if digest is not None else None
+    return replace(tag, pushed=pushed or tag.pushed, pulled=pulled or tag.pulled)
 
 
 def with_push_times(inventory: Inventory, root: Path) -> Inventory:
-    """The inventory with ``Tag.pushed`` filled in where the link file can be read."""
+    """``Tag.pushed`` from the link file, for tags whose push time is still unknown."""
     base = root / REPOSITORIES
     if not base.is_dir():
         return inventory
@@ -34,6 +83,8 @@ def _repository(base: Path, repository: Repository) -> Repository:
 
 
 def _tag(tags_dir: Path, tag: Tag) -> Tag:
+    if tag.pushed is not None:
+        return tag
     try:
         mtime = (tags_dir / tag.name / "current" / "link").stat().st_mtime
     except OSError:

@@ -2,8 +2,9 @@
 
 Owns the long-running parts and nothing of a pass itself: the APScheduler 3.x jobs, the
 guard that keeps two passes from overlapping, the reports kept in ``state_dir/reports``,
-the HTTP endpoints (health, readiness, metrics, the last report, a manual run) and the
-signals (TERM/INT stop, HUP reloads the policy file). Only ``cli.py`` imports it.
+the HTTP endpoints (health, readiness, metrics, the last report, a manual run, the
+registry's notifications) and the signals (TERM/INT stop, HUP reloads the policy file).
+Only ``cli.py`` imports it.
 
 Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
 registry pings; ``POST /run`` starts a pass in a thread of its own; the HTTP server answers
@@ -50,8 +51,10 @@ from retention.logs import get_logger
 from retention.registry.auth import public_url
 from retention.registry.client import RegistryClient
 from retention.runner import run_pass
+from retention.service.event_receiver import EVENTS_PATH, EventReceiver, load_secret
 from retention.service.http_api import Readiness, listening
 from retention.service.metrics import LastPass, Metrics
+from retention.state.event_store import EventStore
 from retention.state.report_store import ReportStore
 
 log = get_logger(__name__)
@@ -137,6 +140,7 @@ class Daemon:
         run: PassFunction = run_scheduled_pass,
         ping: PingFunction = ping_registry,
         clock: Clock = utc_now,
+        events: EventReceiver | None = None,
     ) -> None:
         self.path = path
         self.policy = policy
@@ -151,8 +155,13 @@ class Daemon:
         self._last_report: bytes | None = None
         self._readiness = Readiness(False, "the registry has not been checked yet")
         self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._events = events
 
     # state read by the HTTP threads
+
+    @property
+    def events(self) -> EventReceiver | None:
+        return self._events
 
     @property
     def readiness(self) -> Readiness:
@@ -237,6 +246,7 @@ class Daemon:
         if policy.server != self.policy.server:
             log.warning("server.listen changes at the next restart", listen=policy.server.listen)
         rescheduled = policy.schedule != self.policy.schedule
+        self._reload_events(policy)
         self.policy = policy
         self._reports = _store_for(policy)
         # An unchanged schedule keeps its slots: a HUP must not push an interval's pass back.
@@ -249,6 +259,14 @@ class Daemon:
             schedule=describe_schedule(policy.schedule),
             next_pass=_iso(self.next_pass()),
         )
+
+    def _reload_events(self, policy: Policy) -> None:
+        """A new receiver, with the secret read again (a rotated secret needs only a HUP);
+        one that cannot start (its secret is gone) is logged, and the old one goes on."""
+        try:
+            self._events = event_receiver(policy, self.metrics, self._clock, self._events)
+        except ConfigError as exc:
+            log.error("notifications not reloaded", problem=str(exc))
 
     # passes
 
@@ -361,6 +379,21 @@ class Daemon:
             log.warning("scheduled pass missed", reason="later than the grace time")
 
 
+def event_receiver(
+    policy: Policy, metrics: Metrics, clock: Clock, current: EventReceiver | None = None
+) -> EventReceiver | None:
+    """The receiver for ``POST /events`` when notifications are enabled (its store reused:
+    ``state_dir`` changes only with a restart), counting its answers in ``metrics``."""
+    settings = policy.notifications
+    if not settings.enabled:
+        return None
+    secret = load_secret(settings)
+    store = current.store if current is not None else EventStore(policy.state_dir)
+    return EventReceiver(
+        store, settings, secret, lambda answer: metrics.record_notification(answer, clock())
+    )
+
+
 def _store_for(policy: Policy) -> ReportStore:
     return ReportStore(policy.state_dir / "reports", policy.reports.keep)
 
@@ -445,7 +478,9 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
-    daemon = Daemon(path, policy, metrics=Metrics(CollectorRegistry()))
+    metrics = Metrics(CollectorRegistry())
+    receiver = event_receiver(policy, metrics, utc_now)
+    daemon = Daemon(path, policy, metrics=metrics, events=receiver)
     daemon.restore()
     with Signals() as signals, listening(policy.server, daemon):
         daemon.start()
@@ -455,6 +490,7 @@ def serve(
             schedule=describe_schedule(policy.schedule),
             dry_run=policy.schedule.dry_run,
             next_pass=_iso(daemon.next_pass()),
+            notifications=EVENTS_PATH if daemon.events is not None else None,
         )
         if run_now:
             daemon.start_now(reason="start")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from retention.core.policy import Server
 from retention.errors import RetentionError
+from retention.service.event_receiver import EVENTS_PATH, EventReceiver
 from retention.service.metrics import CONTENT_TYPE
 
 
@@ -41,6 +42,9 @@ class App(Protocol):
     def metrics_body(self) -> bytes: ...
 
     def start_now(self) -> bool: ...
+
+    @property
+    def events(self) -> EventReceiver | None: ...
 
 
 JSON_TYPE = "application/json"
@@ -115,10 +119,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer("GET")
 
     def do_POST(self) -> None:
+        if urlsplit(self.path).path == EVENTS_PATH:
+            self._write(self._events())
+            return
         self._answer("POST")
 
+    def _events(self) -> Response:
+        """Registry notifications: the receiver needs the headers and the body."""
+        receiver = self.server.app.events
+        if receiver is None:
+            return _json(404, {"error": "notifications are not enabled in the policy"})
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        answer = receiver.receive(headers, self.rfile.read)
+        return _json(answer.status, answer.body)
+
     def _answer(self, method: str) -> None:
-        response = respond(self.server.app, method, self.path)
+        self._write(respond(self.server.app, method, self.path))
+
+    def _write(self, response: Response) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))

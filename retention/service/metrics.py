@@ -19,6 +19,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from retention.core.model import OUTCOMES, Outcome, PassOutcome, RunResult
+from retention.service.event_receiver import Answer
+
+# What becomes of each event inside an envelope answered 200 (see event_receiver.py), and
+# the key of the answer that counts it.
+NOTIFICATION_OUTCOMES = {"stored": "stored", "duplicate": "duplicates", "ignored": "ignored"}
 
 # generate_latest writes the classic text format, so say that version, not the newest one.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -164,6 +169,30 @@ class Metrics:
         )
         self._last = _LastPassCollector()
         registry.register(self._last)
+        self._notification_metrics(registry)
+
+    def _notification_metrics(self, registry: CollectorRegistry) -> None:
+        """``POST /events``: how many arrive, and when the last was stored. A registry whose
+        notifications stopped looks, to a pass, like one nobody pulls from: alert on this."""
+        self._events = Counter(
+            "retention_notification_events",
+            "Registry notification events received, by what became of them.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in NOTIFICATION_OUTCOMES:
+            self._events.labels(outcome)
+        self._refused = Counter(
+            "retention_notification_refusals",
+            "POST /events requests not stored, by HTTP status (401 a wrong secret).",
+            ["status"],
+            registry=registry,
+        )
+        self._last_event = Gauge(
+            "retention_last_notification_timestamp_seconds",
+            "Unix time an envelope of events was last stored; 0 is not since the start.",
+            registry=registry,
+        )
 
     def record(
         self,
@@ -185,6 +214,15 @@ class Metrics:
         self._tags_deleted.inc(sum(len(a.tags) for a in deleted))
         self._broken.inc(len(result.verification))
         self._last.figures = LastPass.from_result(result).merged_into(self._last.figures)
+
+    def record_notification(self, answer: Answer, at: datetime) -> None:
+        """Count one ``POST /events`` answer (called from the HTTP threads)."""
+        if answer.status != 200:
+            self._refused.labels(str(answer.status)).inc()
+            return
+        for outcome, key in NOTIFICATION_OUTCOMES.items():
+            self._events.labels(outcome).inc(int(answer.body[key]))
+        self._last_event.set(at.timestamp())
 
     def restore(self, figures: LastPass, last_success: datetime | None) -> None:
         """Gauges from stored reports after a restart; counters start again at 0, as usual."""
