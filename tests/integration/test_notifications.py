@@ -276,8 +276,9 @@ def test_a_plan_uses_the_push_time_from_events_on_any_backend(wiring: Wiring) ->
     """No storage.path: without events the only age is the image's created time."""
     seeder = started(wiring)
     rule = {"name": "all", "max_age": "30d"}
+    # Different created times: identical ones would read as a reproducible build (unknown).
     seeder.image("app", ["v1"], OLD, unique="v1")
-    seeder.image("app", ["v2"], OLD, unique="v2")
+    seeder.image("app", ["v2"], OLD - timedelta(days=1), unique="v2")
     wiring.sentinel(seeder, "pushed")
     grace = {"grace_period": "1h", "max_delete_fraction": 1.0}
     with_events = wiring.write_policy(rule)
