@@ -14,7 +14,9 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    ├── SecretError            a token file or variable named in the policy cannot be read
+    └── AuditError             the audit log cannot be written or read
 """
 
 from __future__ import annotations
@@ -95,3 +97,11 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class SecretError(RetentionError):
+    """A secret the policy points at (``server.token_file``, ``token_env``) is unusable."""
+
+
+class AuditError(RetentionError):
+    """``state_dir/audit.jsonl`` cannot be appended to or read."""

@@ -47,6 +47,7 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Error types raised by policy.py whose message is already a finished sentence.
 _OWN_ERROR_TYPES = frozenset(
     {"duration", "regex", "url", "rule_limit", "rule_name", "command", "schedule", "listen"}
+    | {"token", "notify"}
     | {"credentials", "tls"}
 )
 _EXPECTED = {

@@ -47,7 +47,8 @@ from retention.errors import ConfigError, RegistryError, RetentionError
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.runner import Clock, run_pass, utc_now
-from retention.service.http_api import Readiness, listening
+from retention.service.access import server_token
+from retention.service.http_api import Access, Readiness, listening
 from retention.service.metrics import LastPass, Metrics
 from retention.state.report_store import ReportStore
 
@@ -438,13 +439,15 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
+    access = Access(server_token(policy.server), policy.server.protect_report)
     daemon = Daemon(path, policy, metrics=Metrics(CollectorRegistry()))
     daemon.restore()
-    with Signals() as signals, listening(policy.server, daemon):
+    with Signals() as signals, listening(policy.server, daemon, access):
         daemon.start()
         log.info(
             "serving",
             listen=policy.server.listen,
+            token=access.token is not None,
             schedule=describe_schedule(policy.schedule),
             dry_run=policy.schedule.dry_run,
             next_pass=_iso(daemon.next_pass()),
