@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention.apply import executor
+from retention.apply.audit import AuditWriter
 from retention.apply.trash import Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
 from retention.core import planner
@@ -141,7 +142,12 @@ async def _delete_and_collect(
     probe = storage_probe(policy, engine)
     before = _measure(probe, "before")
     try:
-        applied = await executor.apply(client, plan, trash.open_bin(run_id, plan.registry, now))
+        applied = await executor.apply(
+            client,
+            plan,
+            trash.open_bin(run_id, plan.registry, now),
+            AuditWriter.for_policy(policy, run_id, plan.registry, clock),
+        )
     except DeleteDisabled as exc:
         return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
