@@ -50,6 +50,7 @@ from retention.runner import Clock, run_pass, utc_now
 from retention.service.access import server_token
 from retention.service.http_api import Access, Readiness, listening
 from retention.service.metrics import LastPass, Metrics
+from retention.service.notify import Notifier, notices
 from retention.state.report_store import ReportStore
 
 log = get_logger(__name__)
@@ -61,6 +62,8 @@ PING_TIMEOUT = timedelta(seconds=5)
 # How long SIGTERM waits for a pass in flight. A docker offline GC must be allowed to start
 # the registry again, so this is generous; set the orchestrator's grace period above it.
 STOP_TIMEOUT_S = 300.0
+# How long a stopping daemon lets queued notifications go out (a retry backoff is cut short).
+NOTIFY_DRAIN_S = 5.0
 
 PassFunction = Callable[[Policy], RunResult]
 PingFunction = Callable[[Policy], None]
@@ -134,6 +137,7 @@ class Daemon:
         run: PassFunction = run_scheduled_pass,
         ping: PingFunction = ping_registry,
         clock: Clock = utc_now,
+        notifier: Notifier | None = None,
     ) -> None:
         self.path = path
         self.policy = policy
@@ -148,6 +152,7 @@ class Daemon:
         self._last_report: bytes | None = None
         self._readiness = Readiness(False, "the registry has not been checked yet")
         self._scheduler = BackgroundScheduler(timezone=UTC)
+        self._notifier = notifier or Notifier(policy.notify)
 
     # state read by the HTTP threads
 
@@ -215,6 +220,8 @@ class Daemon:
         if not self._pass_lock.acquire(timeout=timeout_s):
             log.error("pass still running at exit", waited_s=timeout_s)
             return False
+        if not self._notifier.close(NOTIFY_DRAIN_S):
+            log.warning("notifications left unsent at exit", waited_s=NOTIFY_DRAIN_S)
         return True
 
     def reload(self) -> None:
@@ -236,6 +243,7 @@ class Daemon:
         rescheduled = policy.schedule != self.policy.schedule
         self.policy = policy
         self._reports = _store_for(policy)
+        self._notifier.targets = tuple(policy.notify)
         # An unchanged schedule keeps its slots: a HUP must not push an interval's pass back.
         if rescheduled and self._scheduler.running:
             self._scheduler.reschedule_job(PASS_JOB, trigger=make_trigger(policy.schedule))
@@ -311,6 +319,7 @@ class Daemon:
             record.result, record.outcome, record.duration_s, finished_at=record.finished_at
         )
         self._save(document, record)
+        self._notifier.send(notices(self.policy, record.result, record.error, record.finished_at))
         if record.result is not None:
             self._set_readiness(Readiness(True, "the registry answered the last pass"))
         elif record.registry_failed:
