@@ -107,7 +107,23 @@ async def _scan_and_plan(
     for repository in plan.repositories:
         if repository.skipped:
             log.warning("repository skipped", repository=repository.name, reason=repository.skipped)
+    _log_decisions(plan)
     return plan
+
+
+def _log_decisions(plan: Plan) -> None:
+    """Every tag's fate with its reason, at debug: what ``--log-level debug`` is for."""
+    for repository in plan.repositories:
+        for decision in repository.decisions:
+            log.debug(
+                "decision",
+                repository=repository.name,
+                tag=decision.tag,
+                digest=decision.digest,
+                action=decision.action.value,
+                rule=decision.rule,
+                reason=decision.reason,
+            )
 
 
 async def _inventory(

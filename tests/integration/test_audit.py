@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cli_support import command_gc, no_traceback, retention, write_policy
+from cli_support import command_gc, log_events, no_traceback, retention, write_policy
 from registry_server import RegistryServer, Seeder
 
 NOW = datetime.now(UTC)
@@ -133,3 +133,22 @@ def test_an_audit_log_that_cannot_be_written_stops_the_deletions_after_the_batch
     assert outcomes[amd] == outcomes[arm] == "failed"  # the children were never attempted
     assert seeder.manifest_status("multi", amd) == seeder.manifest_status("multi", arm) == 200
     assert "the audit log cannot be written" in run.stderr
+
+
+def test_debug_logs_one_decision_per_tag_with_its_reason_and_info_one_line_per_deletion(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seeder.image("app", ["build-1"], ago(5), unique="a1")
+    seeder.image("app", ["build-2"], ago(1), unique="a2")
+    policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
+
+    quiet = retention("--log-format", "json", "plan", "-c", str(policy))
+    loud = retention("--log-format", "json", "--log-level", "debug", "run", "-c", str(policy))
+
+    assert [e for e in log_events(quiet.stderr) if e["event"] == "decision"] == []
+    decisions = {e["tag"]: e for e in log_events(loud.stderr) if e["event"] == "decision"}
+    assert set(decisions) == {"build-1", "build-2"}
+    assert decisions["build-1"]["action"] == "delete" and decisions["build-1"]["reason"]
+    assert decisions["build-2"]["action"] == "keep" and decisions["build-2"]["rule"] == "builds"
+    deleted = [e for e in log_events(loud.stderr) if e["event"] == "manifest deleted"]
+    assert [(e["level"], e["tags"]) for e in deleted] == [("info", ["build-1"])]
