@@ -138,16 +138,20 @@ def test_send_returns_at_once_while_a_target_hangs_and_filters_by_event() -> Non
 
 def test_a_target_that_is_down_delays_no_other_target() -> None:
     delivered = threading.Event()
+    backoff_over = threading.Event()
 
     def send(t: NotifyTarget, n: Notice) -> None:
         if t.name == "webhook":
             raise DeliveryError("connection refused")
         delivered.set()
 
-    slow_sleep = threading.Event().wait  # every backoff waits its full time
-    notifier = Notifier(
-        [target("webhook", retries=5), target("slack")], send=send, sleep=slow_sleep
-    )
+    def sleep(seconds: float) -> None:
+        backoff_over.wait(seconds)
+
+    notifier = Notifier([target("webhook", retries=1), target("slack")], send=send, sleep=sleep)
     notifier.send([NOTICE])
     assert delivered.wait(2), "slack waited behind the webhook's retries"
     assert not notifier.close(0.2)  # the webhook is still backing off
+    backoff_over.set()
+    assert notifier.close(2)
+    assert (notifier.delivered, notifier.failed) == (1, 1)
