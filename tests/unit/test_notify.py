@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from retention.config.load import load_policy_with_warnings
 from retention.core.model import (
     DeletionResult,
     Outcome,
@@ -155,3 +157,40 @@ def test_a_target_that_is_down_delays_no_other_target() -> None:
     backoff_over.set()
     assert notifier.close(2)
     assert (notifier.delivered, notifier.failed) == (1, 1)
+
+
+def warnings_for(tmp_path: Path, url_line: str, kind: str = "slack") -> tuple[str, ...]:
+    policy = tmp_path / "p.yml"
+    policy.write_text(
+        "registry:\n  url: http://127.0.0.1:5000\nrules:\n  - {name: a, keep_last: 3}\n"
+        f"notify:\n  - name: n\n    type: {kind}\n    url: {url_line}\n"
+    )
+    environ = {"HOOK": "https://hooks.slack.com/services/T/B/x"}
+    return load_policy_with_warnings(policy, environ=environ).warnings
+
+
+def test_a_chat_webhook_url_written_in_the_file_is_warned_about_at_its_line(
+    tmp_path: Path,
+) -> None:
+    (warning,) = warnings_for(tmp_path, "https://hooks.slack.com/services/T/B/x")
+    assert warning.startswith(f"{tmp_path / 'p.yml'}:8 notify[0].url: a slack webhook URL")
+    assert "${SLACK_WEBHOOK_URL}" in warning
+    assert warnings_for(tmp_path, "${HOOK}") == ()
+    assert warnings_for(tmp_path, "https://hooks.example.com/x", kind="webhook") == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"type": "slack"}, "a slack target needs url"),
+        ({"type": "command", "url": "http://x"}, "a command target needs command"),
+        ({"type": "webhook", "url": "ftp://x/y"}, "not an http:// or https:// URL"),
+        ({"type": "command", "command": ["x"], "headers": {"a": "b"}}, "headers are for webhooks"),
+        ({"type": "webhook", "url": "http://x", "events": ["pushed"]}, "events"),
+    ],
+)
+def test_a_target_that_cannot_work_is_a_policy_error(
+    entry: dict[str, object], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        NotifyTarget.model_validate({"name": "n", **entry})
