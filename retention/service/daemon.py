@@ -152,7 +152,7 @@ class Daemon:
         self._last_report: bytes | None = None
         self._readiness = Readiness(False, "the registry has not been checked yet")
         self._scheduler = BackgroundScheduler(timezone=UTC)
-        self._notifier = notifier or Notifier(policy.notify)
+        self._notifier = notifier or Notifier(policy.notify, outcomes=metrics.count_notification)
 
     # state read by the HTTP threads
 

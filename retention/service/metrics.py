@@ -174,6 +174,12 @@ class Metrics:
             "Bytes the last pass's plan frees once GC runs (blobs no kept manifest uses).",
             registry=registry,
         )
+        self._notifications = Counter(
+            "retention_notifications",
+            "Notifications by target and outcome: sent, failed (after retries), dropped.",
+            ["target", "outcome"],
+            registry=registry,
+        )
         Gauge(
             "retention_build_info",
             "Always 1; the version label says which retention is running.",
@@ -206,6 +212,10 @@ class Metrics:
         self._tags_deleted.inc(sum(len(a.tags) for a in deleted))
         self._broken.inc(len(result.verification))
         self._last.figures = LastPass.from_result(result).merged_into(self._last.figures)
+
+    def count_notification(self, target: str, outcome: str) -> None:
+        """Called from the notifier's threads; prometheus_client counters are thread-safe."""
+        self._notifications.labels(target, outcome).inc()
 
     def _record_plan(self, result: RunResult) -> None:
         """The plan's figures, so the dry-run weeks show what a real pass would do."""

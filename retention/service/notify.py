@@ -246,6 +246,12 @@ def where(target: NotifyTarget) -> str:
 
 Deliver = Callable[[NotifyTarget, Notice], None]
 Sleep = Callable[[float], None]
+# Told each notice's fate per target: "sent", "failed" (retries used up) or "dropped".
+Outcomes = Callable[[str, str], None]
+
+
+def _ignore(target: str, outcome: str) -> None:
+    """The default: nobody counts."""
 
 
 class Notifier:
@@ -262,10 +268,12 @@ class Notifier:
         *,
         send: Deliver = deliver,
         sleep: Sleep = time.sleep,
+        outcomes: Outcomes = _ignore,
     ) -> None:
         self.targets = tuple(targets)
         self._send = send
         self._sleep = sleep
+        self._outcomes = outcomes
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
 
@@ -288,7 +296,7 @@ class Notifier:
         key = target.model_dump_json()  # a reloaded, changed target gets a lane of its own
         with self._lock:
             if key not in self._lanes:
-                self._lanes[key] = _Lane(target, self._send, self._sleep)
+                self._lanes[key] = _Lane(target, self._send, self._sleep, self._outcomes)
             return self._lanes[key]
 
     def close(self, timeout_s: float) -> bool:
@@ -303,10 +311,13 @@ class Notifier:
 
 
 class _Lane:
-    def __init__(self, target: NotifyTarget, send: Deliver, sleep: Sleep) -> None:
+    def __init__(
+        self, target: NotifyTarget, send: Deliver, sleep: Sleep, outcomes: Outcomes
+    ) -> None:
         self.target = target
         self._send = send
         self._sleep = sleep
+        self._outcomes = outcomes
         self._queue: queue.Queue[Notice | None] = queue.Queue(QUEUE_SIZE)
         self._thread = threading.Thread(
             target=self._work, name=f"retention-notify-{target.name}", daemon=True
@@ -324,6 +335,7 @@ class _Lane:
             self._queue.put_nowait(notice)
         except queue.Full:
             log.warning("notification dropped", target=self.target.name, reason="queue full")
+            self._outcomes(self.target.name, "dropped")
 
     def stop(self) -> None:
         with contextlib.suppress(queue.Full):  # a full lane's daemonic thread dies with us
@@ -356,5 +368,7 @@ class _Lane:
                 continue
             self.delivered += 1
             log.info("notification sent", target=target.name, to=where(target), kind=notice.event)
+            self._outcomes(target.name, "sent")
             return
         self.failed += 1
+        self._outcomes(target.name, "failed")

@@ -128,6 +128,11 @@ def test_a_pass_notifies_webhook_slack_teams_and_a_command_while_one_target_is_d
     retry = daemon.events("notification failed, will retry")[0]
     assert retry["to"].endswith("/***") and retry["target"] == "down"
     assert daemon.passes("failure") == 0
+    daemon_tests.wait_for(
+        lambda: daemon.metric("retention_notifications_total", target="slack", outcome="sent"),
+        "the notification counter",
+    )
+    assert daemon.metric("retention_notifications_total", target="hook", outcome="sent") == 1
     assert daemon.stop() == 0
 
 

@@ -41,6 +41,7 @@ def exported_sample_names() -> set[str]:
     )
     metrics.record(result, "success", 1.0, finished_at=NOW)
     metrics.set_next_pass(NOW)
+    metrics.count_notification("slack", "sent")
     text = metrics.render().decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 

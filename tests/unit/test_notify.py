@@ -114,12 +114,19 @@ def test_a_failing_target_is_retried_with_backoff_then_given_up() -> None:
         attempts.append(t.name)
         raise DeliveryError("connection refused")
 
-    notifier = Notifier([target("webhook", retries=3)], send=send, sleep=sleeps.append)
+    counted: list[tuple[str, str]] = []
+    notifier = Notifier(
+        [target("webhook", retries=3)],
+        send=send,
+        sleep=sleeps.append,
+        outcomes=lambda name, outcome: counted.append((name, outcome)),
+    )
     notifier.send([NOTICE])
     assert notifier.close(5)
     assert attempts == ["webhook"] * 4
     assert sleeps == [1.0, 2.0, 5.0]
     assert (notifier.delivered, notifier.failed) == (0, 1)
+    assert counted == [("webhook", "failed")]
 
 
 def test_send_returns_at_once_while_a_target_hangs_and_filters_by_event() -> None:
