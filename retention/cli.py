@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -21,7 +22,7 @@ from retention.clock import utc_now
 from retention.config.load import LoadedPolicy, load_policy_with_warnings
 from retention.core import render as report
 from retention.core.model import Outcome, Plan, RunResult
-from retention.core.policy import Policy
+from retention.core.policy import Policy, parse_duration
 from retention.errors import ConfigError, PlanFileError, RetentionError
 from retention.runner import apply_plan, run_pass
 from retention.state import atomic
@@ -228,6 +229,71 @@ def trash_list(config_path: Path) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+# -- retention audit ------------------------------------------------------------------------
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    """``2026-01-31``, ``2026-01-31T12:00:00Z`` or a duration ago (``7d``); UTC if naive."""
+    if value is None:
+        return None
+    try:
+        return utc_now() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        _fail(f"{option} {value!r} is not a date (2026-01-31), a time or a duration (7d)", 2)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@main.command("audit")
+@config_option
+@click.option("--repository", help="Only this repository.")
+@click.option("--tag", help="Only records that name this tag.")
+@click.option("--digest", help="Only this digest (a prefix such as sha256:3f2a is enough).")
+@click.option("--since", help="From this date, time or duration ago (2026-01-31, 7d).")
+@click.option("--until", help="Before this date, time or duration ago.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def audit_command(
+    config_path: Path,
+    repository: str | None,
+    tag: str | None,
+    digest: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+) -> None:
+    """What was deleted and restored, when and why: state_dir/audit.jsonl, rotated files too.
+
+    Examples: retention audit -c policies.yml --repository app --since 7d
+    """
+    from retention.state.audit import AuditLog, AuditQuery
+
+    policy = _load(config_path).policy
+    query = AuditQuery(
+        repository, tag, digest, _moment(since, "--since"), _moment(until, "--until")
+    )
+    log = AuditLog(policy.state_dir, policy.audit.max_bytes, policy.audit.keep)
+    records = _guard(lambda: list(log.read(query)))
+    if fmt == "json":
+        for record in records:
+            click.echo(record.to_json())
+        return
+    rows = [("TIME", "ACTION", "RUN", "REPOSITORY", "TAGS", "DIGEST", "RULE", "REASON")]
+    for r in records:
+        stamp = report.timestamp(r.time)
+        tags = ",".join(r.tags) or "-"
+        short = report.short_digest(r.digest)
+        rows.append((stamp, r.action, r.run_id, r.repository, tags, short, r.rule or "-", r.reason))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    click.echo(f"{len(records)} record{'' if len(records) == 1 else 's'}", err=True)
+
+
 @main.command()
 @format_option
 def demo(fmt: str) -> None:
@@ -299,11 +365,13 @@ def _read_plan(path: Path) -> Plan:
 async def _restore(
     policy: Policy, trash: Trash, run_id: str, entries: list[TrashEntry]
 ) -> list[Restored]:
+    from retention.apply.audit import AuditWriter
     from retention.apply.restore import restore
     from retention.registry import RegistryClient
 
     async with RegistryClient(policy.registry) as client:
-        return await restore(client, trash, run_id, entries)
+        audit = AuditWriter.for_policy(policy, run_id, client.url, utc_now)
+        return await restore(client, trash, run_id, entries, audit)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

@@ -17,6 +17,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── TrashError             the trash cannot be read or written, or a bin is missing
     ├── GarbageCollectionError a GC command or container failed
     ├── StorageError           storage could not be measured
+    ├── SecretError            a token file or variable named in the policy cannot be read
+    ├── AuditError             the audit log cannot be written or read
     ├── EventStoreError        the notification event store cannot be read or written
     ├── MalformedEnvelope      a notification body that is not Distribution's envelope
     ├── InUseError             an in_use source could not be read: the pass deletes nothing
@@ -111,6 +113,14 @@ class TrashError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class SecretError(RetentionError):
+    """A secret the policy points at (``server.token_file``, ``token_env``) is unusable."""
+
+
+class AuditError(RetentionError):
+    """``state_dir/audit.jsonl`` cannot be appended to or read."""
 
 
 class EventStoreError(RetentionError):

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from retention.apply import executor
+from retention.apply.audit import AuditWriter
 from retention.apply.trash import Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
 from retention.clock import Clock, utc_now
@@ -101,7 +102,23 @@ async def _scan_and_plan(
     for repository in plan.repositories:
         if repository.skipped:
             log.warning("repository skipped", repository=repository.name, reason=repository.skipped)
+    _log_decisions(plan)
     return plan
+
+
+def _log_decisions(plan: Plan) -> None:
+    """Every tag's fate with its reason, at debug: what ``--log-level debug`` is for."""
+    for repository in plan.repositories:
+        for decision in repository.decisions:
+            log.debug(
+                "decision",
+                repository=repository.name,
+                tag=decision.tag,
+                digest=decision.digest,
+                action=decision.action.value,
+                rule=decision.rule,
+                reason=decision.reason,
+            )
 
 
 async def _inventory(
@@ -153,7 +170,12 @@ async def _delete_and_collect(
     probe = storage_probe(policy, engine)
     before = _measure(probe, "before")
     try:
-        applied = await executor.apply(client, plan, trash.open_bin(run_id, plan.registry, now))
+        applied = await executor.apply(
+            client,
+            plan,
+            trash.open_bin(run_id, plan.registry, now),
+            AuditWriter.for_policy(policy, run_id, plan.registry, clock),
+        )
     except DeleteDisabled as exc:
         return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from retention.apply.audit import AuditWriter
 from retention.apply.trash import BinWriter, TrashEntry
 from retention.core.model import (
     DeletionKind,
@@ -23,6 +24,7 @@ from retention.core.model import (
     RepositoryPlan,
 )
 from retention.errors import (
+    AuditError,
     DeleteDisabled,
     NotFound,
     RegistryError,
@@ -30,21 +32,25 @@ from retention.errors import (
     TrashError,
 )
 from retention.logs import get_logger
-from retention.registry import RegistryClient, parse_manifest
+from retention.registry import FetchedManifest, RegistryClient, parse_manifest
 
 log = get_logger(__name__)
 _GONE = (Outcome.DELETED, Outcome.ALREADY_GONE)
 
 
 async def apply(
-    client: RegistryClient, plan: Plan, trash: BinWriter | None = None
+    client: RegistryClient,
+    plan: Plan,
+    trash: BinWriter | None = None,
+    audit: AuditWriter | None = None,
 ) -> tuple[DeletionResult, ...]:
     """Carry out every deletion of ``plan``; raises DeleteDisabled, records everything else.
 
     With ``trash``, each manifest's bytes are saved there before it is deleted; a manifest
-    that cannot be saved is not deleted.
+    that cannot be saved is not deleted. With ``audit``, each batch of confirmed deletions
+    is appended to the audit log; if that fails, nothing more is deleted.
     """
-    state = _PassState(trash=trash)
+    state = _PassState(trash=trash, audit=audit)
     work = [r for r in plan.repositories if r.deletions and not r.skipped]
     results = await asyncio.gather(*(_apply_repository(client, r, state) for r in work))
     return tuple(result for batch in results for result in batch)
@@ -56,6 +62,8 @@ class _PassState:
 
     trash: BinWriter | None = None
     unreachable: str | None = None
+    audit: AuditWriter | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # digest -> bytes estimate
 
 
 async def _apply_repository(
@@ -87,6 +95,7 @@ async def _in_dependency_order(
         if not ready:
             break
         done = await _delete_all(client, repository, ready, current, state, done=removed)
+        _audit(state, repository, done)
         removed |= {r.digest for r in done if r.outcome in _GONE}
         results += done
         pending = [d for d in pending if d not in ready]
@@ -126,7 +135,9 @@ async def _delete_one(
     if state.unreachable is not None:
         return _result(name, deletion, Outcome.FAILED, f"not attempted: {state.unreachable}")
     try:
-        if state.trash is not None and not await _save(client, name, deletion, state.trash):
+        if state.trash is not None and not await _save(
+            client, name, deletion, state.trash, state.sizes
+        ):
             return _result(name, deletion, Outcome.ALREADY_GONE)
         deleted = await client.delete_manifest(name, deletion.digest)
     except DeleteDisabled:
@@ -149,13 +160,18 @@ async def _delete_one(
 
 
 async def _save(
-    client: RegistryClient, repository: str, deletion: ManifestDeletion, trash: BinWriter
+    client: RegistryClient,
+    repository: str,
+    deletion: ManifestDeletion,
+    trash: BinWriter,
+    sizes: dict[str, int],
 ) -> bool:
     """Keep the manifest's exact bytes for ``retention restore``; False if it is gone."""
     try:
         fetched = await client.manifest(repository, deletion.digest)
     except NotFound:
         return False
+    sizes[deletion.digest] = bytes_estimate(fetched)
     entry = TrashEntry(
         repository=repository,
         digest=deletion.digest,
@@ -166,6 +182,27 @@ async def _save(
     )
     trash.save(entry, fetched.body)
     return True
+
+
+def bytes_estimate(fetched: FetchedManifest) -> int:
+    """The manifest and every blob it names: what GC frees at most for this manifest."""
+    try:
+        manifest, _ = parse_manifest(fetched)
+    except RegistryError:
+        return len(fetched.body)
+    return len(fetched.body) + sum(blob.size for blob in manifest.blobs)
+
+
+def _audit(state: _PassState, repository: RepositoryPlan, done: list[DeletionResult]) -> None:
+    """Append a batch's confirmed deletions; a log that cannot be written stops the pass."""
+    if state.audit is None:
+        return
+    try:
+        state.audit.deleted(repository, done, state.sizes)
+    except AuditError as exc:
+        log.error("audit log not written", repository=repository.name, error=str(exc))
+        state.audit = None  # said once; what follows is not attempted
+        state.unreachable = state.unreachable or f"the audit log cannot be written: {exc}"
 
 
 # -- what the repository looks like right now -----------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retention.apply.audit import AuditWriter
+from retention.apply.executor import bytes_estimate
 from retention.apply.trash import Trash, TrashBin, TrashEntry, restorable
-from retention.errors import RegistryError, TrashError
+from retention.errors import AuditError, RegistryError, TrashError
 from retention.logs import get_logger
-from retention.registry import RegistryClient
+from retention.registry import FetchedManifest, RegistryClient
 
 log = get_logger(__name__)
 
@@ -47,13 +49,33 @@ def select(
 
 
 async def restore(
-    client: RegistryClient, trash: Trash, run_id: str, entries: list[TrashEntry]
+    client: RegistryClient,
+    trash: Trash,
+    run_id: str,
+    entries: list[TrashEntry],
+    audit: AuditWriter | None = None,
 ) -> list[Restored]:
-    """Push each manifest under each of its tags (by digest when it had none), in order."""
+    """Push each manifest under each of its tags (by digest when it had none), in order.
+
+    With ``audit``, each manifest the registry took back is appended to the audit log.
+    """
     results = []
     for entry in entries:
-        results.append(await _push(client, trash, run_id, entry))
+        restored = await _push(client, trash, run_id, entry)
+        if audit is not None and restored.error is None:
+            _audit(audit, trash, run_id, entry)
+        results.append(restored)
     return results
+
+
+def _audit(audit: AuditWriter, trash: Trash, run_id: str, entry: TrashEntry) -> None:
+    """A restore that cannot be audited is logged, not undone: the image is back."""
+    body = trash.manifest_bytes(run_id, entry.digest)
+    size = bytes_estimate(FetchedManifest(entry.digest, entry.media_type, body))
+    try:
+        audit.restored(entry.repository, entry.digest, entry.tags, size)
+    except AuditError as exc:
+        log.error("audit log not written", repository=entry.repository, error=str(exc))
 
 
 async def _push(client: RegistryClient, trash: Trash, run_id: str, entry: TrashEntry) -> Restored:

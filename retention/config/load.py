@@ -47,6 +47,7 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Error types raised by policy.py whose message is already a finished sentence.
 _OWN_ERROR_TYPES = frozenset(
     {"duration", "regex", "url", "rule_limit", "rule_name", "command", "schedule", "listen"}
+    | {"token", "notify"}
     | {"credentials", "tls", "in_use"}
 )
 _EXPECTED = {
@@ -529,7 +530,11 @@ _Warning = tuple[Loc, str]
 
 
 def _source_warnings(policy: Policy, document: _Document) -> list[_Warning]:
-    """Warnings that need the file's text: a password not taken from the environment."""
+    """Warnings that need the file's text: secrets not taken from the environment."""
+    return _password_warnings(policy, document) + _webhook_secret_warnings(policy, document)
+
+
+def _password_warnings(policy: Policy, document: _Document) -> list[_Warning]:
     loc: Loc = ("registry", "password")
     if policy.registry.password is None or loc in document.expanded:
         return []
@@ -540,6 +545,23 @@ def _source_warnings(policy: Policy, document: _Document) -> list[_Warning]:
             "(write password: ${REGISTRY_PASSWORD})",
         )
     ]
+
+
+def _webhook_secret_warnings(policy: Policy, document: _Document) -> list[_Warning]:
+    """Slack and Teams webhook URLs are the secret: anyone who reads the file can post."""
+    warnings: list[_Warning] = []
+    for index, target in enumerate(policy.notify):
+        loc: Loc = ("notify", index, "url")
+        if target.type in ("slack", "teams") and loc not in document.expanded:
+            variable = f"{target.type.upper()}_WEBHOOK_URL"
+            warnings.append(
+                (
+                    loc,
+                    f"a {target.type} webhook URL is its secret and is written in the file; "
+                    f"take it from the environment (url: ${{{variable}}})",
+                )
+            )
+    return warnings
 
 
 def _policy_warnings(policy: Policy) -> list[_Warning]:

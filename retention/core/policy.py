@@ -7,6 +7,7 @@ forbids unknown keys, because a typo such as ``keep_lst`` must not silently disa
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -352,21 +353,85 @@ class Schedule(_Strict):
         return self.cron or "0 3 * * *"
 
 
+DEFAULT_PORT = 9478  # not Prometheus's own 9090, which a sidecar next to it would clash with
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "token", "{value} is not an environment variable name", {"value": repr(value)}
+        )
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class Server(_Strict):
-    """The daemon's HTTP endpoint: health, readiness, metrics, reports, manual runs."""
+    """The daemon's HTTP endpoint: health, readiness, metrics, reports, manual runs.
 
-    listen: str = "127.0.0.1:9090"
+    The token that guards the state-changing endpoints (``POST /run``) is read from a file
+    or an environment variable, never written here: a policy file is shared, reviewed and
+    committed. Fields are validated in order, so the token keys come before ``listen``
+    and the refusal of an open, unguarded port points at the ``listen`` line.
+    """
 
-    @model_validator(mode="after")
-    def _host_and_port(self) -> Server:
-        match = _LISTEN.fullmatch(self.listen)
+    token_file: Path | None = None
+    token_env: EnvName | None = None
+    protect_report: bool = False
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    request_timeout: PositiveDuration = timedelta(seconds=10)
+    max_body_bytes: Annotated[int, Field(ge=0, le=1 << 20)] = 64 * 1024
+
+    @field_validator("token_env")
+    @classmethod
+    def _one_token_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("token_file") is not None:
+            raise PydanticCustomError("token", "set token_file or token_env, not both", {})
+        return value
+
+    @field_validator("protect_report")
+    @classmethod
+    def _report_needs_token(cls, value: bool, info: ValidationInfo) -> bool:
+        tokens = (info.data.get("token_file"), info.data.get("token_env"))
+        if value and all(t is None for t in tokens):
+            raise PydanticCustomError(
+                "token", "protect_report needs server.token_file or server.token_env", {}
+            )
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str, info: ValidationInfo) -> str:
+        match = _LISTEN.fullmatch(value)
         if match is None or not 0 < int(match.group(2)) < 65536:
             raise PydanticCustomError(
                 "listen",
-                "{value} is not host:port (e.g. 127.0.0.1:9090)",
-                {"value": repr(self.listen)},
+                "{value} is not host:port (e.g. 127.0.0.1:{port})",
+                {"value": repr(value), "port": DEFAULT_PORT},
             )
-        return self
+        tokens = (info.data.get("token_file"), info.data.get("token_env"))
+        host = value.rsplit(":", 1)[0].strip("[]")
+        if not is_loopback(host) and all(t is None for t in tokens):
+            raise PydanticCustomError(
+                "listen",
+                "{value} is reachable from other machines and POST /run deletes images: set "
+                "server.token_file or server.token_env (a bearer token), or listen on "
+                "127.0.0.1",
+                {"value": repr(value)},
+            )
+        return value
 
     @property
     def host(self) -> str:
@@ -375,6 +440,60 @@ class Server(_Strict):
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def has_token(self) -> bool:
+        return self.token_file is not None or self.token_env is not None
+
+
+NotifyEvent = Literal["deleted", "failed", "held", "verification_problem"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("deleted", "failed", "held", "verification_problem")
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+        raise PydanticCustomError(
+            "notify", "{value} is not an http:// or https:// URL", {"value": repr(value)}
+        )
+    return value
+
+
+class NotifyTarget(_Strict):
+    """Where to say what a pass did: a webhook (generic JSON, Slack, Teams) or a command.
+
+    Secrets belong in the URL's path (Slack) or a header: write them as ``${VAR}``.
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    type: Literal["webhook", "slack", "teams", "command"]
+    url: Annotated[str, AfterValidator(_http_url)] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    command: Command | None = None
+    events: tuple[NotifyEvent, ...] = NOTIFY_EVENTS
+    timeout: PositiveDuration = timedelta(seconds=10)
+    retries: Annotated[int, Field(ge=0, le=10)] = 3
+
+    @model_validator(mode="after")
+    def _target_fits_type(self) -> NotifyTarget:
+        if self.type == "command":
+            if self.command is None or self.url is not None:
+                raise PydanticCustomError(
+                    "notify", "a command target needs command (and no url)", {}
+                )
+        elif self.url is None or self.command is not None:
+            raise PydanticCustomError(
+                "notify", "a {type} target needs url (and no command)", {"type": self.type}
+            )
+        if self.headers and self.type == "command":
+            raise PydanticCustomError("notify", "headers are for webhooks, not commands", {})
+        return self
+
+
+class Audit(_Strict):
+    """``state_dir/audit.jsonl``: one line per deleted or restored manifest, kept by size."""
+
+    max_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    keep: Annotated[int, Field(ge=1, le=100)] = 5
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (RFC 9110)
@@ -450,6 +569,8 @@ class Policy(_Strict):
     server: Server = Server()
     reports: Reports = Reports()
     notifications: Notifications = Notifications()
+    notify: tuple[NotifyTarget, ...] = ()
+    audit: Audit = Audit()
     state_dir: Path = Path("/var/lib/retention")
 
     @model_validator(mode="after")

@@ -51,9 +51,11 @@ from retention.logs import get_logger
 from retention.registry.auth import public_url
 from retention.registry.client import RegistryClient
 from retention.runner import run_pass
+from retention.service.access import server_token
 from retention.service.event_receiver import EVENTS_PATH, EventReceiver, load_secret
-from retention.service.http_api import Readiness, listening
+from retention.service.http_api import Access, Readiness, listening
 from retention.service.metrics import LastPass, Metrics
+from retention.service.notify import Notifier, notices
 from retention.state.event_store import EventStore
 from retention.state.report_store import ReportStore
 
@@ -66,6 +68,8 @@ PING_TIMEOUT = timedelta(seconds=5)
 # How long SIGTERM waits for a pass in flight. A docker offline GC must be allowed to start
 # the registry again, so this is generous; set the orchestrator's grace period above it.
 STOP_TIMEOUT_S = 300.0
+# How long a stopping daemon lets queued notifications go out (a retry backoff is cut short).
+NOTIFY_DRAIN_S = 5.0
 
 PassFunction = Callable[[Policy], RunResult]
 PingFunction = Callable[[Policy], None]
@@ -141,6 +145,7 @@ class Daemon:
         ping: PingFunction = ping_registry,
         clock: Clock = utc_now,
         events: EventReceiver | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.path = path
         self.policy = policy
@@ -156,6 +161,7 @@ class Daemon:
         self._readiness = Readiness(False, "the registry has not been checked yet")
         self._scheduler = BackgroundScheduler(timezone=UTC)
         self._events = events
+        self._notifier = notifier or Notifier(policy.notify, outcomes=metrics.count_notification)
 
     # state read by the HTTP threads
 
@@ -227,6 +233,8 @@ class Daemon:
         if not self._pass_lock.acquire(timeout=timeout_s):
             log.error("pass still running at exit", waited_s=timeout_s)
             return False
+        if not self._notifier.close(NOTIFY_DRAIN_S):
+            log.warning("notifications left unsent at exit", waited_s=NOTIFY_DRAIN_S)
         return True
 
     def reload(self) -> None:
@@ -249,6 +257,7 @@ class Daemon:
         self._reload_events(policy)
         self.policy = policy
         self._reports = _store_for(policy)
+        self._notifier.targets = tuple(policy.notify)
         # An unchanged schedule keeps its slots: a HUP must not push an interval's pass back.
         if rescheduled and self._scheduler.running:
             self._scheduler.reschedule_job(PASS_JOB, trigger=make_trigger(policy.schedule))
@@ -335,6 +344,7 @@ class Daemon:
             record.result, record.outcome, record.duration_s, finished_at=record.finished_at
         )
         self._save(document, record)
+        self._notifier.send(notices(self.policy, record.result, record.error, record.finished_at))
         if record.result is not None:
             self._set_readiness(Readiness(True, "the registry answered the last pass"))
         elif record.registry_failed:
@@ -478,15 +488,17 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
+    access = Access(server_token(policy.server), policy.server.protect_report)
     metrics = Metrics(CollectorRegistry())
     receiver = event_receiver(policy, metrics, utc_now)
     daemon = Daemon(path, policy, metrics=metrics, events=receiver)
     daemon.restore()
-    with Signals() as signals, listening(policy.server, daemon):
+    with Signals() as signals, listening(policy.server, daemon, access):
         daemon.start()
         log.info(
             "serving",
             listen=policy.server.listen,
+            token=access.token is not None,
             schedule=describe_schedule(policy.schedule),
             dry_run=policy.schedule.dry_run,
             next_pass=_iso(daemon.next_pass()),

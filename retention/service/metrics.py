@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -24,6 +32,10 @@ from retention.service.event_receiver import Answer
 # What becomes of each event inside an envelope answered 200 (see event_receiver.py), and
 # the key of the answer that counts it.
 NOTIFICATION_OUTCOMES = {"stored": "stored", "duplicate": "duplicates", "ignored": "ignored"}
+
+# A ``_created`` series per counter is noise to every query here and doubles the series;
+# prometheus_client's switch is process-wide, and this module is its only user.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 # generate_latest writes the classic text format, so say that version, not the newest one.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -38,27 +50,20 @@ class LastPass:
     storage_before_bytes: int | None = None
     storage_after_bytes: int | None = None
     bytes_freed: int | None = None
-    gc_blobs_deleted: int | None = None
 
     @classmethod
     def from_result(cls, result: RunResult) -> LastPass:
         storage = result.storage
-        return cls(
-            storage.before_bytes,
-            storage.after_bytes,
-            storage.freed_bytes,
-            result.gc.blobs_deleted if result.gc else None,
-        )
+        return cls(storage.before_bytes, storage.after_bytes, storage.freed_bytes)
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any]) -> LastPass:
         """The same figures read back from a stored JSON report (``report.to_dict``)."""
-        storage, gc = _section(report, "storage"), _section(report, "gc")
+        storage = _section(report, "storage")
         return cls(
             _integer(storage.get("before_bytes")),
             _integer(storage.get("after_bytes")),
             _integer(storage.get("freed_bytes")),
-            _integer(gc.get("blobs_deleted")),
         )
 
     def merged_into(self, previous: LastPass) -> LastPass:
@@ -72,12 +77,7 @@ class LastPass:
 
 
 def _values(figures: LastPass) -> tuple[int | None, ...]:
-    return (
-        figures.storage_before_bytes,
-        figures.storage_after_bytes,
-        figures.bytes_freed,
-        figures.gc_blobs_deleted,
-    )
+    return (figures.storage_before_bytes, figures.storage_after_bytes, figures.bytes_freed)
 
 
 def _section(report: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -111,12 +111,7 @@ class _LastPassCollector:
                 storage.add_metric([when], value)
         yield storage
         yield from _single(
-            "retention_bytes_freed", "Storage bytes freed by the last pass.", figures.bytes_freed
-        )
-        yield from _single(
-            "retention_gc_blobs_deleted",
-            "Blobs deleted by the last garbage collection.",
-            figures.gc_blobs_deleted,
+            "retention_freed_bytes", "Storage bytes freed by the last pass.", figures.bytes_freed
         )
 
 
@@ -156,7 +151,8 @@ class Metrics:
         )
         self._last_success = Gauge(
             "retention_last_success_timestamp_seconds",
-            "Unix time the last pass without failure ended (dry runs included); 0 is never.",
+            "Unix time the last pass that deleted without failure ended (not a dry run); "
+            "0 is never.",
             registry=registry,
         )
         self._next_pass = Gauge(
@@ -167,6 +163,34 @@ class Metrics:
         self._running = Gauge(
             "retention_pass_running", "1 while a pass is running.", registry=registry
         )
+        self._gc_blobs = Counter(
+            "retention_gc_blobs_deleted",
+            "Blobs deleted by garbage collection.",
+            registry=registry,
+        )
+        self._plan = Gauge(
+            "retention_plan_deletions",
+            "What the last pass's plan deletes, dry run or not: tags and manifests.",
+            ["kind"],
+            registry=registry,
+        )
+        self._reclaimable = Gauge(
+            "retention_plan_reclaimable_bytes",
+            "Bytes the last pass's plan frees once GC runs (blobs no kept manifest uses).",
+            registry=registry,
+        )
+        self._notifications = Counter(
+            "retention_notifications",
+            "Notifications by target and outcome: sent, failed (after retries), dropped.",
+            ["target", "outcome"],
+            registry=registry,
+        )
+        Gauge(
+            "retention_build_info",
+            "Always 1; the version label says which retention is running.",
+            ["version"],
+            registry=registry,
+        ).labels(_version()).set(1)
         self._last = _LastPassCollector()
         registry.register(self._last)
         self._notification_metrics(registry)
@@ -205,10 +229,13 @@ class Metrics:
         """Count one finished pass; ``result`` is None when the pass raised."""
         self._passes.labels(outcome).inc()
         self._duration.observe(duration_s)
-        if outcome != "failure":
+        if outcome == "success":
             self._last_success.set(finished_at.timestamp())
         if result is None:
             return
+        self._record_plan(result)
+        if result.gc is not None and result.gc.blobs_deleted:
+            self._gc_blobs.inc(result.gc.blobs_deleted)
         deleted = [a for a in result.applied if a.outcome is Outcome.DELETED]
         self._manifests_deleted.inc(len(deleted))
         self._tags_deleted.inc(sum(len(a.tags) for a in deleted))
@@ -223,6 +250,17 @@ class Metrics:
         for outcome, key in NOTIFICATION_OUTCOMES.items():
             self._events.labels(outcome).inc(int(answer.body[key]))
         self._last_event.set(at.timestamp())
+
+    def count_notification(self, target: str, outcome: str) -> None:
+        """Called from the notifier's threads; prometheus_client counters are thread-safe."""
+        self._notifications.labels(target, outcome).inc()
+
+    def _record_plan(self, result: RunResult) -> None:
+        """The plan's figures, so the dry-run weeks show what a real pass would do."""
+        summary = result.plan.summary
+        self._plan.labels("tags").set(summary.tags_to_delete)
+        self._plan.labels("manifests").set(summary.manifests_to_delete)
+        self._reclaimable.set(summary.reclaimable_bytes)
 
     def restore(self, figures: LastPass, last_success: datetime | None) -> None:
         """Gauges from stored reports after a restart; counters start again at 0, as usual."""
@@ -239,3 +277,10 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format (``CONTENT_TYPE``) of everything in the registry."""
         return generate_latest(self._registry)
+
+
+def _version() -> str:
+    try:
+        return version("retention")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

@@ -80,6 +80,7 @@ class ReportStore:
         return None
 
     def last_success(self) -> datetime | None:
+        """The newest pass that deleted without failure; a dry run deleted nothing."""
         return next(
-            (s.finished_at for s in reversed(self.stored()) if s.outcome != "failure"), None
+            (s.finished_at for s in reversed(self.stored()) if s.outcome == "success"), None
         )

@@ -166,10 +166,10 @@ def test_a_pass_at_start_deletes_what_the_policy_says_and_is_reported(
     }
     assert daemon.metric("retention_tags_deleted_total") == 2
     assert daemon.metric("retention_manifests_deleted_total") == 2
-    assert (daemon.metric("retention_gc_blobs_deleted") or 0) > 0
+    assert (daemon.metric("retention_gc_blobs_deleted_total") or 0) > 0
     before = daemon.metric("retention_storage_bytes", when="before") or 0
     after = daemon.metric("retention_storage_bytes", when="after") or 0
-    assert daemon.metric("retention_bytes_freed") == before - after > 0
+    assert daemon.metric("retention_freed_bytes") == before - after > 0
     next_pass = daemon.metric("retention_next_pass_timestamp_seconds") or 0
     assert 3000 < next_pass - time.time() <= 3600
     assert wait_for(lambda: daemon.get("/readyz"), "/readyz").status_code == 200
@@ -188,14 +188,14 @@ def test_the_last_report_and_gauges_survive_a_restart(
     first = serve(policy, "--run-now")
     first.wait_passes("success", 1)
     report = first.http.get("/report").json()
-    freed = first.metric("retention_bytes_freed")
+    freed = first.metric("retention_freed_bytes")
     succeeded = first.metric("retention_last_success_timestamp_seconds")
     assert first.stop() == 0
 
     second = serve(policy)
 
     assert second.http.get("/report").json() == report
-    assert second.metric("retention_bytes_freed") == freed
+    assert second.metric("retention_freed_bytes") == freed
     assert second.metric("retention_last_success_timestamp_seconds") == pytest.approx(
         succeeded, abs=0.001
     )

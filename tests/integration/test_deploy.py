@@ -195,7 +195,18 @@ def test_compose_container_name_is_the_offline_policys_gc_container() -> None:
 def test_compose_registry_allows_deletes_and_shares_its_environment_with_the_sidecar() -> None:
     services = compose()["services"]
     assert services["registry"]["environment"]["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
-    assert services["retention"]["environment"] == services["registry"]["environment"]
+    sidecar = services["retention"]["environment"]
+    assert sidecar.items() >= services["registry"]["environment"].items()
+    assert set(sidecar) - set(services["registry"]["environment"]) == {"RETENTION_SERVER_TOKEN"}
+
+
+@pytest.mark.parametrize("source", SERVED, ids=[s.name for s in SERVED])
+def test_every_policy_listening_beyond_loopback_takes_its_token_from_the_environment(
+    source: PolicySource,
+) -> None:
+    server = source.load().server
+    assert server.token_file is None
+    assert (server.token_env == "RETENTION_SERVER_TOKEN") is (server.host != "127.0.0.1")
 
 
 def mount_targets(service: Mapping[str, Any]) -> dict[str, str]:

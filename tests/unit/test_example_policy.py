@@ -8,13 +8,17 @@ from pydantic import BaseModel
 
 from retention.config.load import load_policy, load_policy_with_warnings
 from retention.core.policy import (
+    Audit,
     GarbageCollection,
     InUseSource,
     KubernetesSource,
+    Notifications,
+    NotifyTarget,
     Policy,
     RegistrySettings,
     Rule,
     Safety,
+    Server,
     Storage,
 )
 
@@ -46,6 +50,10 @@ SECTIONS: list[type[BaseModel]] = [
     Storage,
     InUseSource,
     KubernetesSource,
+    Notifications,
+    Server,
+    NotifyTarget,
+    Audit,
 ]
 
 

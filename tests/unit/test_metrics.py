@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from importlib.metadata import version
 
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from retention.core import render as report
-from retention.core.model import DeletionResult, GcResult, Outcome, Plan, RunResult, StorageUsage
+from retention.core.model import (
+    Action,
+    DeletionKind,
+    DeletionResult,
+    GcResult,
+    ManifestDeletion,
+    Outcome,
+    Plan,
+    RepositoryPlan,
+    RunResult,
+    StorageUsage,
+    TagDecision,
+)
 from retention.service.metrics import LastPass, Metrics
 
 NOW = datetime(2025, 1, 15, 3, 0, tzinfo=UTC)
@@ -57,8 +70,8 @@ def test_before_any_pass_counters_are_zero_and_unmeasured_gauges_are_absent(
     assert value(registry, "retention_pass_running") == 0
     assert value(registry, "retention_last_success_timestamp_seconds") == 0
     assert value(registry, "retention_storage_bytes", when="before") is None
-    assert value(registry, "retention_bytes_freed") is None
-    assert value(registry, "retention_gc_blobs_deleted") is None
+    assert value(registry, "retention_freed_bytes") is None
+    assert value(registry, "retention_gc_blobs_deleted_total") == 0
 
 
 def test_a_successful_pass_counts_deleted_manifests_and_their_tags_only(
@@ -76,8 +89,8 @@ def test_a_successful_pass_sets_the_last_pass_gauges(
     metrics.record(RESULT, "success", 12.5, finished_at=NOW)
     assert value(registry, "retention_storage_bytes", when="before") == 10_000
     assert value(registry, "retention_storage_bytes", when="after") == 4_000
-    assert value(registry, "retention_bytes_freed") == 6_000
-    assert value(registry, "retention_gc_blobs_deleted") == 7
+    assert value(registry, "retention_freed_bytes") == 6_000
+    assert value(registry, "retention_gc_blobs_deleted_total") == 7
     assert value(registry, "retention_last_success_timestamp_seconds") == NOW.timestamp()
     assert value(registry, "retention_pass_duration_seconds_count") == 1
     assert value(registry, "retention_pass_duration_seconds_sum") == 12.5
@@ -93,11 +106,11 @@ def test_a_pass_that_raised_is_a_failure_and_leaves_the_last_figures_alone(
     metrics.record(None, "failure", 0.2, finished_at=later)
     assert value(registry, "retention_passes_total", outcome="failure") == 1
     assert value(registry, "retention_last_success_timestamp_seconds") == NOW.timestamp()
-    assert value(registry, "retention_bytes_freed") == 6_000
+    assert value(registry, "retention_freed_bytes") == 6_000
     assert value(registry, "retention_manifests_deleted_total") == 2
 
 
-def test_a_dry_run_counts_as_its_own_outcome_and_keeps_the_measured_figures(
+def test_a_dry_run_counts_as_its_own_outcome_and_is_not_a_last_success(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
     metrics.record(RESULT, "success", 1.0, finished_at=NOW)
@@ -105,7 +118,35 @@ def test_a_dry_run_counts_as_its_own_outcome_and_keeps_the_measured_figures(
     metrics.record(RunResult(PLAN, dry_run=True), "dry_run", 1.0, finished_at=later)
     assert value(registry, "retention_passes_total", outcome="dry_run") == 1
     assert value(registry, "retention_storage_bytes", when="after") == 4_000
-    assert value(registry, "retention_last_success_timestamp_seconds") == later.timestamp()
+    assert value(registry, "retention_last_success_timestamp_seconds") == NOW.timestamp()
+
+
+def test_a_dry_run_exports_what_its_plan_would_delete_and_free(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    deletions = tuple(
+        ManifestDeletion(f"sha256:{n:064x}", DeletionKind.TAGGED, (f"v{n}",)) for n in (1, 2)
+    )
+    decisions = tuple(
+        TagDecision(f"v{n}", f"sha256:{n:064x}", None, Action.DELETE, "r", "old") for n in (1, 2)
+    )
+    repository = RepositoryPlan("app", decisions=decisions, deletions=deletions)
+    plan = Plan(PLAN.registry, NOW, (repository,), reclaimable_bytes=5_000)
+    metrics.record(RunResult(plan, dry_run=True), "dry_run", 1.0, finished_at=NOW)
+    assert value(registry, "retention_plan_deletions", kind="manifests") == 2
+    assert value(registry, "retention_plan_deletions", kind="tags") == 2
+    assert value(registry, "retention_plan_reclaimable_bytes") == 5_000
+    assert value(registry, "retention_manifests_deleted_total") == 0
+
+
+def test_the_build_info_names_the_installed_version(registry: CollectorRegistry) -> None:
+    Metrics(registry)
+    assert value(registry, "retention_build_info", version=version("retention")) == 1
+
+
+def test_counters_export_no_created_series(metrics: Metrics) -> None:
+    metrics.record(RESULT, "success", 1.0, finished_at=NOW)
+    assert b"_created" not in metrics.render()
 
 
 def test_a_pass_that_measured_nothing_freed_exports_zero_not_the_old_figure(
@@ -114,8 +155,8 @@ def test_a_pass_that_measured_nothing_freed_exports_zero_not_the_old_figure(
     metrics.record(RESULT, "success", 1.0, finished_at=NOW)
     unchanged = RunResult(PLAN, dry_run=False, storage=StorageUsage(4_000, 4_000))
     metrics.record(unchanged, "success", 1.0, finished_at=NOW)
-    assert value(registry, "retention_bytes_freed") == 0
-    assert value(registry, "retention_gc_blobs_deleted") == 7  # GC did not run this time
+    assert value(registry, "retention_freed_bytes") == 0
+    assert value(registry, "retention_gc_blobs_deleted_total") == 7  # GC did not run this time
 
 
 def test_figures_restored_from_a_stored_report_equal_the_recorded_ones(
@@ -124,7 +165,7 @@ def test_figures_restored_from_a_stored_report_equal_the_recorded_ones(
     stored = report.to_dict(RESULT)
     metrics.restore(LastPass.from_report(stored), last_success=NOW)
     assert LastPass.from_report(stored) == LastPass.from_result(RESULT)
-    assert value(registry, "retention_bytes_freed") == 6_000
+    assert value(registry, "retention_freed_bytes") == 6_000
     assert value(registry, "retention_last_success_timestamp_seconds") == NOW.timestamp()
     assert value(registry, "retention_passes_total", outcome="success") == 0
 

@@ -286,7 +286,7 @@ def test_a_scheduled_pass_runs_in_the_callers_thread_and_is_recorded(tmp_path: P
     daemon = make_daemon(tmp_path, FakePass(RESULT))
     daemon.run_scheduled()
     assert sample(daemon, "retention_passes_total", outcome="success") == 1
-    assert sample(daemon, "retention_bytes_freed") == 2_000
+    assert sample(daemon, "retention_freed_bytes") == 2_000
     assert daemon.readiness.ready
 
 

@@ -1,0 +1,84 @@
+"""What the apply layer writes to the audit trail: confirmed deletions and restores.
+
+Turns a repository's plan and the executor's results into ``AuditRecord`` lines. Only
+results the registry confirmed (``DELETED``) become records, never what was planned, so
+a refused or skipped deletion leaves no false trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+
+from retention.core.model import DeletionResult, ManifestDeletion, Outcome, RepositoryPlan
+from retention.core.policy import Policy
+from retention.state.audit import AuditLog, AuditRecord
+
+
+class AuditWriter:
+    """Binds one pass's run id, registry and clock to the log."""
+
+    def __init__(
+        self, log: AuditLog, run_id: str, registry: str, clock: Callable[[], datetime]
+    ) -> None:
+        self.log = log
+        self.run_id = run_id
+        self.registry = registry
+        self.clock = clock
+
+    @classmethod
+    def for_policy(
+        cls, policy: Policy, run_id: str, registry: str, clock: Callable[[], datetime]
+    ) -> AuditWriter:
+        log = AuditLog(policy.state_dir, policy.audit.max_bytes, policy.audit.keep)
+        return cls(log, run_id, registry, clock)
+
+    def deleted(
+        self,
+        repository: RepositoryPlan,
+        results: Iterable[DeletionResult],
+        sizes: Mapping[str, int],
+    ) -> None:
+        """Append one batch of confirmed deletions (raises AuditError)."""
+        planned = {d.digest: d for d in repository.deletions}
+        now = self.clock()
+        records = [
+            self._record(now, repository, planned[r.digest], sizes.get(r.digest))
+            for r in results
+            if r.outcome is Outcome.DELETED and r.digest in planned
+        ]
+        self.log.append(records)
+
+    def restored(
+        self, repository: str, digest: str, tags: tuple[str, ...], bytes_estimate: int | None
+    ) -> None:
+        reason = f"restored from the trash of run {self.run_id}"
+        record = AuditRecord(
+            self.clock(), "restored", self.run_id, self.registry, repository, digest, tags,
+            reason=reason, bytes_estimate=bytes_estimate,
+        )  # fmt: skip
+        self.log.append([record])
+
+    def _record(
+        self,
+        now: datetime,
+        repository: RepositoryPlan,
+        deletion: ManifestDeletion,
+        size: int | None,
+    ) -> AuditRecord:
+        rule, reason = why(repository, deletion)
+        return AuditRecord(
+            now, "deleted", self.run_id, self.registry, repository.name, deletion.digest,
+            deletion.tags, rule, reason, size,
+        )  # fmt: skip
+
+
+def why(repository: RepositoryPlan, deletion: ManifestDeletion) -> tuple[str | None, str]:
+    """The rules and the planner's reasons for a deletion; untagged ones say what they were."""
+    decisions = [d for d in repository.decisions if d.tag in deletion.tags]
+    rules = sorted({d.rule for d in decisions if d.rule})
+    reasons = list(dict.fromkeys(d.reason for d in decisions))
+    if reasons:
+        return ", ".join(rules) or None, "; ".join(reasons)
+    owner = f" of {deletion.parents[0]}" if deletion.parents else ""
+    return None, f"untagged {deletion.kind.value}{owner}, deleted with it"
