@@ -175,6 +175,8 @@ def _in_use_by(
     A digest in use keeps every tag on it; an index is kept when a platform manifest of it
     is in use (a runtime pulls the child by digest through the index).
     """
+    if not in_use:
+        return None
     below = set(_descendants(tag.digest, manifests))
     direct = sorted(r.origin for r in in_use if r.tag == tag.name or r.digest == tag.digest)
     if direct:
@@ -225,7 +227,7 @@ def _ranks(rule: Rule, tags: Sequence[Tag], times: Mapping[str, TagTimes]) -> di
     )
     ranks = {t.name: _Rank(i, "semver", f"#{i} by semver") for i, t in enumerate(releases, 1)}
     others = [t for t in tags if versions[t.name] is None]
-    after = "not semver, after the semver tags by "
+    after = "not semver, after the semver tags by "  # the stated fallback order
     ranks.update(_ranked_by_time(others, times, None, start=len(releases) + 1, prefix=after))
     return ranks
 
@@ -244,12 +246,11 @@ def _ranked_by_time(
         key=lambda item: (item[0].at, item[1]),
         reverse=True,
     )
-    return {
-        name: _Rank(i, moment.source, f"#{i}, {prefix}{WORDS[moment.source]}")
-        if prefix
-        else _Rank(i, moment.source, f"#{i} by {WORDS[moment.source]}")
-        for i, (moment, name) in enumerate(known, start)
-    }
+    ranks = {}
+    for position, (moment, name) in enumerate(known, start):
+        words = f", {prefix}" if prefix else " by "
+        ranks[name] = _Rank(position, moment.source, f"#{position}{words}{WORDS[moment.source]}")
+    return ranks
 
 
 @dataclass(frozen=True)
