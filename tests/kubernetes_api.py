@@ -89,7 +89,7 @@ def pod(
 
 def workload(kind: str, namespace: str, name: str, images: Sequence[str]) -> dict[str, Any]:
     """A Deployment, ReplicaSet, StatefulSet, DaemonSet, Job or CronJob with a pod template."""
-    template = {
+    template: dict[str, Any] = {
         "metadata": {"labels": {"app": name}},
         "spec": {"containers": _containers("app", images), "restartPolicy": "Always"},
     }
