@@ -129,6 +129,62 @@ def check_budget(plan: Plan, safety: Safety) -> str | None:
     return None
 
 
+def hold_in_use(plan: Plan, in_use: Iterable[ImageReference]) -> Plan:
+    """A saved plan checked against what runs now: deletions of images in use are dropped.
+
+    ``retention apply`` carries out a plan made earlier; an image deployed since must not go.
+    A deletion is held when a reference names its digest or one of its tags; holding an
+    index holds its platform manifests and artifacts, and a held platform or artifact holds
+    the index or image it belongs to (both ways through ``parents``).
+    """
+    used: dict[str, list[ImageReference]] = {}
+    for reference in in_use:
+        used.setdefault(reference.repository, []).append(reference)
+    repositories = tuple(_hold_saved(r, used.get(r.name, [])) for r in plan.repositories)
+    return replace(plan, repositories=repositories)
+
+
+def _hold_saved(repository: RepositoryPlan, in_use: Sequence[ImageReference]) -> RepositoryPlan:
+    held: dict[str, str] = {}  # digest -> the first user's origin, for the reason
+    for reference in sorted(in_use, key=lambda r: r.origin):
+        for deletion in repository.deletions:
+            if reference.digest == deletion.digest or reference.tag in deletion.tags:
+                held.setdefault(deletion.digest, reference.origin)
+    if not held:
+        return repository
+    _spread_holds(repository.deletions, held)
+    return replace(
+        repository,
+        deletions=tuple(d for d in repository.deletions if d.digest not in held),
+        decisions=tuple(_held_decision(d, held) for d in repository.decisions),
+    )
+
+
+def _spread_holds(deletions: Sequence[ManifestDeletion], held: dict[str, str]) -> None:
+    """Hold parents of held manifests and children of held parents, until nothing changes."""
+    going = {d.digest for d in deletions}
+    changed = True
+    while changed:
+        changed = False
+        for deletion in deletions:
+            parents = [p for p in deletion.parents if p in going]
+            if deletion.digest in held:
+                fresh = [p for p in parents if p not in held]
+                held.update((p, held[deletion.digest]) for p in fresh)
+            else:
+                fresh = [p for p in parents if p in held][:1]
+                if fresh:
+                    held[deletion.digest] = held[fresh[0]]
+            changed = changed or bool(fresh)
+
+
+def _held_decision(decision: TagDecision, held: Mapping[str, str]) -> TagDecision:
+    if decision.action is not Action.DELETE or decision.digest not in held:
+        return decision
+    reason = f"in use ({held[decision.digest]}) when applied; the plan said: {decision.reason}"
+    return replace(decision, action=Action.KEEP, reason=reason)
+
+
 # -- rules ----------------------------------------------------------------------------------
 
 
@@ -327,7 +383,7 @@ def _judge(
     reasons = [] if pull is None else [pull[1]]
     if rule.keep_last is not None:
         if rank is None:
-            why = _why_unranked(rule, tag, times)
+            why = _why_unranked(rule, times)
             both = isinstance(age, str) and age == why
             return keep(f"{why}: never deleted by {'age or rank' if both else 'rank'}")
         if rank.position <= rule.keep_last:
@@ -343,7 +399,8 @@ def _judge(
     return keep(" but ".join([*reasons, f"newer than {limit} ({age.text})"]))
 
 
-def _why_unranked(rule: Rule, tag: Tag, times: TagTimes) -> str:
+def _why_unranked(rule: Rule, times: TagTimes) -> str:
+    """Why a tag has no place in its rule's order (only time-ranked tags can lack one)."""
     if rule.order_by == "semver":
         return f"not semver, and {why_unknown(times, None)}"
     return why_unknown(times, _source(rule.order_by))
