@@ -38,6 +38,7 @@ from retention.core.tag_times import (
     WORDS,
     TagTimes,
     TimeSource,
+    last_pull,
     pick,
     pull_history_start,
     times_by_tag,
@@ -322,8 +323,9 @@ def _age(rule: Rule, times: TagTimes, context: _Context) -> _Age | str:
     """The tag's age by ``age_by``, or why it is unknown."""
     now = context.now
     if rule.age_by == "pulled":
-        if times.pulled is not None:
-            age = now - times.pulled
+        pulled = last_pull(times)
+        if pulled is not None:
+            age = now - pulled
             return _Age(age, "pulled", f"last pulled {describe_age(age)} ago")
         start = pull_history_start(times, context.pull_history_since)
         if start is None:
@@ -342,8 +344,9 @@ def _recent_pull(rule: Rule, times: TagTimes, context: _Context) -> tuple[bool, 
     if rule.pulled_within is None:
         return None
     window = format_duration(rule.pulled_within)
-    if times.pulled is not None:
-        age = context.now - times.pulled
+    last = last_pull(times)
+    if last is not None:
+        age = context.now - last
         pulled = f"pulled {describe_age(age)} ago"
         if age <= rule.pulled_within:
             return True, f"{pulled}, within pulled_within={window}"

@@ -288,6 +288,11 @@ def test_semver_ranks_releases_whose_created_time_is_unknown() -> None:
             ("never", ago(100), None, None),
             ("keep", "no pull history: unknown whether pulled within 30d"),
         ),
+        (
+            ago(60),
+            ("repushed", ago(100), ago(2), ago(40)),
+            ("keep", "not pulled in 2d of pull history, shorter than pulled_within=30d: unknown"),
+        ),
     ],
     ids=[
         "pulled recently",
@@ -296,6 +301,7 @@ def test_semver_ranks_releases_whose_created_time_is_unknown() -> None:
         "short history",
         "pushed after history began",
         "no history",
+        "pushed again after the last pull",
     ],
 )
 def test_pulled_within_keeps_recent_pulls_and_treats_short_history_as_unknown(
@@ -323,6 +329,11 @@ def test_pulled_within_keeps_recent_pulls_and_treats_short_history_as_unknown(
             ("keep", "newer than 30d (not pulled in 3d of pull history)"),
         ),
         (None, ("a", ago(100), None, None), ("keep", "no pull history: never deleted by age")),
+        (
+            None,
+            ("a", ago(100), ago(2), ago(40)),
+            ("keep", "newer than 30d (not pulled in 2d of pull history)"),
+        ),
     ],
     ids=[
         "last pull old",
@@ -330,6 +341,7 @@ def test_pulled_within_keeps_recent_pulls_and_treats_short_history_as_unknown(
         "never, long history",
         "never, pushed lately",
         "no history",
+        "pushed again after the last pull",
     ],
 )
 def test_age_by_pulled_measures_time_since_the_last_pull(
