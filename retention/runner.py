@@ -72,7 +72,11 @@ async def run_pass(
 async def apply_plan(
     policy: Policy, plan: Plan, *, force: bool = False, clock: Clock = utc_now
 ) -> RunResult:
-    """Carry out a reviewed plan: only what it lists, each tag re-checked before deletion."""
+    """Carry out a reviewed plan: only what it lists, each tag re-checked before deletion.
+
+    What is in use now is read again (a failing source stops here), and the plan's
+    deletions of images in use are dropped.
+    """
     started = time.monotonic()
     async with RegistryClient(policy.registry) as client:
         if plan.registry != client.url:
@@ -80,6 +84,7 @@ async def apply_plan(
                 f"the plan is for {plan.registry}, the policy's registry is {client.url}"
             )
         with exclusive(policy.state_dir):
+            plan = planner.hold_in_use(plan, await _in_use(policy))
             result = await _apply(client, policy, plan, force=force, clock=clock)
     return _finished(result, started)
 

@@ -89,7 +89,7 @@ def pod(
 
 def workload(kind: str, namespace: str, name: str, images: Sequence[str]) -> dict[str, Any]:
     """A Deployment, ReplicaSet, StatefulSet, DaemonSet, Job or CronJob with a pod template."""
-    template = {
+    template: dict[str, Any] = {
         "metadata": {"labels": {"app": name}},
         "spec": {"containers": _containers("app", images), "restartPolicy": "Always"},
     }
@@ -204,15 +204,19 @@ def kubernetes_api(cluster: Cluster) -> Iterator[str]:
 
 
 def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
-    """A kubeconfig (JSON is YAML) with one context, as ``kubectl config`` writes them."""
+    """A kubeconfig (JSON is YAML) as ``kubectl config`` writes them: the current context
+    ``test`` with the right token, and a context ``other`` whose user the API refuses."""
     document = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": {"server": server}}],
-        "users": [{"name": "retention", "user": {"token": token}}],
+        "users": [
+            {"name": "retention", "user": {"token": token}},
+            {"name": "stranger", "user": {"token": "not-" + token}},
+        ],
         "contexts": [
             {"name": "test", "context": {"cluster": "test", "user": "retention"}},
-            {"name": "other", "context": {"cluster": "test", "user": "retention"}},
+            {"name": "other", "context": {"cluster": "test", "user": "stranger"}},
         ],
         "current-context": "test",
     }

@@ -38,6 +38,7 @@ from retention.core.tag_times import (
     WORDS,
     TagTimes,
     TimeSource,
+    last_pull,
     pick,
     pull_history_start,
     times_by_tag,
@@ -129,6 +130,62 @@ def check_budget(plan: Plan, safety: Safety) -> str | None:
     return None
 
 
+def hold_in_use(plan: Plan, in_use: Iterable[ImageReference]) -> Plan:
+    """A saved plan checked against what runs now: deletions of images in use are dropped.
+
+    ``retention apply`` carries out a plan made earlier; an image deployed since must not go.
+    A deletion is held when a reference names its digest or one of its tags; holding an
+    index holds its platform manifests and artifacts, and a held platform or artifact holds
+    the index or image it belongs to (both ways through ``parents``).
+    """
+    used: dict[str, list[ImageReference]] = {}
+    for reference in in_use:
+        used.setdefault(reference.repository, []).append(reference)
+    repositories = tuple(_hold_saved(r, used.get(r.name, [])) for r in plan.repositories)
+    return replace(plan, repositories=repositories)
+
+
+def _hold_saved(repository: RepositoryPlan, in_use: Sequence[ImageReference]) -> RepositoryPlan:
+    held: dict[str, str] = {}  # digest -> the first user's origin, for the reason
+    for reference in sorted(in_use, key=lambda r: r.origin):
+        for deletion in repository.deletions:
+            if reference.digest == deletion.digest or reference.tag in deletion.tags:
+                held.setdefault(deletion.digest, reference.origin)
+    if not held:
+        return repository
+    _spread_holds(repository.deletions, held)
+    return replace(
+        repository,
+        deletions=tuple(d for d in repository.deletions if d.digest not in held),
+        decisions=tuple(_held_decision(d, held) for d in repository.decisions),
+    )
+
+
+def _spread_holds(deletions: Sequence[ManifestDeletion], held: dict[str, str]) -> None:
+    """Hold parents of held manifests and children of held parents, until nothing changes."""
+    going = {d.digest for d in deletions}
+    changed = True
+    while changed:
+        changed = False
+        for deletion in deletions:
+            parents = [p for p in deletion.parents if p in going]
+            if deletion.digest in held:
+                fresh = [p for p in parents if p not in held]
+                held.update((p, held[deletion.digest]) for p in fresh)
+            else:
+                fresh = [p for p in parents if p in held][:1]
+                if fresh:
+                    held[deletion.digest] = held[fresh[0]]
+            changed = changed or bool(fresh)
+
+
+def _held_decision(decision: TagDecision, held: Mapping[str, str]) -> TagDecision:
+    if decision.action is not Action.DELETE or decision.digest not in held:
+        return decision
+    reason = f"in use ({held[decision.digest]}) when applied; the plan said: {decision.reason}"
+    return replace(decision, action=Action.KEEP, reason=reason)
+
+
 # -- rules ----------------------------------------------------------------------------------
 
 
@@ -175,6 +232,8 @@ def _in_use_by(
     A digest in use keeps every tag on it; an index is kept when a platform manifest of it
     is in use (a runtime pulls the child by digest through the index).
     """
+    if not in_use:
+        return None
     below = set(_descendants(tag.digest, manifests))
     direct = sorted(r.origin for r in in_use if r.tag == tag.name or r.digest == tag.digest)
     if direct:
@@ -225,7 +284,7 @@ def _ranks(rule: Rule, tags: Sequence[Tag], times: Mapping[str, TagTimes]) -> di
     )
     ranks = {t.name: _Rank(i, "semver", f"#{i} by semver") for i, t in enumerate(releases, 1)}
     others = [t for t in tags if versions[t.name] is None]
-    after = "not semver, after the semver tags by "
+    after = "not semver, after the semver tags by "  # the stated fallback order
     ranks.update(_ranked_by_time(others, times, None, start=len(releases) + 1, prefix=after))
     return ranks
 
@@ -244,12 +303,11 @@ def _ranked_by_time(
         key=lambda item: (item[0].at, item[1]),
         reverse=True,
     )
-    return {
-        name: _Rank(i, moment.source, f"#{i}, {prefix}{WORDS[moment.source]}")
-        if prefix
-        else _Rank(i, moment.source, f"#{i} by {WORDS[moment.source]}")
-        for i, (moment, name) in enumerate(known, start)
-    }
+    ranks = {}
+    for position, (moment, name) in enumerate(known, start):
+        words = f", {prefix}" if prefix else " by "
+        ranks[name] = _Rank(position, moment.source, f"#{position}{words}{WORDS[moment.source]}")
+    return ranks
 
 
 @dataclass(frozen=True)
@@ -265,8 +323,9 @@ def _age(rule: Rule, times: TagTimes, context: _Context) -> _Age | str:
     """The tag's age by ``age_by``, or why it is unknown."""
     now = context.now
     if rule.age_by == "pulled":
-        if times.pulled is not None:
-            age = now - times.pulled
+        pulled = last_pull(times)
+        if pulled is not None:
+            age = now - pulled
             return _Age(age, "pulled", f"last pulled {describe_age(age)} ago")
         start = pull_history_start(times, context.pull_history_since)
         if start is None:
@@ -285,8 +344,9 @@ def _recent_pull(rule: Rule, times: TagTimes, context: _Context) -> tuple[bool, 
     if rule.pulled_within is None:
         return None
     window = format_duration(rule.pulled_within)
-    if times.pulled is not None:
-        age = context.now - times.pulled
+    last = last_pull(times)
+    if last is not None:
+        age = context.now - last
         pulled = f"pulled {describe_age(age)} ago"
         if age <= rule.pulled_within:
             return True, f"{pulled}, within pulled_within={window}"
@@ -326,7 +386,7 @@ def _judge(
     reasons = [] if pull is None else [pull[1]]
     if rule.keep_last is not None:
         if rank is None:
-            why = _why_unranked(rule, tag, times)
+            why = _why_unranked(rule, times)
             both = isinstance(age, str) and age == why
             return keep(f"{why}: never deleted by {'age or rank' if both else 'rank'}")
         if rank.position <= rule.keep_last:
@@ -342,7 +402,8 @@ def _judge(
     return keep(" but ".join([*reasons, f"newer than {limit} ({age.text})"]))
 
 
-def _why_unranked(rule: Rule, tag: Tag, times: TagTimes) -> str:
+def _why_unranked(rule: Rule, times: TagTimes) -> str:
+    """Why a tag has no place in its rule's order (only time-ranked tags can lack one)."""
     if rule.order_by == "semver":
         return f"not semver, and {why_unknown(times, None)}"
     return why_unknown(times, _source(rule.order_by))

@@ -94,15 +94,25 @@ def why_unknown(times: TagTimes, by: TimeSource | None) -> str:
     return "created time unknown" if by == "created" else "created time unknown (no push time)"
 
 
+def last_pull(times: TagTimes) -> datetime | None:
+    """The last pull of what the tag names now: a push after it starts afresh (a new image,
+    or the same one pushed again, has not been seen unused for that long)."""
+    if times.pulled is None or (times.pushed is not None and times.pushed > times.pulled):
+        return None
+    return times.pulled
+
+
 def pull_history_start(times: TagTimes, since: datetime | None) -> datetime | None:
     """Since when a missing pull of this tag means "not pulled": None when nobody watched.
 
     Pulls are known from ``since`` on; a tag pushed later can only have been pulled since
-    its push, so its history starts there.
+    its push, so its history starts there. A tag pulled before its last push had a history
+    even when ``since`` is unknown: from that push.
     """
-    if since is None:
+    if since is None and times.pulled is None:
         return None
-    return max(since, times.pushed) if times.pushed is not None else since
+    starts = [moment for moment in (since, times.pushed) if moment is not None]
+    return max(starts) if starts else None
 
 
 # -- doubtful created times -----------------------------------------------------------------

@@ -163,3 +163,39 @@ def test_a_failing_source_deletes_nothing_and_exits_1_with_one_line(
     assert result.stdout == ""
     no_traceback(result)
     assert [seeder.manifest_status("app/web", d) for d in digests] == [200, 200, 200, 200]
+
+
+def test_apply_reads_the_sources_again_and_spares_an_image_deployed_since_the_plan(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    digests = seed(seeder)
+    in_use = tmp_path / "in-use.txt"
+    in_use.write_text("# nothing runs yet\n")
+    policy = write_policy(
+        tmp_path / "p.yml",
+        registry_server.url,
+        ALL_BUILDS,
+        in_use=[{"file": str(in_use)}],
+        safety=SAFETY,
+    )
+    saved = tmp_path / "plan.json"
+    planned = retention("plan", "-c", str(policy), "--format", "json", "--output", str(saved))
+    assert planned.code == 0, planned.stderr
+
+    in_use.write_text("app/web:build-0\n")
+    applied = retention("apply", str(saved), "-c", str(policy), "--format", "json")
+
+    assert applied.code == 0, applied.stderr
+    assert reasons(applied.json(), "app/web")["build-0"].startswith(
+        f"in use (file: {in_use}) when applied; the plan said: beyond keep_last=0"
+    )
+    assert [seeder.manifest_status("app/web", d) for d in digests] == [200, 404, 404, 404]
+
+    in_use.unlink()
+    failed = retention("apply", str(saved), "-c", str(policy))
+
+    assert failed.code == 1
+    assert failed.error_lines == [
+        f"error: in_use source file: {in_use}: cannot read it: No such file or directory"
+    ]
+    assert seeder.manifest_status("app/web", digests[0]) == 200

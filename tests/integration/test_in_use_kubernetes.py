@@ -110,11 +110,13 @@ def test_pods_and_every_workload_template_are_read_across_pages(
     assert {path for path, _ in cluster.requests} == {"/api/v1/pods", *KINDS}
 
 
-def test_a_context_of_the_kubeconfig_can_be_chosen(tmp_path: Path, api: str) -> None:
+def test_the_context_named_in_the_policy_is_the_one_used(tmp_path: Path, api: str) -> None:
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api)
-    settings = {"kubeconfig": str(kubeconfig), "context": "other"}
-    found = collect([InUseSource.model_validate({"kubernetes": settings})], REGISTRY)
-    assert found
+    chosen = {"kubeconfig": str(kubeconfig), "context": "other"}  # its user has a bad token
+    with pytest.raises(InUseError, match="401 Unauthorized"):
+        collect([InUseSource.model_validate({"kubernetes": chosen})], REGISTRY)
+    current = {"kubeconfig": str(kubeconfig), "context": "test"}
+    assert collect([InUseSource.model_validate({"kubernetes": current})], REGISTRY)
 
 
 @pytest.mark.parametrize(

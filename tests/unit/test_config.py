@@ -239,6 +239,33 @@ VALIDATION_CASES = [
         "(use a name such as UTC or Europe/Berlin)",
         id="time zone that is a path",
     ),
+    pytest.param(
+        REGISTRY + "in_use:\n  - file: /x\n    command: [a]\n",
+        "policies.yml:4 in_use[0]: an in_use source needs exactly one of file, command and "
+        "kubernetes (got file and command)",
+        id="in_use source of two kinds",
+    ),
+    pytest.param(
+        REGISTRY + "in_use:\n  - name: x\n",
+        "policies.yml:4 in_use[0]: an in_use source needs exactly one of file, command and "
+        "kubernetes",
+        id="in_use source of no kind",
+    ),
+    pytest.param(
+        REGISTRY + "in_use:\n  - kubernetes:\n      context: prod\n",
+        "policies.yml:5 in_use[0].kubernetes.context: context needs kubeconfig too",
+        id="kubernetes context without a kubeconfig",
+    ),
+    pytest.param(
+        REGISTRY + "rules:\n  - name: a\n    keep_last: 1\n    order_by: version\n",
+        "policies.yml:6 rules[0].order_by: expected 'pushed', 'created' or 'semver', got 'version'",
+        id="unknown order_by",
+    ),
+    pytest.param(
+        REGISTRY + "rules:\n  - name: a\n    keep_last: 1\n    pulled_within: 0s\n",
+        "policies.yml:6 rules[0].pulled_within: must be longer than 0s",
+        id="pulled_within of zero",
+    ),
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from retention.core.image_reference import ImageReference
 from retention.core.model import Action, Inventory, Manifest, Plan, Repository, Tag, TagDecision
-from retention.core.planner import plan
+from retention.core.planner import hold_in_use, plan
 from retention.core.policy import Policy, policy_from_mapping
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -288,6 +288,11 @@ def test_semver_ranks_releases_whose_created_time_is_unknown() -> None:
             ("never", ago(100), None, None),
             ("keep", "no pull history: unknown whether pulled within 30d"),
         ),
+        (
+            ago(60),
+            ("repushed", ago(100), ago(2), ago(40)),
+            ("keep", "not pulled in 2d of pull history, shorter than pulled_within=30d: unknown"),
+        ),
     ],
     ids=[
         "pulled recently",
@@ -296,6 +301,7 @@ def test_semver_ranks_releases_whose_created_time_is_unknown() -> None:
         "short history",
         "pushed after history began",
         "no history",
+        "pushed again after the last pull",
     ],
 )
 def test_pulled_within_keeps_recent_pulls_and_treats_short_history_as_unknown(
@@ -323,6 +329,11 @@ def test_pulled_within_keeps_recent_pulls_and_treats_short_history_as_unknown(
             ("keep", "newer than 30d (not pulled in 3d of pull history)"),
         ),
         (None, ("a", ago(100), None, None), ("keep", "no pull history: never deleted by age")),
+        (
+            None,
+            ("a", ago(100), ago(2), ago(40)),
+            ("keep", "newer than 30d (not pulled in 2d of pull history)"),
+        ),
     ],
     ids=[
         "last pull old",
@@ -330,6 +341,7 @@ def test_pulled_within_keeps_recent_pulls_and_treats_short_history_as_unknown(
         "never, long history",
         "never, pushed lately",
         "no history",
+        "pushed again after the last pull",
     ],
 )
 def test_age_by_pulled_measures_time_since_the_last_pull(
@@ -384,3 +396,48 @@ def test_in_use_wins_over_every_rule_and_names_the_first_of_several_users() -> N
     in_use = tuple(ImageReference("app", "v1", None, f"kubernetes: ns/pod-{i}") for i in range(3))
     result = run(policy({"max_age": "1d"}), repo, in_use=in_use)
     assert verdicts(result) == {"v1": ("keep", "in use (kubernetes: ns/pod-0 and 2 more)")}
+
+
+# -- a saved plan applied later -----------------------------------------------------------
+
+
+def test_a_saved_plan_drops_deletions_of_images_in_use_when_applied() -> None:
+    amd = Manifest("sha256:amd", IMAGE, 10, created=ago(90))
+    arm = Manifest("sha256:arm", IMAGE, 10, created=ago(90))
+    old_index = Manifest(
+        "sha256:idx", INDEX, 10, created=ago(90), children=(amd.digest, arm.digest)
+    )
+    plain = {
+        f"sha256:{t}": Manifest(f"sha256:{t}", IMAGE, 10, created=ago(91 + i))
+        for i, t in enumerate("ab")
+    }
+    repo = Repository(
+        "app",
+        tags=(Tag("multi", old_index.digest), Tag("a", "sha256:a"), Tag("b", "sha256:b")),
+        manifests={**plain, old_index.digest: old_index, amd.digest: amd, arm.digest: arm},
+    )
+    saved = run(policy({"keep_last": 0}), repo)
+    assert [d.digest for d in saved.repositories[0].deletions] == [
+        "sha256:a",
+        "sha256:b",
+        "sha256:idx",
+        "sha256:amd",
+        "sha256:arm",
+    ]
+    now_running = (
+        ImageReference("app", None, "sha256:arm", "kubernetes: shop/worker-1"),
+        ImageReference("app", "a", None, "file: /etc/in-use.txt"),
+        ImageReference("other", "b", None, "file: /etc/in-use.txt"),
+    )
+
+    applied = hold_in_use(saved, now_running)
+
+    assert [d.digest for d in applied.repositories[0].deletions] == ["sha256:b"]
+    assert verdicts(applied)["multi"] == (
+        "keep",
+        "in use (kubernetes: shop/worker-1) when applied; the plan said: "
+        "beyond keep_last=0 (#1 by created time)",
+    )
+    assert verdicts(applied)["a"][0] == "keep"
+    assert verdicts(applied)["b"][0] == "delete"
+    assert hold_in_use(saved, ()) == saved
