@@ -11,6 +11,7 @@ so the routing is tested by calling it and the server is the standard library's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
@@ -170,9 +171,25 @@ class _Handler(BaseHTTPRequestHandler):
     error_message_format = '{"error": "%(code)d %(message)s"}\n'
 
     def setup(self) -> None:
-        """A socket timeout per connection: a client that stops sending is dropped."""
-        self.request.settimeout(self.server.request_timeout_s)
+        """Two limits per connection: ``request_timeout`` of silence, and of the whole.
+
+        The socket timeout drops a client that stops sending; the timer drops one that
+        trickles a byte now and then (slowloris), which a socket timeout never catches.
+        """
+        limit = self.server.request_timeout_s
+        self.request.settimeout(limit)
+        self._deadline = threading.Timer(limit, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
         super().setup()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
 
     def do_GET(self) -> None:
         self._answer("GET")

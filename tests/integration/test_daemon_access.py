@@ -159,6 +159,32 @@ def test_a_slow_client_does_not_block_others_and_is_dropped(
         assert time.monotonic() - started < 3
 
 
+def test_a_client_trickling_its_request_is_cut_off_after_the_request_timeout(
+    tmp_path: Path, registry_server: RegistryServer, serve: Callable[..., Served]
+) -> None:
+    daemon = serve(guarded_policy(tmp_path, registry_server, request_timeout="1s"))
+    port = int(str(daemon.http.base_url).rsplit(":", 1)[1].rstrip("/"))
+
+    with socket.create_connection(("127.0.0.1", port)) as trickle:
+        started = time.monotonic()
+        cut = False
+        for _ in range(40):  # one header byte every 0.1 s: never silent for 1 s
+            try:
+                trickle.sendall(b"X")
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.1)
+        trickle.settimeout(2)
+        try:
+            cut = cut or trickle.recv(1024) == b""
+        except OSError:
+            cut = True
+        assert cut
+        assert time.monotonic() - started < 3
+    assert daemon.http.get("/healthz").status_code == 200
+
+
 def test_oversized_headers_and_bodies_are_refused_without_details(
     tmp_path: Path, registry_server: RegistryServer, serve: Callable[..., Served]
 ) -> None:
