@@ -166,7 +166,6 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
     server_version = "retention"
-    sys_version = ""  # no Python version in the Server header
     error_content_type = JSON_TYPE
     error_message_format = '{"error": "%(code)d %(message)s"}\n'
 
@@ -190,6 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _cut(self) -> None:
         with contextlib.suppress(OSError):
             self.request.shutdown(socket.SHUT_RDWR)
+
+    def version_string(self) -> str:
+        """``retention``: no Python version in the Server header."""
+        return self.server_version
 
     def do_GET(self) -> None:
         self._answer("GET")
