@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 # APScheduler 3.x ships no type information (no py.typed); its names are Any here.
 from apscheduler.events import (  # type: ignore[import-untyped]
@@ -45,8 +45,8 @@ from retention.config.load import load_policy_with_warnings
 from retention.config.schedule import describe_schedule, job_options, make_trigger
 from retention.core import render as report
 from retention.core.model import PassOutcome, RunResult
-from retention.core.policy import Policy
-from retention.errors import ConfigError, RegistryError, RetentionError
+from retention.core.policy import Policy, Server
+from retention.errors import ConfigError, RegistryError, RetentionError, SecretError
 from retention.logs import get_logger
 from retention.registry.auth import public_url
 from retention.registry.client import RegistryClient
@@ -70,6 +70,13 @@ PING_TIMEOUT = timedelta(seconds=5)
 STOP_TIMEOUT_S = 300.0
 # How long a stopping daemon lets queued notifications go out (a retry backoff is cut short).
 NOTIFY_DRAIN_S = 5.0
+
+
+class AccessHolder(Protocol):
+    """The HTTP server, as far as a token reload is concerned."""
+
+    access: Access
+
 
 PassFunction = Callable[[Policy], RunResult]
 PingFunction = Callable[[Policy], None]
@@ -251,7 +258,7 @@ class Daemon:
         self._apply(loaded.policy)
 
     def _apply(self, policy: Policy) -> None:
-        if policy.server != self.policy.server:
+        if policy.server.listen != self.policy.server.listen:
             log.warning("server.listen changes at the next restart", listen=policy.server.listen)
         rescheduled = policy.schedule != self.policy.schedule
         self._reload_events(policy)
@@ -465,7 +472,9 @@ class Signals:
             return []
 
 
-def wait_for_stop(signals: Signals, daemon: Daemon) -> None:
+def wait_for_stop(
+    signals: Signals, daemon: Daemon, reloaded: Callable[[Policy], None] | None = None
+) -> None:
     """Block until TERM or INT; reload the policy on each HUP meanwhile."""
     while True:
         for signum in signals.wait():
@@ -475,6 +484,26 @@ def wait_for_stop(signals: Signals, daemon: Daemon) -> None:
             if signum == signal.SIGHUP:
                 log.info("reloading", signal="SIGHUP", path=str(daemon.path))
                 daemon.reload()
+                if reloaded is not None:
+                    reloaded(daemon.policy)
+
+
+def read_access(server: Server) -> Access:
+    """Who may use the guarded endpoints; raises SecretError when the token is unusable."""
+    return Access(server_token(server), server.protect_report)
+
+
+def reload_access(http: AccessHolder, policy: Policy) -> None:
+    """SIGHUP re-reads the token, so a rotated token file needs no restart.
+
+    An unusable token leaves the old one in force, as a broken policy file does.
+    """
+    try:
+        access = read_access(policy.server)
+    except SecretError as exc:
+        log.error("token not reloaded, the old one stays in force", error=str(exc))
+        return
+    http.access = access
 
 
 def serve(
@@ -488,12 +517,12 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
-    access = Access(server_token(policy.server), policy.server.protect_report)
+    access = read_access(policy.server)
     metrics = Metrics(CollectorRegistry())
     receiver = event_receiver(policy, metrics, utc_now)
     daemon = Daemon(path, policy, metrics=metrics, events=receiver)
     daemon.restore()
-    with Signals() as signals, listening(policy.server, daemon, access):
+    with Signals() as signals, listening(policy.server, daemon, access) as http:
         daemon.start()
         log.info(
             "serving",
@@ -506,7 +535,7 @@ def serve(
         )
         if run_now:
             daemon.start_now(reason="start")
-        wait_for_stop(signals, daemon)
+        wait_for_stop(signals, daemon, lambda reloaded: reload_access(http, reloaded))
         finished = daemon.stop(stop_timeout_s)
     log.info("stopped", pass_left_running=not finished)
     return finished

@@ -11,6 +11,7 @@ so the routing is tested by calling it and the server is the standard library's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import socketserver
@@ -169,14 +170,33 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
     server_version = "retention"
-    sys_version = ""  # no Python version in the Server header
     error_content_type = JSON_TYPE
     error_message_format = '{"error": "%(code)d %(message)s"}\n'
 
     def setup(self) -> None:
-        """A socket timeout per connection: a client that stops sending is dropped."""
-        self.request.settimeout(self.server.request_timeout_s)
+        """Two limits per connection: ``request_timeout`` of silence, and of the whole.
+
+        The socket timeout drops a client that stops sending; the timer drops one that
+        trickles a byte now and then (slowloris), which a socket timeout never catches.
+        """
+        limit = self.server.request_timeout_s
+        self.request.settimeout(limit)
+        self._deadline = threading.Timer(limit, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
         super().setup()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.request.shutdown(socket.SHUT_RDWR)
+
+    def version_string(self) -> str:
+        """``retention``: no Python version in the Server header."""
+        return self.server_version
 
     def do_GET(self) -> None:
         self._answer("GET")

@@ -199,7 +199,7 @@ class Metrics:
         """``POST /events``: how many arrive, and when the last was stored. A registry whose
         notifications stopped looks, to a pass, like one nobody pulls from: alert on this."""
         self._events = Counter(
-            "retention_notification_events",
+            "retention_registry_events",
             "Registry notification events received, by what became of them.",
             ["outcome"],
             registry=registry,
@@ -207,13 +207,13 @@ class Metrics:
         for outcome in NOTIFICATION_OUTCOMES:
             self._events.labels(outcome)
         self._refused = Counter(
-            "retention_notification_refusals",
+            "retention_registry_event_refusals",
             "POST /events requests not stored, by HTTP status (401 a wrong secret).",
             ["status"],
             registry=registry,
         )
         self._last_event = Gauge(
-            "retention_last_notification_timestamp_seconds",
+            "retention_last_registry_event_timestamp_seconds",
             "Unix time an envelope of events was last stored; 0 is not since the start.",
             registry=registry,
         )

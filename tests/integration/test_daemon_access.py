@@ -7,6 +7,7 @@ reuses); every request goes over a real loopback socket.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -159,6 +160,32 @@ def test_a_slow_client_does_not_block_others_and_is_dropped(
         assert time.monotonic() - started < 3
 
 
+def test_a_client_trickling_its_request_is_cut_off_after_the_request_timeout(
+    tmp_path: Path, registry_server: RegistryServer, serve: Callable[..., Served]
+) -> None:
+    daemon = serve(guarded_policy(tmp_path, registry_server, request_timeout="1s"))
+    port = int(str(daemon.http.base_url).rsplit(":", 1)[1].rstrip("/"))
+
+    with socket.create_connection(("127.0.0.1", port)) as trickle:
+        started = time.monotonic()
+        cut = False
+        for _ in range(40):  # one header byte every 0.1 s: never silent for 1 s
+            try:
+                trickle.sendall(b"X")
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.1)
+        trickle.settimeout(2)
+        try:
+            cut = cut or trickle.recv(1024) == b""
+        except OSError:
+            cut = True
+        assert cut
+        assert time.monotonic() - started < 3
+    assert daemon.http.get("/healthz").status_code == 200
+
+
 def test_oversized_headers_and_bodies_are_refused_without_details(
     tmp_path: Path, registry_server: RegistryServer, serve: Callable[..., Served]
 ) -> None:
@@ -196,3 +223,26 @@ def test_the_real_metrics_pass_promtool_check_metrics(
     assert "_created" not in exposition
     assert (daemon.metric("retention_gc_blobs_deleted_total") or 0) > 0
     assert daemon.metric("retention_plan_deletions", kind="manifests") == 1
+
+
+def test_sighup_takes_a_rotated_token_and_keeps_the_old_one_when_the_new_is_unusable(
+    tmp_path: Path, registry_server: RegistryServer, serve: Callable[..., Served]
+) -> None:
+    daemon = serve(guarded_policy(tmp_path, registry_server, protect_report=True))
+    rotated = "rotated-token-abcdefghijklmnop"
+
+    (tmp_path / "server-token").write_text("")  # an empty token is refused...
+    daemon.signal(signal.SIGHUP)
+    daemon_tests.wait_for(
+        lambda: daemon.events("token not reloaded, the old one stays in force"), "the refusal"
+    )
+    assert daemon.http.get("/report", headers=bearer(TOKEN)).status_code == 404  # ...the old works
+
+    (tmp_path / "server-token").write_text(rotated)
+    daemon.signal(signal.SIGHUP)
+    daemon_tests.wait_for(
+        lambda: daemon.http.get("/report", headers=bearer(rotated)).status_code == 404,
+        "the rotated token",
+    )
+    assert daemon.http.get("/report", headers=bearer(TOKEN)).status_code == 401
+    assert daemon.stop() == 0

@@ -174,9 +174,9 @@ def test_push_get_head_and_digest_pulls_are_stored_with_their_times_and_delete_p
     daemon = wiring.daemon
     assert daemon is not None
     # v1 and latest pushed, a GET, a HEAD, a GET by digest; blob events are not even sent.
-    assert daemon.metric("retention_notification_events_total", outcome="stored") == 5
-    assert daemon.metric("retention_notification_events_total", outcome="ignored") == 0
-    last = daemon.metric("retention_last_notification_timestamp_seconds") or 0
+    assert daemon.metric("retention_registry_events_total", outcome="stored") == 5
+    assert daemon.metric("retention_registry_events_total", outcome="ignored") == 0
+    last = daemon.metric("retention_last_registry_event_timestamp_seconds") or 0
     assert start.timestamp() <= last <= now().timestamp()
 
     other = seeder.image("app", ["v2"], OLD, unique="v2")
@@ -242,7 +242,7 @@ def test_nothing_stored_is_lost_across_restarts_and_a_resent_id_is_ignored(
     again = post_events(daemon, envelope(event_id="resent", tag="v1", digest=digest, at=later))
     assert again.status_code == 200
     assert again.json() == {"stored": 0, "duplicates": 1, "ignored": 0}
-    assert daemon.metric("retention_notification_events_total", outcome="duplicate") == 1
+    assert daemon.metric("retention_registry_events_total", outcome="duplicate") == 1
     assert wiring.times().tags["v1"].pushed == soon
 
 
@@ -259,9 +259,9 @@ def test_a_registry_with_the_wrong_secret_is_refused_and_nothing_is_stored(
     assert refusals[0]["status"] == 401 and refusals[0]["reason"] == "wrong authorization"
     assert SECRET not in daemon.log() and "not-the-secret" not in daemon.log()
     assert EventStore.existing(wiring.state_dir) is None
-    assert (daemon.metric("retention_notification_refusals_total", status="401") or 0) >= 1
-    assert daemon.metric("retention_notification_events_total", outcome="stored") == 0
-    assert daemon.metric("retention_last_notification_timestamp_seconds") == 0
+    assert (daemon.metric("retention_registry_event_refusals_total", status="401") or 0) >= 1
+    assert daemon.metric("retention_registry_events_total", outcome="stored") == 0
+    assert daemon.metric("retention_last_registry_event_timestamp_seconds") == 0
     body = envelope(event_id="x", tag="v1", digest="sha256:" + "a" * 64, at=now())
     assert post_events(daemon, body, authorization=None).status_code == 401
     assert post_events(daemon, body, authorization="Bearer nope").status_code == 401

@@ -122,3 +122,25 @@ def test_the_server_section_refuses_unguarded_or_muddled_settings(
 @pytest.mark.parametrize("listen", ["127.0.0.1:9478", "localhost:1", "[::1]:9478", "127.8.0.1:80"])
 def test_loopback_listens_need_no_token(listen: str) -> None:
     assert Server(listen=listen).listen == listen
+
+
+class _BrokenApp(_App):
+    def metrics_body(self) -> bytes:
+        raise RuntimeError(f"bug in {__file__}")
+
+
+def test_a_bug_behind_an_endpoint_is_a_500_without_traceback_or_path() -> None:
+    import urllib.error
+    import urllib.request
+
+    from registry_server import free_port
+
+    from retention.service.http_api import listening
+
+    server = Server(listen=f"127.0.0.1:{free_port()}")
+    with listening(server, _BrokenApp()), pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"http://{server.listen}/metrics", timeout=5)
+    body = answer.value.read().decode()
+    assert answer.value.code == 500
+    assert body == '{"error": "internal error"}\n'
+    assert answer.value.headers["Server"] == "retention"

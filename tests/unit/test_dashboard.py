@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from retention.core.model import GcResult, Plan, RunResult, StorageUsage
+from retention.service.event_receiver import Answer
 from retention.service.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "retention-dashboard.json"
@@ -42,6 +43,7 @@ def exported_sample_names() -> set[str]:
     metrics.record(result, "success", 1.0, finished_at=NOW)
     metrics.set_next_pass(NOW)
     metrics.count_notification("slack", "sent")
+    metrics.record_notification(Answer(401, {"error": "wrong secret"}), NOW)
     text = metrics.render().decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
