@@ -21,17 +21,18 @@ from retention.config.load import LoadedPolicy, load_policy_with_warnings
 from retention.core import render as report
 from retention.core.model import Outcome, Plan, RunResult
 from retention.core.policy import Policy
-from retention.errors import ConfigError, RetentionError
+from retention.errors import ConfigError, PassInterrupted, RetentionError
 from retention.runner import apply_plan, run_pass
 from retention.state import atomic
 
 if TYPE_CHECKING:
     from retention.apply.restore import Restored
-    from retention.apply.trash import Trash, TrashEntry
+    from retention.apply.trash import Trash, TrashBin, TrashEntry
 
 T = TypeVar("T")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 config_option = click.option(
     "-c",
@@ -209,20 +210,37 @@ def trash() -> None:
 @trash.command("list")
 @config_option
 def trash_list(config_path: Path) -> None:
-    """List trash bins: run id, when, how many manifests, restorable or collected."""
+    """List trash bins: run id, when, what the registry confirmed deleted, restorable or not.
+
+    A damaged bin is listed with its problem, and makes the exit code 1.
+    """
     from retention.apply.trash import Trash
 
     policy = _load(config_path).policy
-    bins = Trash(policy.state_dir).bins()
+    trash = Trash(policy.state_dir)
     rows = [("RUN", "DELETED AT", "MANIFESTS", "TAGS", "STATE")]
-    for item in bins:
+    for item in trash.bins():
         tags = sum(len(e.tags) for e in item.entries)
-        state = "collected (blobs may be gone)" if item.collected else "restorable"
         stamp = report.timestamp(item.deleted_at)
-        rows.append((item.run_id, stamp, str(len(item.entries)), str(tags), state))
+        rows.append((item.run_id, stamp, str(len(item.entries)), str(tags), _bin_state(item)))
+    damaged = trash.damaged()
+    rows += [(b.run_id, "?", "?", "?", f"damaged: {b.problem}") for b in damaged]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    sys.exit(EXIT_FAILURE if damaged else EXIT_OK)
+
+
+def _bin_state(item: TrashBin) -> str:
+    state = "collected (blobs may be gone)" if item.collected else "restorable"
+    if item.unconfirmed:
+        count = len(item.unconfirmed)
+        state += f"; {count} more {_plural(count, 'deletion')} unconfirmed (pass interrupted)"
+    return state
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else f"{noun}s"
 
 
 @main.command()
@@ -261,10 +279,12 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run async work; expected failures become one line on stderr and exit 1."""
     try:
         return asyncio.run(coroutine)
+    except PassInterrupted as exc:
+        _fail(str(exc), EXIT_INTERRUPTED)
     except RetentionError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted")
+        _fail("interrupted", EXIT_INTERRUPTED)
 
 
 def _guard(action: Callable[[], T]) -> T:
@@ -324,7 +344,11 @@ def _exit_code(result: RunResult) -> int:
 
 
 class Progress:
-    """A one-line progress counter on stderr, only when stderr is a terminal."""
+    """One progress line per phase on stderr, only when stderr is a terminal.
+
+    Called as ``update(phase, done, total)``. The line is redrawn in place and erased
+    before anything else is written (``clear``), so it never runs into a log line.
+    """
 
     def __init__(self, stream: Any = None) -> None:
         self._stream = stream or sys.stderr
@@ -335,14 +359,18 @@ class Progress:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         if self._shown:
             self._stream.write("\r\033[K")
             self._stream.flush()
+            self._shown = False
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, phase: str, done: int, total: int) -> None:
         if not self._active:
             return
         share = f" {100 * done // total}%" if total else ""
-        self._stream.write(f"\rscanning: {done}/{total} tags{share}")
+        self._stream.write(f"\r\033[K{phase}: {done}/{total}{share}")
         self._stream.flush()
         self._shown = True

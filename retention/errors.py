@@ -14,7 +14,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    └── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
 """
 
 from __future__ import annotations
@@ -95,3 +96,17 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class PassInterrupted(RetentionError):
+    """The pass was cancelled while deleting; the trash bin holds what was confirmed."""
+
+    def __init__(self, deleted: int, planned: int, run_id: str) -> None:
+        self.deleted = deleted
+        self.planned = planned
+        self.run_id = run_id
+        noun = "deletion" if planned == 1 else "deletions"
+        super().__init__(
+            f"interrupted after {deleted} of {planned} {noun} "
+            f"(the trash of run {run_id} lists the confirmed ones)"
+        )

@@ -18,14 +18,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retention.apply import executor
-from retention.apply.trash import Trash, TrashBin, new_run_id
+from retention.apply.trash import BinWriter, Trash, TrashBin, TrashError, new_run_id
 from retention.apply.verify import verify
 from retention.core import planner
-from retention.core.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
+from retention.core.model import (
+    GcResult,
+    Inventory,
+    Outcome,
+    PhaseProgress,
+    Plan,
+    RunResult,
+    StorageUsage,
+)
 from retention.core.policy import Policy, format_duration
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
+    PassInterrupted,
     RegistryError,
     RetentionError,
     StorageError,
@@ -35,7 +44,7 @@ from retention.gc.command import CommandCollector
 from retention.gc.disk_usage import LocalStorage, StorageProbe
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
-from retention.scan.inventory import ProgressCallback, collect
+from retention.scan.inventory import collect
 from retention.scan.push_times import with_push_times
 from retention.scan.subjects import confirm_subjects
 from retention.state.lock import exclusive
@@ -59,7 +68,7 @@ async def run_pass(
     *,
     dry_run: bool = False,
     force: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: PhaseProgress | None = None,
     clock: Clock = utc_now,
 ) -> RunResult:
     """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock."""
@@ -70,12 +79,17 @@ async def run_pass(
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
             plan = await _scan_and_plan(client, policy, progress, clock)
-            result = await _apply(client, policy, plan, force=force, clock=clock)
+            result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
     return _finished(result, started)
 
 
 async def apply_plan(
-    policy: Policy, plan: Plan, *, force: bool = False, clock: Clock = utc_now
+    policy: Policy,
+    plan: Plan,
+    *,
+    force: bool = False,
+    clock: Clock = utc_now,
+    progress: PhaseProgress | None = None,
 ) -> RunResult:
     """Carry out a reviewed plan: only what it lists, each tag re-checked before deletion."""
     started = time.monotonic()
@@ -85,12 +99,12 @@ async def apply_plan(
                 f"the plan is for {plan.registry}, the policy's registry is {client.url}"
             )
         with exclusive(policy.state_dir):
-            result = await _apply(client, policy, plan, force=force, clock=clock)
+            result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
     return _finished(result, started)
 
 
 async def _scan_and_plan(
-    client: RegistryClient, policy: Policy, progress: ProgressCallback | None, clock: Clock
+    client: RegistryClient, policy: Policy, progress: PhaseProgress | None, clock: Clock
 ) -> Plan:
     inventory = await _inventory(client, policy, progress)
     plan = planner.plan(policy, inventory, clock())
@@ -110,46 +124,72 @@ async def _scan_and_plan(
 
 
 async def _inventory(
-    client: RegistryClient, policy: Policy, progress: ProgressCallback | None
+    client: RegistryClient, policy: Policy, progress: PhaseProgress | None
 ) -> Inventory:
     """The scan (manifests cached by digest), signed subjects and push times."""
     cache = ManifestCache(policy.state_dir)
-    scanned = await collect(client, progress=progress, cache=cache)
+    scanned = await collect(client, progress=_phase(progress, "scan"), cache=cache)
     inventory = await confirm_subjects(client, scanned)
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)
     return inventory
 
 
+def _phase(progress: PhaseProgress | None, phase: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(phase, done, total)
+
+
 async def _apply(
-    client: RegistryClient, policy: Policy, plan: Plan, *, force: bool, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    *,
+    force: bool,
+    clock: Clock,
+    progress: PhaseProgress | None = None,
 ) -> RunResult:
     over = planner.check_budget(plan, policy.safety)
     if over is not None and not force:
         log.error("safety limit exceeded", reason=over)
         return RunResult(plan, dry_run=False, errors=(over,))
     with docker_engine(policy) as engine:
-        return await _delete_and_collect(client, policy, plan, engine, clock)
+        return await _delete_and_collect(client, policy, plan, engine, clock, progress)
 
 
 async def _delete_and_collect(
-    client: RegistryClient, policy: Policy, plan: Plan, engine: Any, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    engine: Any,
+    clock: Clock,
+    progress: PhaseProgress | None,
 ) -> RunResult:
     now = clock()
     run_id = new_run_id(now)
     trash = Trash(policy.state_dir)
     probe = storage_probe(policy, engine)
     before = _measure(probe, "before")
+    trash_bin = trash.open_bin(run_id, plan.registry, now)
     try:
-        applied = await executor.apply(client, plan, trash.open_bin(run_id, plan.registry, now))
+        applied = await executor.apply(client, plan, trash_bin, progress)
     except DeleteDisabled as exc:
-        return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
+        errors = (str(exc), *_commit(trash_bin))
+        return RunResult(plan, dry_run=False, errors=errors, run_id=run_id)
+    except asyncio.CancelledError:
+        _commit(trash_bin)
+        planned = sum(len(r.deletions) for r in plan.repositories if not r.skipped)
+        raise PassInterrupted(len(trash_bin.confirmed), planned, run_id) from None
+    bin_problems = _commit(trash_bin)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
     problems = await _verify(client, policy, plan, "after deletion") if deleted else []
     gc, errors = await _collect_garbage(client, policy, trash, engine, clock())
+    errors = (*bin_problems, *errors)
     if gc is not None and gc.ran:
         problems += await _verify(client, policy, plan, "after gc")
     trash.prune(policy.trash.keep, clock())
+    errors = (*errors, *_damaged_bins(trash))
     after = _measure(probe, "after") if before is not None else None
     return RunResult(
         plan,
@@ -161,6 +201,24 @@ async def _delete_and_collect(
         run_id=run_id,
         verification=tuple(problems),
     )
+
+
+def _commit(trash_bin: BinWriter) -> tuple[str, ...]:
+    """Write the bin's confirmed state; a failure is reported with the pass, not raised."""
+    try:
+        trash_bin.commit()
+    except TrashError as exc:
+        log.error("trash not written", run_id=trash_bin.contents.run_id, error=str(exc))
+        return (f"trash: {exc}",)
+    return ()
+
+
+def _damaged_bins(trash: Trash) -> tuple[str, ...]:
+    """Bins whose index cannot be read: their deletions may be uncollected or unrestorable."""
+    problems = tuple(f"trash bin {b.run_id} is damaged: {b.problem}" for b in trash.damaged())
+    for problem in problems:
+        log.error("trash bin damaged", problem=problem)
+    return problems
 
 
 async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str) -> list[str]:
@@ -194,7 +252,10 @@ async def _collect_garbage(
         return GcResult(mode=policy.gc.mode, skipped=why_not), ()
     result, errors = await _run_collector(client, policy, engine)
     if result.error is None:
-        trash.mark_collected([b.run_id for b in pending])
+        unmarked = trash.mark_collected([b.run_id for b in pending])
+        for problem in unmarked:
+            log.error("trash not marked collected", problem=problem)
+        errors = (*errors, *unmarked)
     return result, errors
 
 

@@ -7,7 +7,7 @@ vocabulary, and lets tests build inventories by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -244,3 +244,11 @@ class RunResult:
 # How a whole pass ended, as the daemon counts and files it.
 PassOutcome = Literal["success", "failure", "dry_run"]
 OUTCOMES: tuple[PassOutcome, ...] = ("success", "failure", "dry_run")
+
+
+PhaseProgress = Callable[[str, int, int], None]
+"""Told (phase, done, total) as a pass works: scan, trash, delete, gc, verify.
+
+The total is known before the first call of a phase and does not grow; the CLI draws it
+at a terminal, everything else may ignore it.
+"""
