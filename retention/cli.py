@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -186,19 +186,37 @@ def apply(plan_file: Path, config_path: Path, force: bool, fmt: str, output: Pat
 def restore_command(
     run_id: str, config_path: Path, repository: str | None, tag: str | None, force: bool
 ) -> None:
-    """Push manifests a pass deleted back from the trash, until GC removes their blobs."""
+    """Push manifests a pass deleted back from the trash, until GC removes their blobs.
+
+    Restored tags are then held: every pass keeps them for trash.hold_restored (default
+    7d), or until `retention trash release`.
+    """
     from retention.apply import restore
     from retention.apply.trash import Trash
+    from retention.runner import utc_now
+    from retention.state.holds import HoldStore
+    from retention.state.lock import exclusive
 
     policy = _load(config_path).policy
     trash = Trash(policy.state_dir)
     _, entries = _guard(
         lambda: restore.select(trash, run_id, repository=repository, tag=tag, force=force)
     )
-    results = _run(_restore(policy, trash, run_id, entries))
+    # Under the pass lock: a pass must not plan between the push and the hold.
+    with _guard(lambda: exclusive(policy.state_dir)):
+        results = _run(_restore(policy, trash, run_id, entries))
+        holds = HoldStore(policy.state_dir)
+        hold_for = policy.trash.hold_restored
+        added = _guard(lambda: restore.record(trash, holds, run_id, results, utc_now(), hold_for))
     for item in results:
         state = f"failed: {item.error}" if item.error else "restored"
         click.echo(f"{item.repository}: {', '.join(item.references)} ({item.digest}) {state}")
+    if added:
+        until = report.timestamp(added[0].until)
+        click.echo(
+            f"held until {until} (trash.hold_restored): {len(added)} "
+            f"{_plural(len(added), 'tag')}; `retention trash release {run_id}` ends it sooner"
+        )
     sys.exit(EXIT_FAILURE if any(item.error for item in results) else EXIT_OK)
 
 
@@ -218,17 +236,69 @@ def trash_list(config_path: Path) -> None:
 
     policy = _load(config_path).policy
     trash = Trash(policy.state_dir)
-    rows = [("RUN", "DELETED AT", "MANIFESTS", "TAGS", "STATE")]
+    rows = [("RUN", "DELETED AT", "MANIFESTS", "TAGS", "RESTORED", "STATE")]
     for item in trash.bins():
         tags = sum(len(e.tags) for e in item.entries)
         stamp = report.timestamp(item.deleted_at)
-        rows.append((item.run_id, stamp, str(len(item.entries)), str(tags), _bin_state(item)))
+        counts = (str(len(item.entries)), str(tags), str(len(item.restored)))
+        rows.append((item.run_id, stamp, *counts, _bin_state(item)))
     damaged = trash.damaged()
-    rows += [(b.run_id, "?", "?", "?", f"damaged: {b.problem}") for b in damaged]
+    rows += [(b.run_id, "?", "?", "?", "?", f"damaged: {b.problem}") for b in damaged]
+    _table(rows)
+    _list_holds(policy)
+    sys.exit(EXIT_FAILURE if damaged else EXIT_OK)
+
+
+def _list_holds(policy: Policy) -> None:
+    """Restored tags every pass keeps for now, under the bins."""
+    from retention.runner import utc_now
+    from retention.state.holds import HoldStore
+
+    holds = _guard(lambda: HoldStore(policy.state_dir).active(utc_now()))
+    if holds:
+        click.echo("")
+        rows = [("HELD TAG", "RESTORED FROM", "UNTIL")]
+        for hold in holds:
+            until = report.timestamp(hold.until)
+            rows.append((f"{hold.repository}:{hold.tag}", hold.run_id, until))
+        _table(rows)
+
+
+@trash.command("release")
+@click.argument("run_id", required=False)
+@config_option
+@click.option("--repository", help="Only this repository.")
+@click.option("--tag", help="Only this tag.")
+def trash_release(
+    run_id: str | None, config_path: Path, repository: str | None, tag: str | None
+) -> None:
+    """End the hold on restored tags (all of them, or those of RUN_ID, --repository, --tag).
+
+    The next pass then decides them by the rules again.
+
+    \b
+    Examples:
+      retention trash release 20261127T030000Z-3fa9c1 -c policies.yml
+      retention trash release -c policies.yml --repository app --tag v1.4.0
+    """
+    from retention.runner import utc_now
+    from retention.state.holds import HoldStore
+
+    policy = _load(config_path).policy
+    store = HoldStore(policy.state_dir)
+    released = _guard(
+        lambda: store.release(utc_now(), run_id=run_id, repository=repository, tag=tag)
+    )
+    for hold in released:
+        click.echo(f"released {hold.repository}:{hold.tag} (restored from {hold.run_id})")
+    if not released:
+        click.echo("no hold matched", err=True)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    sys.exit(EXIT_FAILURE if damaged else EXIT_OK)
 
 
 def _bin_state(item: TrashBin) -> str:

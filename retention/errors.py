@@ -15,6 +15,7 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
     ├── StorageError           storage could not be measured
+    ├── HoldsError             the file of restored tags' holds cannot be read or written
     └── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
 """
 
@@ -96,6 +97,10 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class HoldsError(RetentionError):
+    """``state_dir/holds.json`` cannot be read or written; the pass stops (fail closed)."""
 
 
 class PassInterrupted(RetentionError):

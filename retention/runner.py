@@ -47,6 +47,7 @@ from retention.registry.client import RegistryClient
 from retention.scan.inventory import collect
 from retention.scan.push_times import with_push_times
 from retention.scan.subjects import confirm_subjects
+from retention.state.holds import HoldStore
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
 
@@ -107,7 +108,7 @@ async def _scan_and_plan(
     client: RegistryClient, policy: Policy, progress: PhaseProgress | None, clock: Clock
 ) -> Plan:
     inventory = await _inventory(client, policy, progress)
-    plan = planner.plan(policy, inventory, clock())
+    plan = planner.plan(policy, inventory, clock(), HoldStore(policy.state_dir).load())
     summary = plan.summary
     log.info(
         "plan made",

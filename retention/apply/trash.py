@@ -48,6 +48,16 @@ class TrashEntry:
 
 
 @dataclass(frozen=True)
+class RestoredEntry:
+    """A manifest ``retention restore`` pushed back from this bin, and when (ISO 8601)."""
+
+    repository: str
+    digest: str
+    references: tuple[str, ...]
+    at: str
+
+
+@dataclass(frozen=True)
 class TrashBin:
     run_id: str
     registry: str
@@ -56,6 +66,7 @@ class TrashBin:
     entries: tuple[TrashEntry, ...] = field(default_factory=tuple)
     unconfirmed: tuple[TrashEntry, ...] = field(default_factory=tuple)
     """Sent but never answered (or, in a write-ahead index, not yet sent): may be deleted."""
+    restored: tuple[RestoredEntry, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,13 @@ class Trash:
             except TrashError as exc:
                 problems.append(f"trash bin {run_id} not marked collected: {exc}")
         return problems
+
+    def mark_restored(self, run_id: str, restored: list[RestoredEntry]) -> None:
+        """Record what was pushed back, so ``trash list`` can show it."""
+        if restored:
+            contents = self.get(run_id)
+            everything = (*contents.restored, *restored)
+            _write_index(self.root / run_id, replace(contents, restored=everything))
 
     def prune(self, keep: timedelta, now: datetime) -> list[str]:
         """Remove bins older than ``keep``; returns their run ids."""
@@ -217,6 +235,10 @@ def _load(path: Path) -> TrashBin:
             collected=bool(data["collected"]),
             entries=_entries(data["entries"]),
             unconfirmed=_entries(data.get("unconfirmed", ())),
+            restored=tuple(
+                RestoredEntry(r["repository"], r["digest"], tuple(r["references"]), r["at"])
+                for r in data.get("restored", ())
+            ),
         )
     except FileNotFoundError:
         raise TrashError(f"{path / INDEX} is missing") from None

@@ -67,6 +67,27 @@ class Repository:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A tag ``retention restore`` pushed back: kept by every plan until ``until``.
+
+    Without it the next pass would delete the restored image again, by the same rule.
+    """
+
+    repository: str
+    tag: str
+    run_id: str
+    restored_at: datetime
+    until: datetime
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"restored from {self.run_id} on {self.restored_at.date().isoformat()} "
+            f"(held until {self.until.strftime('%Y-%m-%d %H:%M')}Z)"
+        )
+
+
+@dataclass(frozen=True)
 class Inventory:
     registry: str
     repositories: tuple[Repository, ...] = ()

@@ -22,6 +22,7 @@ from retention.core import artifacts
 from retention.core.model import (
     Action,
     DeletionKind,
+    Hold,
     Inventory,
     Manifest,
     ManifestDeletion,
@@ -34,9 +35,18 @@ from retention.core.model import (
 from retention.core.policy import Policy, Rule, Safety, format_duration
 
 
-def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:
-    """The whole plan for one pass; ``now`` is the reference time for every age."""
-    repositories = tuple(plan_repository(policy, r, now) for r in inventory.repositories)
+def plan(policy: Policy, inventory: Inventory, now: datetime, holds: Iterable[Hold] = ()) -> Plan:
+    """The whole plan for one pass; ``now`` is the reference time for every age.
+
+    ``holds`` (restored tags) still in force at ``now`` are kept like protected tags.
+    """
+    active: dict[str, dict[str, Hold]] = {}
+    for hold in holds:
+        if hold.until > now:
+            active.setdefault(hold.repository, {})[hold.tag] = hold
+    repositories = tuple(
+        plan_repository(policy, r, now, active.get(r.name, {})) for r in inventory.repositories
+    )
     return Plan(
         registry=inventory.registry,
         created_at=now,
@@ -45,14 +55,19 @@ def plan(policy: Policy, inventory: Inventory, now: datetime) -> Plan:
     )
 
 
-def plan_repository(policy: Policy, repository: Repository, now: datetime) -> RepositoryPlan:
+def plan_repository(
+    policy: Policy,
+    repository: Repository,
+    now: datetime,
+    holds: Mapping[str, Hold] | None = None,
+) -> RepositoryPlan:
     """Rules, grace and the digest holds for images; artifacts follow; then the budget."""
     found = {
         name: attachment
         for name, attachment in artifacts.attachments(repository).items()
         if policy.protecting_pattern(name) is None
     }
-    images = _by_rules(policy, repository, now, skip=found)
+    images = _by_rules(policy, repository, now, skip=found, holds=holds or {})
     images = _within_grace(images, repository, policy.safety.grace_period, now)
     images = _hold_needed_digests(images, repository.manifests)
     held = repository.error is None and _over_fraction(images, policy.safety)
@@ -94,8 +109,10 @@ def _by_rules(
     repository: Repository,
     now: datetime,
     skip: Mapping[str, object],
+    holds: Mapping[str, Hold],
 ) -> tuple[TagDecision, ...]:
-    """Protect first, then the first rule that claims each tag; the rest are kept.
+    """Protect first, then restored tags (``holds``), then the first rule that claims each
+    tag; the rest are kept.
 
     Artifact tags (``skip``, never protected ones) are left to ``artifacts.decide``.
     """
@@ -109,6 +126,8 @@ def _by_rules(
             continue
         if pattern is not None:
             decisions.append(_keep(tag, created, None, f"protected by {pattern!r}"))
+        elif tag.name in holds:
+            decisions.append(_keep(tag, created, None, holds[tag.name].reason))
         elif rule is None:
             decisions.append(_keep(tag, created, None, "matched no rule"))
         else:

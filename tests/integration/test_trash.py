@@ -254,3 +254,34 @@ def test_saving_two_thousand_manifests_writes_the_index_twice_not_per_manifest(
     assert len(committed.entries) == 1000 and committed.unconfirmed == ()
     assert len(os.listdir(where / "manifests")) == 2000
     assert elapsed < 5, f"{elapsed:.1f}s"
+
+
+def test_a_restored_tag_is_held_by_the_next_pass_until_released(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    old = seeder.image("app", ["v1"], ago(9), unique="old")
+    seeder.image("app", ["v2"], ago(1), unique="new")
+    policy = write_policy(
+        tmp_path / "p.yml", registry_server.url, BUILDS, **command_gc(registry_server, delay="1h")
+    )
+    run_id = retention("run", "-c", str(policy), "--format", "json").json()["run_id"]
+
+    restored = retention("restore", run_id, "-c", str(policy), "--tag", "v1")
+    next_pass = retention("run", "-c", str(policy), "--format", "json")
+    listed = retention("trash", "list", "-c", str(policy))
+    released = retention("trash", "release", run_id, "-c", str(policy))
+    after_release = retention("plan", "-c", str(policy), "--format", "json")
+
+    assert restored.code == 0, restored.stderr
+    assert "held until" in restored.stdout
+    assert next_pass.code == 0, next_pass.stderr
+    (v1,) = [t for r in next_pass.json()["repositories"] for t in r["tags"] if t["tag"] == "v1"]
+    assert v1["action"] == "keep"
+    assert v1["reason"].startswith(f"restored from {run_id} on {NOW.date().isoformat()}")
+    assert seeder.digest("app", "v1") == old
+    header, row = listed.stdout.splitlines()[:2]
+    assert "RESTORED" in header and row.split()[4] == "1"
+    assert "app:v1" in listed.stdout and "HELD TAG" in listed.stdout
+    assert released.code == 0 and "released app:v1" in released.stdout
+    (v1,) = [t for r in after_release.json()["repositories"] for t in r["tags"] if t["tag"] == "v1"]
+    assert v1["action"] == "delete"

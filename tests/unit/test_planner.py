@@ -538,3 +538,33 @@ def test_signature_of_a_deleted_platform_waits_for_that_platform() -> None:
     by_digest = {d.digest: d for d in result.repositories[0].deletions}
     assert by_digest["sha256:sig-amd"].parents == (amd.digest,)
     assert by_digest[amd.digest].kind is DeletionKind.CHILD
+
+
+def test_a_restored_tag_is_held_with_its_run_and_date_until_the_hold_ends() -> None:
+    from retention.core.model import Hold
+
+    restored = days_ago(1)
+    hold = Hold("app/web", "b4", "20261126T120000Z-abc123", restored, restored + timedelta(7))
+    p = policy({"name": "all", "keep_last": 2})
+    inventory = Inventory("http://127.0.0.1:5000", (five_builds(),))
+
+    held = decisions(plan(p, inventory, NOW, [hold]))
+    expired = decisions(plan(p, inventory, NOW + timedelta(days=7), [hold]))
+
+    assert held["b4"] == (
+        Action.KEEP,
+        "restored from 20261126T120000Z-abc123 on 2026-11-26 (held until 2026-12-03 12:00Z)",
+    )
+    assert held["b3"][0] is Action.DELETE
+    assert expired["b4"][0] is Action.DELETE
+
+
+def test_a_hold_in_another_repository_keeps_nothing_here() -> None:
+    from retention.core.model import Hold
+
+    hold = Hold("app/other", "b4", "run", days_ago(1), days_ago(-6))
+    p = policy({"name": "all", "keep_last": 2})
+
+    result = plan(p, Inventory("http://127.0.0.1:5000", (five_builds(),)), NOW, [hold])
+
+    assert actions(result)["b4"] == "delete"
