@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -172,7 +173,8 @@ def apply(plan_file: Path, config_path: Path, force: bool, fmt: str, output: Pat
     """Carry out a reviewed plan (from `plan --format json`): only what it lists."""
     policy = _load(config_path).policy
     plan = _read_plan(plan_file)
-    result = _run(apply_plan(policy, plan, force=force))
+    with Progress() as progress:
+        result = _run(apply_plan(policy, plan, force=force, progress=progress.update))
     _emit(result, fmt, output)
     sys.exit(_exit_code(result))
 
@@ -414,22 +416,50 @@ def _exit_code(result: RunResult) -> int:
 
 
 class Progress:
-    """One progress line per phase on stderr, only when stderr is a terminal.
+    """One progress line on stderr, ``phase: done/total NN%``, only at a terminal.
 
-    Called as ``update(phase, done, total)``. The line is redrawn in place and erased
-    before anything else is written (``clear``), so it never runs into a log line.
+    While it is active, ``sys.stderr`` is a stream that erases the line before anything
+    else is written there (log lines, ``error:`` lines) and draws it again after, so the
+    two never run together. Redrawn at most every 0.1 s within a phase; the phase name is
+    bold unless ``NO_COLOR`` is set; nothing at all when ``TERM=dumb``.
     """
+
+    REDRAW_S = 0.1
 
     def __init__(self, stream: Any = None) -> None:
         self._stream = stream or sys.stderr
-        self._active = bool(getattr(self._stream, "isatty", lambda: False)())
+        tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._active = tty and os.environ.get("TERM") != "dumb"
+        self._color = not logs.no_color()
+        self._line = ""
         self._shown = False
+        self._phase = ""
+        self._drawn_at = 0.0
+        self._saved: Any = None
 
     def __enter__(self) -> Progress:
+        if self._active:
+            self._saved, sys.stderr = sys.stderr, _AroundProgress(self._stream, self)
         return self
 
     def __exit__(self, *_: object) -> None:
         self.clear()
+        self._line = ""
+        if self._saved is not None:
+            sys.stderr, self._saved = self._saved, None
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        if not self._active:
+            return
+        now = time.monotonic()
+        recent = now - self._drawn_at < self.REDRAW_S
+        if phase == self._phase and done < total and recent:
+            return
+        self._phase, self._drawn_at = phase, now
+        share = f" {100 * done // total}%" if total else ""
+        name = f"\033[1m{phase}\033[0m" if self._color else phase
+        self._line = f"{name}: {done}/{total}{share}"
+        self.resume()
 
     def clear(self) -> None:
         if self._shown:
@@ -437,10 +467,29 @@ class Progress:
             self._stream.flush()
             self._shown = False
 
-    def update(self, phase: str, done: int, total: int) -> None:
-        if not self._active:
-            return
-        share = f" {100 * done // total}%" if total else ""
-        self._stream.write(f"\r\033[K{phase}: {done}/{total}{share}")
+    def resume(self) -> None:
+        if self._line:
+            self._stream.write(f"\r\033[K{self._line}")
+            self._stream.flush()
+            self._shown = True
+
+
+class _AroundProgress:
+    """stderr while a progress line is shown: erase it, write, draw it again after a line."""
+
+    def __init__(self, stream: Any, progress: Progress) -> None:
+        self._stream = stream
+        self._progress = progress
+
+    def write(self, text: str) -> int:
+        self._progress.clear()
+        written: int = self._stream.write(text)
+        if text.endswith("\n"):
+            self._progress.resume()
+        return written
+
+    def flush(self) -> None:
         self._stream.flush()
-        self._shown = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

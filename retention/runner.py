@@ -184,11 +184,11 @@ async def _delete_and_collect(
         raise PassInterrupted(len(trash_bin.confirmed), planned, run_id) from None
     bin_problems = _commit(trash_bin)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
-    problems = await _verify(client, policy, plan, "after deletion") if deleted else []
-    gc, errors = await _collect_garbage(client, policy, trash, engine, clock())
+    problems = await _verify(client, policy, plan, "after deletion", progress) if deleted else []
+    gc, errors = await _collect_garbage(client, policy, trash, engine, clock(), progress)
     errors = (*bin_problems, *errors)
     if gc is not None and gc.ran:
-        problems += await _verify(client, policy, plan, "after gc")
+        problems += await _verify(client, policy, plan, "after gc", progress)
     trash.prune(policy.trash.keep, clock())
     errors = (*errors, *_damaged_bins(trash))
     after = _measure(probe, "after") if before is not None else None
@@ -222,10 +222,17 @@ def _damaged_bins(trash: Trash) -> tuple[str, ...]:
     return problems
 
 
-async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str) -> list[str]:
+async def _verify(
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    when: str,
+    progress: PhaseProgress | None = None,
+) -> list[str]:
     if not policy.verify.enabled:
         return []
-    problems = [f"{when}: {p}" for p in await verify(client, plan, policy.verify.blobs)]
+    found = await verify(client, plan, policy.verify.blobs, progress)
+    problems = [f"{when}: {p}" for p in found]
     for problem in problems:
         log.error("verification failed", problem=problem)
     if not problems:
@@ -237,7 +244,12 @@ async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str)
 
 
 async def _collect_garbage(
-    client: RegistryClient, policy: Policy, trash: Trash, engine: Any, now: datetime
+    client: RegistryClient,
+    policy: Policy,
+    trash: Trash,
+    engine: Any,
+    now: datetime,
+    progress: PhaseProgress | None = None,
 ) -> tuple[GcResult | None, tuple[str, ...]]:
     """GC when deletions wait for it and the oldest is older than ``gc.delay``.
 
@@ -251,7 +263,11 @@ async def _collect_garbage(
     if why_not is not None:
         log.info("gc skipped", mode=policy.gc.mode, reason=why_not)
         return GcResult(mode=policy.gc.mode, skipped=why_not), ()
+    if progress is not None:
+        progress("gc", 0, 1)
     result, errors = await _run_collector(client, policy, engine)
+    if progress is not None:
+        progress("gc", 1, 1)
     if result.error is None:
         unmarked = trash.mark_collected([b.run_id for b in pending])
         for problem in unmarked:
