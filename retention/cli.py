@@ -81,10 +81,17 @@ def main(log_format: logs.LogFormat, log_level: str) -> None:
 @main.command()
 @config_option
 def check(config_path: Path) -> None:
-    """Validate the policy file; contacts nothing."""
+    """Validate the policy file; contacts nothing (it does look for the GC programs).
+
+    A gc command whose program is not on this host is a warning, not an error: the file
+    may be checked here for a pass that runs elsewhere (a container, a sidecar).
+    """
+    from retention.gc.command import missing_programs
+
     loaded = _load(config_path)
     policy = loaded.policy
-    for warning in loaded.warnings:
+    missing = missing_programs(policy.gc) if policy.gc.mode == "command" else []
+    for warning in (*loaded.warnings, *(f"{m} on this host" for m in missing)):
         click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{config_path}: ok ({len(policy.rules)} rules, {len(policy.protect)} protected patterns, "

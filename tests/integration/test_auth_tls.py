@@ -436,6 +436,18 @@ def test_htpasswd_a_wrong_password_is_exit_1_with_one_line(
     assert line.count("\n") == 0
 
 
+def test_htpasswd_without_credentials_configured_says_so_and_how_to_configure_them(
+    tmp_path: Path, htpasswd_registry: RegistryServer
+) -> None:
+    policy = write_policy(tmp_path / "p.yml", htpasswd_registry.url, BUILDS)
+
+    result = retention("plan", "-c", str(policy))
+
+    line = assert_one_clean_error(result, "requires authentication", "401")
+    assert "no credentials are configured" in line and "registry.username" in line
+    assert "refused our credentials" not in result.stderr
+
+
 # --- (b) token auth ---------------------------------------------------------------------
 
 
