@@ -44,19 +44,53 @@ config_option = click.option(
     envvar="RETENTION_CONFIG",
     help="Policy file (YAML). Env: RETENTION_CONFIG.",
 )
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(report.FORMATS),
-    default="table",
-    show_default=True,
-    help="Report format.",
-)
+
+
+def _deprecated_format(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    """``--format`` was the format before ``-o/--output`` (kubectl's spelling) took over."""
+    if value is not None:
+        click.echo("warning: --format is deprecated; use -o/--output FORMAT", err=True)
+        ctx.meta["retention.format"] = value
+
+
+def format_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o/--output FORMAT`` (kubectl's), and ``--format`` kept as a deprecated alias.
+
+    ``--output`` used to take a file name: ``--output plan.json`` is now refused as an
+    invalid format instead of silently writing the table to a file named ``json``.
+    """
+    command = click.option(
+        "--format",
+        "legacy_format",
+        type=click.Choice(report.FORMATS),
+        hidden=True,
+        expose_value=False,
+        callback=_deprecated_format,
+        help="Deprecated: use -o/--output.",
+    )(command)
+    return click.option(
+        "-o",
+        "--output",
+        "fmt",
+        type=click.Choice(report.FORMATS),
+        default=None,
+        help="Report format: table (default), wide (kind, size, pushed), json, markdown.",
+    )(command)
+
+
 output_option = click.option(
-    "--output",
+    "-f",
+    "--output-file",
+    "output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the report to this file (atomically) instead of stdout.",
 )
+
+
+def _format(fmt: str | None) -> str:
+    """-o wins; else the deprecated --format; else the table."""
+    legacy = click.get_current_context().meta.get("retention.format")
+    return fmt or legacy or "table"
 
 
 @click.group(
@@ -103,9 +137,16 @@ def check(config_path: Path) -> None:
 @config_option
 @format_option
 @output_option
-def plan(config_path: Path, fmt: str, output: Path | None) -> None:
-    """Show what a pass would delete and why; deletes nothing."""
-    _one_pass(config_path, fmt, output, dry_run=True, force=False)
+def plan(config_path: Path, fmt: str | None, output: Path | None) -> None:
+    """Show what a pass would delete and why; deletes nothing.
+
+    \b
+    Examples:
+      retention plan -c policies.yml
+      retention plan -c policies.yml -o wide
+      retention plan -c policies.yml -o json -f plan.json   # then: retention apply plan.json
+    """
+    _one_pass(config_path, _format(fmt), output, dry_run=True, force=False, yes=True)
 
 
 @main.command()
@@ -114,22 +155,66 @@ def plan(config_path: Path, fmt: str, output: Path | None) -> None:
 @click.option(
     "--force", is_flag=True, help="Apply even when the plan exceeds safety.max_deletions."
 )
+@click.option(
+    "-y", "--yes", is_flag=True, help="Do not ask for confirmation at a terminal before deleting."
+)
 @format_option
 @output_option
-def run(config_path: Path, dry_run: bool, force: bool, fmt: str, output: Path | None) -> None:
-    """One full pass: plan, delete by digest, garbage-collect, measure storage."""
-    _one_pass(config_path, fmt, output, dry_run=dry_run, force=force)
+def run(
+    config_path: Path,
+    dry_run: bool,
+    force: bool,
+    yes: bool,
+    fmt: str | None,
+    output: Path | None,
+) -> None:
+    """One full pass: plan, delete by digest, garbage-collect, measure storage.
+
+    At a terminal (stdin a TTY) it asks before deleting anything, unless --yes; from cron,
+    a pipeline or the daemon it never asks.
+
+    \b
+    Examples:
+      retention run -c policies.yml --dry-run     # the same report as `plan`
+      retention run -c policies.yml --yes -o json -f report.json
+    """
+    _one_pass(config_path, _format(fmt), output, dry_run=dry_run, force=force, yes=yes)
 
 
 def _one_pass(
-    config_path: Path, fmt: str, output: Path | None, *, dry_run: bool, force: bool
+    config_path: Path, fmt: str, output: Path | None, *, dry_run: bool, force: bool, yes: bool
 ) -> NoReturn:
     """`plan` is `run --dry-run`: one code path, so the preview cannot drift from the run."""
     policy = _load(config_path).policy
     with Progress() as progress:
-        result = _run(run_pass(policy, dry_run=dry_run, force=force, progress=progress.update))
+        confirm = None if yes or not _stdin_is_a_terminal() else _confirmer(progress)
+        pass_ = run_pass(
+            policy, dry_run=dry_run, force=force, progress=progress.update, confirm=confirm
+        )
+        result = _run(pass_)
     _emit(result, fmt, output)
     sys.exit(_exit_code(result))
+
+
+def _stdin_is_a_terminal() -> bool:
+    return bool(getattr(sys.stdin, "isatty", lambda: False)())
+
+
+def _confirmer(progress: Progress) -> Callable[[Plan], bool]:
+    """Ask once, after the plan and before the first deletion."""
+
+    def confirm(plan: Plan) -> bool:
+        progress.clear()
+        summary = plan.summary
+        manifests = summary.manifests_to_delete
+        question = (
+            f"delete {manifests} {_plural(manifests, 'manifest')} "
+            f"({summary.tags_to_delete} {_plural(summary.tags_to_delete, 'tag')}) "
+            f"from {plan.registry}?"
+        )
+        return click.confirm(question, default=False, err=True)
+
+    return confirm
 
 
 @main.command()
@@ -176,8 +261,17 @@ def serve(config_path: Path, run_now: bool, stop_timeout: float) -> None:
 )
 @format_option
 @output_option
-def apply(plan_file: Path, config_path: Path, force: bool, fmt: str, output: Path | None) -> None:
-    """Carry out a reviewed plan (from `plan --format json`): only what it lists."""
+def apply(
+    plan_file: Path, config_path: Path, force: bool, fmt: str | None, output: Path | None
+) -> None:
+    """Carry out a reviewed plan (from `plan -o json`): only what it lists.
+
+    \b
+    Examples:
+      retention plan -c policies.yml -o json -f plan.json
+      retention apply plan.json -c policies.yml
+    """
+    fmt = _format(fmt)
     policy = _load(config_path).policy
     plan = _read_plan(plan_file)
     with Progress() as progress:
@@ -324,8 +418,9 @@ def _plural(count: int, noun: str) -> str:
 
 @main.command()
 @format_option
-def demo(fmt: str) -> None:
+def demo(fmt: str | None) -> None:
     """Run a full pass against a throwaway local registry seeded with demo images."""
+    fmt = _format(fmt)
     from retention import demo as demo_registry
 
     with (

@@ -54,6 +54,7 @@ from retention.state.manifest_cache import ManifestCache
 Clock = Callable[[], datetime]
 log = get_logger(__name__)
 READY_POLL_S = 0.5
+NOT_CONFIRMED = "not confirmed at the prompt: nothing was deleted"
 
 
 def utc_now() -> datetime:
@@ -71,8 +72,13 @@ async def run_pass(
     force: bool = False,
     progress: PhaseProgress | None = None,
     clock: Clock = utc_now,
+    confirm: Callable[[Plan], bool] | None = None,
 ) -> RunResult:
-    """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock."""
+    """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock.
+
+    ``confirm`` (the CLI at a terminal) is asked before a plan that deletes anything is
+    applied; a no stops the pass with nothing deleted.
+    """
     started = time.monotonic()
     async with RegistryClient(policy.registry) as client:
         if dry_run:
@@ -80,6 +86,8 @@ async def run_pass(
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
             plan = await _scan_and_plan(client, policy, progress, clock)
+            if confirm is not None and plan.manifests_to_delete and not confirm(plan):
+                return RunResult(plan, dry_run=False, errors=(NOT_CONFIRMED,))
             result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
     return _finished(result, started)
 

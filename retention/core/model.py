@@ -109,6 +109,11 @@ class TagDecision:
     rule: str | None
     reason: str
     subject: str | None = None
+    kind: str = "image"
+    """image, index, platform (a tag on a child of an index) or signature; for reports."""
+    size: int | None = None
+    """Bytes of the manifest and every blob it (or its platforms) references."""
+    pushed: datetime | None = None
 
     @property
     def is_artifact(self) -> bool:

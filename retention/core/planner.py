@@ -79,13 +79,13 @@ def plan_repository(
     if repository.error is not None or held:
         return RepositoryPlan(
             name=repository.name,
-            decisions=_report_order(decisions),
+            decisions=_report_order(_described(decisions, repository)),
             error=repository.error,
             held=held or None,
         )
     return RepositoryPlan(
         name=repository.name,
-        decisions=_report_order(decisions),
+        decisions=_report_order(_described(decisions, repository)),
         deletions=_deletions(decisions, repository.manifests),
     )
 
@@ -396,6 +396,32 @@ def _keep(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> 
 
 def _delete(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
     return TagDecision(tag.name, tag.digest, created, Action.DELETE, rule, reason)
+
+
+def _described(decisions: Iterable[TagDecision], repository: Repository) -> list[TagDecision]:
+    """Kind, size and push time of each tag, for the wide report; decides nothing."""
+    pushed = {t.name: t.pushed for t in repository.tags}
+    children = {c for m in repository.manifests.values() for c in m.children}
+    described = []
+    for decision in decisions:
+        manifest = repository.manifests.get(decision.digest)
+        kind = _kind(decision, manifest, children)
+        size = _size(manifest, repository.manifests) if manifest else None
+        described.append(replace(decision, kind=kind, size=size, pushed=pushed.get(decision.tag)))
+    return described
+
+
+def _kind(decision: TagDecision, manifest: Manifest | None, children: set[str]) -> str:
+    if decision.is_artifact:
+        return "signature"
+    if manifest is not None and manifest.is_index:
+        return "index"
+    return "platform" if decision.digest in children else "image"
+
+
+def _size(manifest: Manifest, manifests: Mapping[str, Manifest]) -> int:
+    parts = [manifest, *(manifests[c] for c in manifest.children if c in manifests)]
+    return sum(m.size + sum(b.size for b in m.blobs) for m in parts)
 
 
 def _report_order(decisions: Iterable[TagDecision]) -> tuple[TagDecision, ...]:

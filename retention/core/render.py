@@ -24,7 +24,7 @@ from retention.core.model import (
 )
 from retention.errors import RetentionError
 
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "wide", "json", "markdown")
 
 
 def render(subject: Plan | RunResult, fmt: str) -> str:
@@ -33,6 +33,7 @@ def render(subject: Plan | RunResult, fmt: str) -> str:
     renderers: dict[str, Callable[[RunResult], str]] = {
         "json": render_json,
         "table": render_table,
+        "wide": render_wide,
         "markdown": render_markdown,
     }
     return renderers[fmt](result)
@@ -96,6 +97,9 @@ def _decision_dict(decision: TagDecision) -> dict[str, Any]:
         "rule": decision.rule,
         "reason": decision.reason,
         "subject": decision.subject,
+        "kind": decision.kind,
+        "size": decision.size,
+        "pushed": timestamp(decision.pushed) if decision.pushed else None,
     }
 
 
@@ -162,6 +166,9 @@ def _decision_from(data: dict[str, Any]) -> TagDecision:
         rule=data.get("rule"),
         reason=str(data["reason"]),
         subject=data.get("subject"),
+        kind=str(data.get("kind", "image")),
+        size=data.get("size"),
+        pushed=_parse_time(data["pushed"]) if data.get("pushed") else None,
     )
 
 
@@ -174,14 +181,24 @@ def _parse_time(text: str) -> datetime:
 _COLUMNS = ("TAG", "ACTION", "RULE", "CREATED", "DIGEST", "REASON")
 
 
-def render_table(result: RunResult) -> str:
+_WIDE_COLUMNS = ("TAG", "ACTION", "RULE", "KIND", "SIZE", "PUSHED", "CREATED", "DIGEST", "REASON")
+
+
+def render_table(result: RunResult, wide: bool = False) -> str:
+    columns = _WIDE_COLUMNS if wide else _COLUMNS
     lines: list[str] = [_headline(result), ""]
     for repository in result.plan.repositories:
         lines.append(_repository_title(repository))
-        lines.extend(_aligned([_COLUMNS, *(_row(d) for d in repository.decisions)], "  "))
+        rows = (_row(d, wide) for d in repository.decisions)
+        lines.extend(_aligned([columns, *rows], "  "))
         lines.append("")
     lines.extend(_footer(result))
     return "\n".join(lines) + "\n"
+
+
+def render_wide(result: RunResult) -> str:
+    """The table with KIND, SIZE and PUSHED: ``-o wide``, as kubectl has it."""
+    return render_table(result, wide=True)
 
 
 def render_markdown(result: RunResult) -> str:
@@ -216,12 +233,19 @@ def _repository_title(repository: RepositoryPlan) -> str:
     return title
 
 
-def _row(decision: TagDecision) -> tuple[str, ...]:
+def _row(decision: TagDecision, wide: bool = False) -> tuple[str, ...]:
+    created = timestamp(decision.created) if decision.created else "unknown"
+    extra: tuple[str, ...] = ()
+    if wide:
+        size = human_bytes(decision.size) if decision.size is not None else "?"
+        pushed = timestamp(decision.pushed) if decision.pushed else "unknown"
+        extra = (decision.kind, size, pushed)
     return (
         f"└ {decision.tag}" if decision.is_artifact else decision.tag,
         "DELETE" if decision.action is Action.DELETE else "keep",
         decision.rule or "-",
-        timestamp(decision.created) if decision.created else "unknown",
+        *extra,
+        created,
         short_digest(decision.digest),
         decision.reason,
     )

@@ -6,7 +6,7 @@ from cli_support import retention
 
 
 def test_the_demo_runs_a_full_pass_that_deletes_and_frees_space() -> None:
-    result = retention("demo", "--format", "json")
+    result = retention("demo", "-o", "json")
 
     assert result.code == 0, result.stderr
     report = result.json()

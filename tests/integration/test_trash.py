@@ -69,7 +69,7 @@ def test_the_bin_lists_the_deleted_manifests_once_confirmed(
     digests = [seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}") for i in range(4)]
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
 
-    run = retention("run", "-c", str(policy), "--format", "json")
+    run = retention("run", "-c", str(policy), "-o", "json")
 
     assert run.code == 0, run.stderr
     (only,) = Trash(tmp_path / "state").bins()
@@ -201,7 +201,7 @@ def test_a_bin_that_cannot_be_marked_collected_does_not_cost_the_report(
     sections["gc"]["command"] = [str(script)]
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **sections)
 
-    run = retention("run", "-c", str(policy), "--format", "json")
+    run = retention("run", "-c", str(policy), "-o", "json")
 
     assert run.code == 1
     no_traceback(run)
@@ -264,13 +264,13 @@ def test_a_restored_tag_is_held_by_the_next_pass_until_released(
     policy = write_policy(
         tmp_path / "p.yml", registry_server.url, BUILDS, **command_gc(registry_server, delay="1h")
     )
-    run_id = retention("run", "-c", str(policy), "--format", "json").json()["run_id"]
+    run_id = retention("run", "-c", str(policy), "-o", "json").json()["run_id"]
 
     restored = retention("restore", run_id, "-c", str(policy), "--tag", "v1")
-    next_pass = retention("run", "-c", str(policy), "--format", "json")
+    next_pass = retention("run", "-c", str(policy), "-o", "json")
     listed = retention("trash", "list", "-c", str(policy))
     released = retention("trash", "release", run_id, "-c", str(policy))
-    after_release = retention("plan", "-c", str(policy), "--format", "json")
+    after_release = retention("plan", "-c", str(policy), "-o", "json")
 
     assert restored.code == 0, restored.stderr
     assert "held until" in restored.stdout

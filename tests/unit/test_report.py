@@ -56,6 +56,9 @@ def test_json_plan_has_the_public_shape() -> None:
         "rule": "r",
         "reason": "beyond keep_last=1 (#2)",
         "subject": None,
+        "kind": "image",
+        "size": None,
+        "pushed": None,
     }
     assert data["repositories"][0]["delete"] == [DIGEST]
     assert data["summary"] == {
