@@ -509,6 +509,11 @@ def _exit_code(result: RunResult) -> int:
     for repository in result.plan.repositories:
         if repository.error:
             click.echo(f"error: {repository.name}: {repository.error}", err=True)
+        if repository.held:
+            level = "warning" if result.dry_run else "error"
+            click.echo(f"{level}: {repository.name}: HELD: {repository.held}", err=True)
+    if result.dry_run and result.plan.refused:
+        click.echo(f"warning: run will refuse this plan: {result.plan.refused}", err=True)
     for applied in result.applied:
         if applied.outcome is Outcome.FAILED:
             click.echo(f"error: {applied.repository}@{applied.digest}: {applied.detail}", err=True)

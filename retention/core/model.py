@@ -185,6 +185,8 @@ class Plan:
     created_at: datetime
     repositories: tuple[RepositoryPlan, ...]
     reclaimable_bytes: int = 0
+    refused: str | None = None
+    """Why ``run`` would apply none of it (``safety.max_deletions``), said in the plan."""
 
     @property
     def manifests_to_delete(self) -> int:
@@ -262,9 +264,16 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """False for any failure, and for a run that a safety limit held back anywhere.
+
+        A held repository deleted nothing the rules asked for: someone must look at the
+        rules (or raise the limit), so the pass says so with its exit code. A dry run only
+        reports the holds.
+        """
         failed = any(r.outcome is Outcome.FAILED for r in self.applied)
         unread = any(r.error for r in self.plan.repositories)
-        return not (self.errors or failed or unread or self.verification)
+        held = not self.dry_run and any(r.held for r in self.plan.repositories)
+        return not (self.errors or failed or unread or self.verification or held)
 
 
 # How a whole pass ended, as the daemon counts and files it.

@@ -47,12 +47,13 @@ def plan(policy: Policy, inventory: Inventory, now: datetime, holds: Iterable[Ho
     repositories = tuple(
         plan_repository(policy, r, now, active.get(r.name, {})) for r in inventory.repositories
     )
-    return Plan(
+    made = Plan(
         registry=inventory.registry,
         created_at=now,
         repositories=repositories,
         reclaimable_bytes=reclaimable_bytes(inventory, repositories),
     )
+    return replace(made, refused=check_budget(made, policy.safety))
 
 
 def plan_repository(

@@ -53,7 +53,7 @@ def to_dict(result: RunResult) -> dict[str, Any]:
         "dry_run": result.dry_run,
         "generated_at": timestamp(plan.created_at),
         "repositories": [_repository_dict(r) for r in plan.repositories],
-        "summary": asdict(plan.summary),
+        "summary": {**asdict(plan.summary), "refused": plan.refused},
     }
     if not result.dry_run:
         data["run_id"] = result.run_id
@@ -133,6 +133,7 @@ def plan_from_dict(data: Any) -> Plan:
             created_at=_parse_time(data["generated_at"]),
             repositories=tuple(_repository_from(r) for r in data["repositories"]),
             reclaimable_bytes=int(data["summary"]["reclaimable_bytes"]),
+            refused=data["summary"].get("refused"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanFileError(f"not a retention plan report ({type(exc).__name__}: {exc})") from exc
@@ -258,13 +259,39 @@ def _footer(result: RunResult) -> list[str]:
         f"{s.manifests_to_delete} manifests to delete, ~{human_bytes(s.reclaimable_bytes)} "
         "reclaimable",
     ]
-    if s.repositories_skipped:
-        lines.append(f"{s.repositories_skipped} repositories skipped or held (see above)")
+    lines.extend(_refusals(result))
     if not result.dry_run:
         lines.extend(_applied_lines(result))
     lines.extend(f"error: {e}" for e in result.errors)
     lines.extend(f"broken: {problem}" for problem in result.verification)
     return lines
+
+
+def _refusals(result: RunResult) -> list[str]:
+    """What `run` refuses (or refused): said in the plan, so a dry run is no surprise."""
+    plan = result.plan
+    lines = []
+    unread = sum(1 for r in plan.repositories if r.error)
+    held = sum(1 for r in plan.repositories if r.held)
+    if unread:
+        lines.append(f"{_count(unread, 'repository')} not fully read: nothing deleted there")
+    if held:
+        verb = "would delete" if result.dry_run else "deleted"
+        lines.append(
+            f"{_count(held, 'repository')} HELD by safety.max_delete_fraction: run {verb} "
+            "nothing there, and exits 1 (see above)"
+        )
+    if plan.refused and result.dry_run:
+        lines.append(f"run will refuse this plan: {plan.refused}")
+    return lines
+
+
+def _count(count: int, noun: str) -> str:
+    """``1 repository``, ``2 repositories``, ``3 tags``."""
+    if count == 1:
+        return f"1 {noun}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{count} {plural}"
 
 
 def _applied_lines(result: RunResult) -> list[str]:

@@ -148,10 +148,14 @@ def test_plan_over_max_deletions_deletes_nothing_unless_forced(
         tmp_path / "p.yml", registry_server.url, BUILDS, safety={"max_deletions": 2}
     )
 
+    planned = retention("plan", "-c", str(policy), "-o", "json")
     refused = retention("run", "-c", str(policy), "-o", "json")
     still_there = [seeder.manifest_status("app", d) for d in seeded["builds"]]
     forced = retention("run", "-c", str(policy), "--force", "-o", "json")
 
+    assert planned.code == 0
+    assert "safety.max_deletions=2" in planned.json()["summary"]["refused"]
+    assert "warning: run will refuse this plan" in planned.stderr
     assert refused.code == 1
     assert any("safety.max_deletions=2" in line for line in refused.error_lines)
     assert refused.json()["applied"] == []

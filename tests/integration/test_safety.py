@@ -237,11 +237,16 @@ def test_a_repository_over_its_delete_budget_is_held_and_said_why(
     typo = {"name": "typo", "match": ".*", "keep_last": 0}
     policy = write_policy(tmp_path / "p.yml", registry_server.url, typo)
 
+    planned = retention("plan", "-c", str(policy))
     result = retention("run", "-c", str(policy), "-o", "json")
 
-    assert result.code == 0, result.stderr
+    assert planned.code == 0, planned.stderr
+    held = "1 repository HELD by safety.max_delete_fraction: run would delete nothing there"
+    assert f"{held}, and exits 1" in planned.stdout
+    assert result.code == 1, "a safety limit is exit 1, as the README says"
     (app,) = result.json()["repositories"]
     assert app["held"] == (
         "would delete 3 of 3 tags (100%), more than safety.max_delete_fraction=0.9"
     )
     assert result.json()["applied"] == []
+    assert "error: app: HELD: would delete 3 of 3 tags" in result.stderr
