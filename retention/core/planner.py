@@ -168,9 +168,9 @@ def _judge(rule: Rule, tag: Tag, created: datetime, rank: int, now: datetime) ->
     age = now - created
     limit = format_duration(rule.max_age)
     if age > rule.max_age:
-        reasons.append(f"older than {limit} ({describe_age(age)})")
+        reasons.append(f"older than {limit} ({describe_age(age, rule.max_age)})")
         return _delete(tag, created, rule.name, " and ".join(reasons))
-    reasons.append(f"newer than {limit} ({describe_age(age)})")
+    reasons.append(f"newer than {limit} ({describe_age(age, rule.max_age)})")
     return _keep(tag, created, rule.name, " but ".join(reasons))
 
 
@@ -375,15 +375,25 @@ def _stored_blobs(manifest: Manifest) -> list[tuple[str, int]]:
 # -- small helpers --------------------------------------------------------------------------
 
 
-def describe_age(age: timedelta) -> str:
-    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew."""
+def describe_age(age: timedelta, limit: timedelta | None = None) -> str:
+    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew.
+
+    Beside a ``limit`` it never reads like the limit itself: an age of 14d 5h against
+    ``max_age: 14d`` is ``14d 5h``, not ``older than 14d (14d)``.
+    """
     seconds = int(age.total_seconds())
     if seconds < 0:
         return "in the future"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    first = next(i for i, (_, size) in enumerate(units) if seconds >= size or size == 1)
+    parts, shown = [], 0
+    for unit, size in units[first:]:
+        amount = (seconds - shown) // size
+        parts.append(f"{amount}{unit}")
+        shown += amount * size
+        if limit is None or shown != int(limit.total_seconds()) or shown == seconds:
+            break
+    return " ".join(parts)
 
 
 def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:

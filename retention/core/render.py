@@ -188,9 +188,10 @@ _WIDE_COLUMNS = ("TAG", "ACTION", "RULE", "KIND", "SIZE", "PUSHED", "CREATED", "
 def render_table(result: RunResult, wide: bool = False) -> str:
     columns = _WIDE_COLUMNS if wide else _COLUMNS
     lines: list[str] = [_headline(result), ""]
+    outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines.append(_repository_title(repository))
-        rows = (_row(d, wide) for d in repository.decisions)
+        rows = (_row(d, wide, outcomes.get(repository.name)) for d in repository.decisions)
         lines.extend(_aligned([columns, *rows], "  "))
         lines.append("")
     lines.extend(_footer(result))
@@ -204,12 +205,16 @@ def render_wide(result: RunResult) -> str:
 
 def render_markdown(result: RunResult) -> str:
     lines: list[str] = [f"# {_headline(result)}", ""]
+    outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines += [f"## {_repository_title(repository)}", ""]
         lines.append("| " + " | ".join(_COLUMNS) + " |")
         lines.append("|" + "---|" * len(_COLUMNS))
         lines.extend(
-            "| " + " | ".join(_escape(c) for c in _row(d)) + " |" for d in repository.decisions
+            "| "
+            + " | ".join(_escape(c) for c in _row(d, False, outcomes.get(repository.name)))
+            + " |"
+            for d in repository.decisions
         )
         lines.append("")
     lines.extend(f"- {line}" for line in _footer(result))
@@ -224,8 +229,8 @@ def _headline(result: RunResult) -> str:
 def _repository_title(repository: RepositoryPlan) -> str:
     deleting = len(repository.tags_to_delete)
     title = (
-        f"{repository.name}: {len(repository.decisions)} tags, {deleting} to delete, "
-        f"{len(repository.deletions)} manifests"
+        f"{repository.name}: {_count(len(repository.decisions), 'tag')}, {deleting} to delete, "
+        f"{_count(len(repository.deletions), 'manifest')}"
     )
     if repository.error:
         return f"{title} — SKIPPED, not fully read: {repository.error}"
@@ -234,7 +239,29 @@ def _repository_title(repository: RepositoryPlan) -> str:
     return title
 
 
-def _row(decision: TagDecision, wide: bool = False) -> tuple[str, ...]:
+def _outcomes(result: RunResult) -> dict[str, dict[str, str]]:
+    """After a run, per repository and digest, what happened: the ACTION column says it."""
+    if result.dry_run:
+        return {}
+    found: dict[str, dict[str, str]] = {r.name: {} for r in result.plan.repositories}
+    for applied in result.applied:
+        word = "GONE" if applied.outcome.value == "already_gone" else applied.outcome.value.upper()
+        found.setdefault(applied.repository, {})[applied.digest] = word
+    return found
+
+
+def _action(decision: TagDecision, outcomes: dict[str, str] | None) -> str:
+    """DELETE/keep in a plan; DELETED, GONE, SKIPPED, FAILED or NOT DELETED after a run."""
+    if decision.action is not Action.DELETE:
+        return "keep"
+    if outcomes is None:
+        return "DELETE"
+    return outcomes.get(decision.digest, "NOT DELETED")
+
+
+def _row(
+    decision: TagDecision, wide: bool = False, outcomes: dict[str, str] | None = None
+) -> tuple[str, ...]:
     created = timestamp(decision.created) if decision.created else "unknown"
     extra: tuple[str, ...] = ()
     if wide:
@@ -243,7 +270,7 @@ def _row(decision: TagDecision, wide: bool = False) -> tuple[str, ...]:
         extra = (decision.kind, size, pushed)
     return (
         f"└ {decision.tag}" if decision.is_artifact else decision.tag,
-        "DELETE" if decision.action is Action.DELETE else "keep",
+        _action(decision, outcomes),
         decision.rule or "-",
         *extra,
         created,
@@ -255,9 +282,10 @@ def _row(decision: TagDecision, wide: bool = False) -> tuple[str, ...]:
 def _footer(result: RunResult) -> list[str]:
     s = result.plan.summary
     lines = [
-        f"total: {s.repositories} repositories, {s.tags} tags, {s.tags_to_delete} tags to delete, "
-        f"{s.manifests_to_delete} manifests to delete, ~{human_bytes(s.reclaimable_bytes)} "
-        "reclaimable",
+        f"total: {_count(s.repositories, 'repository')}, {_count(s.tags, 'tag')}, "
+        f"{_count(s.tags_to_delete, 'tag')} to delete, "
+        f"{_count(s.manifests_to_delete, 'manifest')} to delete, "
+        f"~{human_bytes(s.reclaimable_bytes)} reclaimable",
     ]
     lines.extend(_refusals(result))
     if not result.dry_run:

@@ -99,7 +99,7 @@ def test_table_and_markdown_show_the_same_decisions_with_totals(
     assert "app/web: 5 tags, 3 to delete, 3 manifests" in result.stdout
     assert result.stdout.count("DELETE") == 3
     assert "beyond keep_last=2 (#3)" in result.stdout
-    assert "total: 1 repositories, 5 tags, 3 tags to delete" in result.stdout
+    assert "total: 1 repository, 5 tags, 3 tags to delete" in result.stdout
 
 
 def test_plan_writes_the_report_to_a_file(

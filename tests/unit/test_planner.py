@@ -568,3 +568,26 @@ def test_a_hold_in_another_repository_keeps_nothing_here() -> None:
     result = plan(p, Inventory("http://127.0.0.1:5000", (five_builds(),)), NOW, [hold])
 
     assert actions(result)["b4"] == "delete"
+
+
+@pytest.mark.parametrize(
+    ("age", "limit", "text"),
+    [
+        (timedelta(days=14, hours=5), timedelta(days=14), "14d 5h"),
+        (timedelta(days=14, seconds=30), timedelta(days=14), "14d 0h 0m 30s"),
+        (timedelta(days=13, hours=20), timedelta(days=14), "13d"),
+        (timedelta(days=41, hours=3), timedelta(days=30), "41d"),
+    ],
+)
+def test_an_age_beside_its_limit_never_reads_like_the_limit(
+    age: timedelta, limit: timedelta, text: str
+) -> None:
+    assert describe_age(age, limit) == text
+
+
+def test_a_tag_just_over_max_age_says_by_how_much() -> None:
+    tags = {"new": image("n", 1), "old": image("o", 14.25)}
+
+    result = run(policy({"name": "r", "max_age": "14d"}), repo("app", tags))
+
+    assert decisions(result)["old"] == (Action.DELETE, "older than 14d (14d 6h)")
