@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,7 +24,7 @@ from retention.core import render as report
 from retention.core.model import Outcome, Plan, RunResult
 from retention.core.policy import Policy
 from retention.errors import ConfigError, PassInterrupted, RetentionError
-from retention.runner import apply_plan, run_pass
+from retention.runner import Scope, apply_plan, run_pass
 from retention.state import atomic
 
 if TYPE_CHECKING:
@@ -87,6 +88,36 @@ output_option = click.option(
 )
 
 
+def scope_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--repository REGEX``, ``--rule NAME`` and ``--only delete`` for plan and run."""
+    command = click.option(
+        "--only",
+        type=click.Choice(["delete"]),
+        help="Show only the tags to delete (table, wide, markdown; JSON stays whole).",
+    )(command)
+    command = click.option(
+        "--rule",
+        help="Delete only what this rule decides; every other tag is kept this pass.",
+    )(command)
+    return click.option(
+        "--repository",
+        "repository_pattern",
+        help="Scan, plan and delete only repositories whose name fully matches this regex.",
+    )(command)
+
+
+def _scope(policy: Policy, repository_pattern: str | None, rule: str | None) -> Scope:
+    """The filters, checked against the policy: a typo is a usage error (exit 2)."""
+    try:
+        pattern = re.compile(repository_pattern) if repository_pattern is not None else None
+    except re.error as exc:
+        _fail(f"--repository {repository_pattern!r} is not a valid regex: {exc}", EXIT_USAGE)
+    names = [r.name for r in policy.rules]
+    if rule is not None and rule not in names:
+        _fail(f"--rule {rule!r}: the policy has no such rule (it has {', '.join(names)})", 2)
+    return Scope(pattern, rule)
+
+
 def _format(fmt: str | None) -> str:
     """-o wins; else the deprecated --format; else the table."""
     legacy = click.get_current_context().meta.get("retention.format")
@@ -137,7 +168,15 @@ def check(config_path: Path) -> None:
 @config_option
 @format_option
 @output_option
-def plan(config_path: Path, fmt: str | None, output: Path | None) -> None:
+@scope_options
+def plan(
+    config_path: Path,
+    fmt: str | None,
+    output: Path | None,
+    repository_pattern: str | None,
+    rule: str | None,
+    only: str | None,
+) -> None:
     """Show what a pass would delete and why; deletes nothing.
 
     \b
@@ -146,7 +185,8 @@ def plan(config_path: Path, fmt: str | None, output: Path | None) -> None:
       retention plan -c policies.yml -o wide
       retention plan -c policies.yml -o json -f plan.json   # then: retention apply plan.json
     """
-    _one_pass(config_path, _format(fmt), output, dry_run=True, force=False, yes=True)
+    filters = (repository_pattern, rule, only)
+    _one_pass(config_path, _format(fmt), output, filters, dry_run=True, force=False, yes=True)
 
 
 @main.command()
@@ -160,6 +200,7 @@ def plan(config_path: Path, fmt: str | None, output: Path | None) -> None:
 )
 @format_option
 @output_option
+@scope_options
 def run(
     config_path: Path,
     dry_run: bool,
@@ -167,6 +208,9 @@ def run(
     yes: bool,
     fmt: str | None,
     output: Path | None,
+    repository_pattern: str | None,
+    rule: str | None,
+    only: str | None,
 ) -> None:
     """One full pass: plan, delete by digest, garbage-collect, measure storage.
 
@@ -177,22 +221,38 @@ def run(
     Examples:
       retention run -c policies.yml --dry-run     # the same report as `plan`
       retention run -c policies.yml --yes -o json -f report.json
+      retention run -c policies.yml --repository 'team-a/.*' --rule nightly
     """
-    _one_pass(config_path, _format(fmt), output, dry_run=dry_run, force=force, yes=yes)
+    filters = (repository_pattern, rule, only)
+    _one_pass(config_path, _format(fmt), output, filters, dry_run=dry_run, force=force, yes=yes)
 
 
 def _one_pass(
-    config_path: Path, fmt: str, output: Path | None, *, dry_run: bool, force: bool, yes: bool
+    config_path: Path,
+    fmt: str,
+    output: Path | None,
+    filters: tuple[str | None, str | None, str | None],
+    *,
+    dry_run: bool,
+    force: bool,
+    yes: bool,
 ) -> NoReturn:
     """`plan` is `run --dry-run`: one code path, so the preview cannot drift from the run."""
     policy = _load(config_path).policy
+    repository_pattern, rule, only = filters
+    scope = _scope(policy, repository_pattern, rule)
     with Progress() as progress:
         confirm = None if yes or not _stdin_is_a_terminal() else _confirmer(progress)
         pass_ = run_pass(
-            policy, dry_run=dry_run, force=force, progress=progress.update, confirm=confirm
+            policy,
+            dry_run=dry_run,
+            force=force,
+            progress=progress.update,
+            confirm=confirm,
+            scope=scope,
         )
         result = _run(pass_)
-    _emit(result, fmt, output)
+    _emit(result, fmt, output, only_delete=only == "delete")
     sys.exit(_exit_code(result))
 
 
@@ -492,8 +552,8 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     sys.exit(code)
 
 
-def _emit(subject: RunResult, fmt: str, output: Path | None) -> None:
-    text = report.render(subject, fmt)
+def _emit(subject: RunResult, fmt: str, output: Path | None, only_delete: bool = False) -> None:
+    text = report.render(subject, fmt, only_delete=only_delete)
     if output is None:
         click.echo(text, nl=False)
         return

@@ -10,10 +10,11 @@ than raised, so the report always shows what was deleted.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,19 +74,22 @@ async def run_pass(
     progress: PhaseProgress | None = None,
     clock: Clock = utc_now,
     confirm: Callable[[Plan], bool] | None = None,
+    scope: Scope | None = None,
 ) -> RunResult:
     """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock.
 
     ``confirm`` (the CLI at a terminal) is asked before a plan that deletes anything is
-    applied; a no stops the pass with nothing deleted.
+    applied; a no stops the pass with nothing deleted. ``scope`` (``--repository``,
+    ``--rule``) limits what is scanned, planned and deleted, not only what is shown.
     """
     started = time.monotonic()
+    scope = scope or Scope()
     async with RegistryClient(policy.registry) as client:
         if dry_run:
-            plan = await _scan_and_plan(client, policy, progress, clock)
+            plan = await _scan_and_plan(client, policy, progress, clock, scope)
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
-            plan = await _scan_and_plan(client, policy, progress, clock)
+            plan = await _scan_and_plan(client, policy, progress, clock, scope)
             if confirm is not None and plan.manifests_to_delete and not confirm(plan):
                 return RunResult(plan, dry_run=False, errors=(NOT_CONFIRMED,))
             result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
@@ -112,11 +116,30 @@ async def apply_plan(
     return _finished(result, started)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Part of the registry for one pass: repositories whose name fully matches
+    ``repositories``, and only the deletions of ``rule`` (see ``planner.only_rule``)."""
+
+    repositories: re.Pattern[str] | None = None
+    rule: str | None = None
+
+    def includes(self, name: str) -> bool:
+        return self.repositories is None or self.repositories.fullmatch(name) is not None
+
+
 async def _scan_and_plan(
-    client: RegistryClient, policy: Policy, progress: PhaseProgress | None, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    progress: PhaseProgress | None,
+    clock: Clock,
+    scope: Scope,
 ) -> Plan:
-    inventory = await _inventory(client, policy, progress)
+    inventory = await _inventory(client, policy, progress, scope)
     plan = planner.plan(policy, inventory, clock(), HoldStore(policy.state_dir).load())
+    if scope.rule is not None:
+        plan = planner.only_rule(plan, scope.rule)
+        plan = replace(plan, refused=planner.check_budget(plan, policy.safety))
     summary = plan.summary
     log.info(
         "plan made",
@@ -133,11 +156,13 @@ async def _scan_and_plan(
 
 
 async def _inventory(
-    client: RegistryClient, policy: Policy, progress: PhaseProgress | None
+    client: RegistryClient, policy: Policy, progress: PhaseProgress | None, scope: Scope
 ) -> Inventory:
     """The scan (manifests cached by digest), signed subjects and push times."""
     cache = ManifestCache(policy.state_dir)
-    scanned = await collect(client, progress=_phase(progress, "scan"), cache=cache)
+    scanned = await collect(
+        client, repositories=scope.includes, progress=_phase(progress, "scan"), cache=cache
+    )
     inventory = await confirm_subjects(client, scanned)
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)

@@ -91,6 +91,48 @@ def plan_repository(
     )
 
 
+def only_rule(plan: Plan, rule: str) -> Plan:
+    """The plan cut down to the deletions of one rule (``--rule``): everything else is kept.
+
+    Decided on the whole plan first, so each tag still belongs to the rule that claims it
+    (the first match); then a deletion is left out when any tag on its digest belongs to
+    another rule, and so is every child or artifact whose parent was left out. Left-out
+    tags read ``kept: --rule NAME leaves rule R's deletions for another pass``.
+    """
+    return replace(plan, repositories=tuple(_only_rule(r, rule) for r in plan.repositories))
+
+
+def _only_rule(repository: RepositoryPlan, rule: str) -> RepositoryPlan:
+    rule_of = {d.tag: d.rule for d in repository.decisions}
+    kept = {
+        d.digest
+        for d in repository.deletions
+        if d.kind is DeletionKind.TAGGED and any(rule_of.get(tag) != rule for tag in d.tags)
+    }
+    kept |= {
+        d.digest
+        for d in repository.deletions
+        if d.kind is not DeletionKind.TAGGED and not d.parents
+    }
+    grew = True
+    while grew:
+        more = {d.digest for d in repository.deletions if set(d.parents) & kept} - kept
+        kept |= more
+        grew = bool(more)
+    decisions = tuple(
+        replace(
+            d,
+            action=Action.KEEP,
+            reason=f"kept: --rule {rule} leaves {d.rule or 'this'} for another pass ({d.reason})",
+        )
+        if d.action is Action.DELETE and d.digest in kept
+        else d
+        for d in repository.decisions
+    )
+    deletions = tuple(d for d in repository.deletions if d.digest not in kept)
+    return replace(repository, decisions=decisions, deletions=deletions)
+
+
 def check_budget(plan: Plan, safety: Safety) -> str | None:
     """Why the whole plan must not be applied (``safety.max_deletions``), or None."""
     count = plan.manifests_to_delete

@@ -27,14 +27,18 @@ from retention.errors import RetentionError
 FORMATS = ("table", "wide", "json", "markdown")
 
 
-def render(subject: Plan | RunResult, fmt: str) -> str:
-    """The report in ``fmt``; a Plan alone is reported as a dry run."""
+def render(subject: Plan | RunResult, fmt: str, *, only_delete: bool = False) -> str:
+    """The report in ``fmt``; a Plan alone is reported as a dry run.
+
+    ``only_delete`` leaves kept tags out of the table and Markdown rows (not out of the
+    counts); JSON is a public interface read by ``apply`` and always whole.
+    """
     result = subject if isinstance(subject, RunResult) else RunResult(subject, dry_run=True)
     renderers: dict[str, Callable[[RunResult], str]] = {
         "json": render_json,
-        "table": render_table,
-        "wide": render_wide,
-        "markdown": render_markdown,
+        "table": lambda r: render_table(r, only_delete=only_delete),
+        "wide": lambda r: render_table(r, wide=True, only_delete=only_delete),
+        "markdown": lambda r: render_markdown(r, only_delete=only_delete),
     }
     return renderers[fmt](result)
 
@@ -185,13 +189,14 @@ _COLUMNS = ("TAG", "ACTION", "RULE", "CREATED", "DIGEST", "REASON")
 _WIDE_COLUMNS = ("TAG", "ACTION", "RULE", "KIND", "SIZE", "PUSHED", "CREATED", "DIGEST", "REASON")
 
 
-def render_table(result: RunResult, wide: bool = False) -> str:
+def render_table(result: RunResult, wide: bool = False, only_delete: bool = False) -> str:
     columns = _WIDE_COLUMNS if wide else _COLUMNS
     lines: list[str] = [_headline(result), ""]
     outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines.append(_repository_title(repository))
-        rows = (_row(d, wide, outcomes.get(repository.name)) for d in repository.decisions)
+        shown = _shown(repository, only_delete)
+        rows = (_row(d, wide, outcomes.get(repository.name)) for d in shown)
         lines.extend(_aligned([columns, *rows], "  "))
         lines.append("")
     lines.extend(_footer(result))
@@ -203,7 +208,11 @@ def render_wide(result: RunResult) -> str:
     return render_table(result, wide=True)
 
 
-def render_markdown(result: RunResult) -> str:
+def _shown(repository: RepositoryPlan, only_delete: bool) -> Sequence[TagDecision]:
+    return repository.tags_to_delete if only_delete else repository.decisions
+
+
+def render_markdown(result: RunResult, only_delete: bool = False) -> str:
     lines: list[str] = [f"# {_headline(result)}", ""]
     outcomes = _outcomes(result)
     for repository in result.plan.repositories:
@@ -214,7 +223,7 @@ def render_markdown(result: RunResult) -> str:
             "| "
             + " | ".join(_escape(c) for c in _row(d, False, outcomes.get(repository.name)))
             + " |"
-            for d in repository.decisions
+            for d in _shown(repository, only_delete)
         )
         lines.append("")
     lines.extend(f"- {line}" for line in _footer(result))

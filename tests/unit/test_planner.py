@@ -591,3 +591,28 @@ def test_a_tag_just_over_max_age_says_by_how_much() -> None:
     result = run(policy({"name": "r", "max_age": "14d"}), repo("app", tags))
 
     assert decisions(result)["old"] == (Action.DELETE, "older than 14d (14d 6h)")
+
+
+def test_only_rule_leaves_out_another_rules_index_and_with_it_its_platforms() -> None:
+    from retention.core.planner import only_rule
+
+    amd, arm = image("amd", 9), image("arm", 9)
+    tags = {
+        "multi-old": index("old", amd, arm),
+        "multi-new": index("new", image("amd2", 1), image("arm2", 1)),
+        "b0": image("b0", 9),
+        "b1": image("b1", 1),
+    }
+    p = policy(
+        {"name": "multi", "match": "multi-.*", "keep_last": 1},
+        {"name": "builds", "match": r"b\d", "keep_last": 1},
+    )
+    full = run(p, repo("app", tags, amd, arm, image("amd2", 1), image("arm2", 1)))
+
+    cut = only_rule(full, "builds")
+
+    deleted = {d.digest for d in cut.repositories[0].deletions}
+    assert deleted == {"sha256:b0"}
+    assert {d.digest for d in full.repositories[0].deletions} >= {"sha256:old", "sha256:amd"}
+    assert decisions(cut)["multi-old"][0] is Action.KEEP
+    assert decisions(cut)["multi-old"][1].startswith("kept: --rule builds leaves multi")
