@@ -253,6 +253,7 @@ def _one_pass(
         )
         result = _run(pass_)
     _emit(result, fmt, output, only_delete=only == "delete")
+    _keep_report(policy, result)
     sys.exit(_exit_code(result))
 
 
@@ -337,6 +338,7 @@ def apply(
     with Progress() as progress:
         result = _run(apply_plan(policy, plan, force=force, progress=progress.update))
     _emit(result, fmt, output)
+    _keep_report(policy, result)
     sys.exit(_exit_code(result))
 
 
@@ -562,6 +564,65 @@ def _emit(subject: RunResult, fmt: str, output: Path | None, only_delete: bool =
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror}")
     click.echo(f"report written to {output}", err=True)
+
+
+def _keep_report(policy: Policy, result: RunResult) -> None:
+    """A run's JSON report in state_dir/reports, as the daemon keeps its passes' (not plans).
+
+    Failing to keep it is a warning: the report was already printed.
+    """
+    if result.dry_run:
+        return
+    from retention.runner import utc_now
+    from retention.state.report_store import ReportStore
+
+    store = ReportStore(policy.state_dir / "reports", policy.reports.keep)
+    try:
+        store.write(report.to_dict(result), "success" if result.ok else "failure", utc_now())
+        store.prune()
+    except OSError as exc:
+        click.echo(f"warning: report not kept in {store.directory}: {exc.strerror}", err=True)
+
+
+@main.command()
+@config_option
+def reports(config_path: Path) -> None:
+    """List past passes (the daemon's and `run`/`apply`'s): when, outcome, run, deletions.
+
+    \b
+    Examples:
+      retention reports -c policies.yml
+      jq .summary "$(retention reports -c policies.yml | tail -1 | awk '{print $NF}')"
+    """
+    from retention.state.report_store import ReportStore
+
+    policy = _load(config_path).policy
+    store = ReportStore(policy.state_dir / "reports", policy.reports.keep)
+    rows = [("FINISHED", "OUTCOME", "RUN", "DELETED", "FREED", "FILE")]
+    for stored in store.stored():
+        try:
+            document = json.loads(stored.path.read_text())
+        except (OSError, ValueError) as exc:
+            click.echo(f"warning: {stored.path}: not readable: {exc}", err=True)
+            continue
+        deleted, freed = _report_facts(document)
+        stamp = report.timestamp(stored.finished_at)
+        run_id = str(document.get("run_id") or "-")
+        rows.append((stamp, stored.outcome, run_id, deleted, freed, str(stored.path)))
+    if len(rows) == 1:
+        click.echo(f"no reports in {store.directory}", err=True)
+        return
+    _table(rows)
+
+
+def _report_facts(document: dict[str, Any]) -> tuple[str, str]:
+    """Manifests deleted and bytes freed, as the report says (``-`` where it does not)."""
+    applied = document.get("applied")
+    deleted = "-"
+    if isinstance(applied, list):
+        deleted = str(sum(1 for a in applied if a.get("outcome") == "deleted"))
+    freed = (document.get("storage") or {}).get("freed_bytes")
+    return deleted, report.human_bytes(freed) if isinstance(freed, int) else "-"
 
 
 def _exit_code(result: RunResult) -> int:

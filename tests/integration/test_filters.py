@@ -89,3 +89,23 @@ def test_only_delete_shows_the_tags_to_delete_and_keeps_the_counts(
     assert sorted(rows) == ["build-0", "build-1", "v0", "v1"]
     assert "app: 6 tags, 4 to delete, 4 manifests" in stdout
     assert " keep " not in stdout
+
+
+def test_runs_keep_their_report_and_reports_lists_them_but_plans_are_not_kept(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seed(seeder, "app")
+    policy = str(write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, RELEASES))
+
+    planned = cli("plan", "-c", policy)
+    ran = cli("run", "-c", policy, "-o", "json")
+    listed = cli("reports", "-c", policy)
+
+    assert planned[0] == 0 and ran[0] == 0, ran[2]
+    run_id = json.loads(ran[1])["run_id"]
+    header, *rows = listed[1].splitlines()
+    assert header.split() == ["FINISHED", "OUTCOME", "RUN", "DELETED", "FREED", "FILE"]
+    (row,) = rows
+    assert row.split()[1:4] == ["success", run_id, "4"]
+    kept = json.loads(Path(row.split()[-1]).read_text())
+    assert kept["run_id"] == run_id and kept["dry_run"] is False
