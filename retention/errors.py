@@ -22,6 +22,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── EventStoreError        the notification event store cannot be read or written
     ├── MalformedEnvelope      a notification body that is not Distribution's envelope
     ├── InUseError             an in_use source could not be read: the pass deletes nothing
+    ├── HoldsError             the file of restored tags' holds cannot be read or written
+    ├── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
     └── DemoError              the demo's throwaway registry could not be started
 
 Every module raises these and nothing defines its own, so this drawing is the whole list.
@@ -133,6 +135,24 @@ class MalformedEnvelope(RetentionError):
 
 class InUseError(RetentionError):
     """An ``in_use`` source failed; the message names it. Nothing is deleted in that pass."""
+
+
+class HoldsError(RetentionError):
+    """``state_dir/holds.json`` cannot be read or written; the pass stops (fail closed)."""
+
+
+class PassInterrupted(RetentionError):
+    """The pass was cancelled while deleting; the trash bin holds what was confirmed."""
+
+    def __init__(self, deleted: int, planned: int, run_id: str) -> None:
+        self.deleted = deleted
+        self.planned = planned
+        self.run_id = run_id
+        noun = "deletion" if planned == 1 else "deletions"
+        super().__init__(
+            f"interrupted after {deleted} of {planned} {noun} "
+            f"(the trash of run {run_id} lists the confirmed ones)"
+        )
 
 
 class DemoError(RetentionError):

@@ -7,8 +7,9 @@ terminal or when asked, a readable console renderer on a terminal.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Literal
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 
@@ -21,7 +22,7 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty() and not no_color())
     )
     structlog.configure(
         processors=[
@@ -32,9 +33,28 @@ def configure(fmt: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
+
+
+def no_color() -> bool:
+    """https://no-color.org: ``NO_COLOR`` set and not empty turns colour off."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured:
+    the CLI's progress line swaps in a stream that erases itself before each log line."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.stderr, name)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

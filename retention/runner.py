@@ -10,29 +10,40 @@ than raised, so the report always shows what was deleted.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from retention.apply import executor
 from retention.apply.audit import AuditWriter
-from retention.apply.trash import Trash, TrashBin, new_run_id
+from retention.apply.trash import BinWriter, Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
 from retention.clock import Clock, utc_now
 from retention.core import planner
 from retention.core.image_reference import ImageReference
-from retention.core.model import GcResult, Inventory, Outcome, Plan, RunResult, StorageUsage
+from retention.core.model import (
+    GcResult,
+    Inventory,
+    Outcome,
+    PhaseProgress,
+    Plan,
+    RunResult,
+    StorageUsage,
+)
 from retention.core.policy import Policy, format_duration
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
     InUseError,
+    PassInterrupted,
     PlanMismatch,
     RegistryError,
     StorageError,
+    TrashError,
 )
 from retention.gc import Collector, ReadyCheck
 from retention.gc.command import CommandCollector
@@ -40,13 +51,15 @@ from retention.gc.disk_usage import LocalStorage, StorageProbe
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.scan import in_use as in_use_sources
-from retention.scan.inventory import ProgressCallback, collect
+from retention.scan.inventory import collect
 from retention.scan.push_times import with_event_times, with_push_times
 from retention.scan.subjects import confirm_subjects
+from retention.state.holds import HoldStore
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
 
 log = get_logger(__name__)
+NOT_CONFIRMED = "not confirmed at the prompt: nothing was deleted"
 
 
 async def run_pass(
@@ -54,23 +67,38 @@ async def run_pass(
     *,
     dry_run: bool = False,
     force: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: PhaseProgress | None = None,
     clock: Clock = utc_now,
+    confirm: Callable[[Plan], bool] | None = None,
+    scope: Scope | None = None,
 ) -> RunResult:
-    """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock."""
+    """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock.
+
+    ``confirm`` (the CLI at a terminal) is asked before a plan that deletes anything is
+    applied; a no stops the pass with nothing deleted. ``scope`` (``--repository``,
+    ``--rule``) limits what is scanned, planned and deleted, not only what is shown.
+    """
     started = time.monotonic()
+    scope = scope or Scope()
     async with RegistryClient(policy.registry) as client:
         if dry_run:
-            plan = await _scan_and_plan(client, policy, progress, clock)
+            plan = await _scan_and_plan(client, policy, progress, clock, scope)
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
-            plan = await _scan_and_plan(client, policy, progress, clock)
-            result = await _apply(client, policy, plan, force=force, clock=clock)
+            plan = await _scan_and_plan(client, policy, progress, clock, scope)
+            if confirm is not None and plan.manifests_to_delete and not confirm(plan):
+                return RunResult(plan, dry_run=False, errors=(NOT_CONFIRMED,))
+            result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
     return _finished(result, started)
 
 
 async def apply_plan(
-    policy: Policy, plan: Plan, *, force: bool = False, clock: Clock = utc_now
+    policy: Policy,
+    plan: Plan,
+    *,
+    force: bool = False,
+    clock: Clock = utc_now,
+    progress: PhaseProgress | None = None,
 ) -> RunResult:
     """Carry out a reviewed plan: only what it lists, each tag re-checked before deletion.
 
@@ -85,16 +113,36 @@ async def apply_plan(
             )
         with exclusive(policy.state_dir):
             plan = planner.hold_in_use(plan, await _in_use(policy))
-            result = await _apply(client, policy, plan, force=force, clock=clock)
+            result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
     return _finished(result, started)
 
 
+@dataclass(frozen=True)
+class Scope:
+    """Part of the registry for one pass: repositories whose name fully matches
+    ``repositories``, and only the deletions of ``rule`` (see ``planner.only_rule``)."""
+
+    repositories: re.Pattern[str] | None = None
+    rule: str | None = None
+
+    def includes(self, name: str) -> bool:
+        return self.repositories is None or self.repositories.fullmatch(name) is not None
+
+
 async def _scan_and_plan(
-    client: RegistryClient, policy: Policy, progress: ProgressCallback | None, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    progress: PhaseProgress | None,
+    clock: Clock,
+    scope: Scope,
 ) -> Plan:
-    inventory = await _inventory(client, policy, progress)
+    inventory = await _inventory(client, policy, progress, scope)
     in_use = await _in_use(policy)
-    plan = planner.plan(policy, inventory, clock(), in_use)
+    holds = HoldStore(policy.state_dir).load()
+    plan = planner.plan(policy, inventory, clock(), in_use, holds=holds)
+    if scope.rule is not None:
+        plan = planner.only_rule(plan, scope.rule)
+        plan = replace(plan, refused=planner.check_budget(plan, policy.safety))
     summary = plan.summary
     log.info(
         "plan made",
@@ -127,11 +175,13 @@ def _log_decisions(plan: Plan) -> None:
 
 
 async def _inventory(
-    client: RegistryClient, policy: Policy, progress: ProgressCallback | None
+    client: RegistryClient, policy: Policy, progress: PhaseProgress | None, scope: Scope
 ) -> Inventory:
     """The scan (manifests cached by digest), signed subjects, push and pull times."""
     cache = ManifestCache(policy.state_dir)
-    scanned = await collect(client, progress=progress, cache=cache)
+    scanned = await collect(
+        client, repositories=scope.includes, progress=_phase(progress, "scan"), cache=cache
+    )
     inventory = await confirm_subjects(client, scanned)
     inventory = with_event_times(inventory, policy.state_dir, policy.notifications)
     if policy.storage.path is not None and policy.gc.mode != "docker":
@@ -155,40 +205,62 @@ async def _in_use(policy: Policy) -> tuple[ImageReference, ...]:
     return found
 
 
+def _phase(progress: PhaseProgress | None, phase: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(phase, done, total)
+
+
 async def _apply(
-    client: RegistryClient, policy: Policy, plan: Plan, *, force: bool, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    *,
+    force: bool,
+    clock: Clock,
+    progress: PhaseProgress | None = None,
 ) -> RunResult:
     over = planner.check_budget(plan, policy.safety)
     if over is not None and not force:
         log.error("safety limit exceeded", reason=over)
         return RunResult(plan, dry_run=False, errors=(over,))
     with docker_engine(policy) as engine:
-        return await _delete_and_collect(client, policy, plan, engine, clock)
+        return await _delete_and_collect(client, policy, plan, engine, clock, progress)
 
 
 async def _delete_and_collect(
-    client: RegistryClient, policy: Policy, plan: Plan, engine: Any, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    engine: Any,
+    clock: Clock,
+    progress: PhaseProgress | None,
 ) -> RunResult:
     now = clock()
     run_id = new_run_id(now)
     trash = Trash(policy.state_dir)
     probe = storage_probe(policy, engine)
     before = _measure(probe, "before")
+    trash_bin = trash.open_bin(run_id, plan.registry, now)
     try:
-        applied = await executor.apply(
-            client,
-            plan,
-            trash.open_bin(run_id, plan.registry, now),
-            AuditWriter.for_policy(policy, run_id, plan.registry, clock),
-        )
+        audit = AuditWriter.for_policy(policy, run_id, plan.registry, clock)
+        applied = await executor.apply(client, plan, trash_bin, progress, audit)
     except DeleteDisabled as exc:
-        return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
+        errors = (str(exc), *_commit(trash_bin))
+        return RunResult(plan, dry_run=False, errors=errors, run_id=run_id)
+    except asyncio.CancelledError:
+        _commit(trash_bin)
+        planned = sum(len(r.deletions) for r in plan.repositories if not r.skipped)
+        raise PassInterrupted(len(trash_bin.confirmed), planned, run_id) from None
+    bin_problems = _commit(trash_bin)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
-    problems = await _verify(client, policy, plan, "after deletion") if deleted else []
-    gc, errors = await _collect_garbage(client, policy, trash, engine, clock())
+    problems = await _verify(client, policy, plan, "after deletion", progress) if deleted else []
+    gc, errors = await _collect_garbage(client, policy, trash, engine, clock(), progress)
+    errors = (*bin_problems, *errors)
     if gc is not None and gc.ran:
-        problems += await _verify(client, policy, plan, "after gc")
+        problems += await _verify(client, policy, plan, "after gc", progress)
     trash.prune(policy.trash.keep, clock())
+    errors = (*errors, *_damaged_bins(trash))
     after = _measure(probe, "after") if before is not None else None
     return RunResult(
         plan,
@@ -202,10 +274,35 @@ async def _delete_and_collect(
     )
 
 
-async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str) -> list[str]:
+def _commit(trash_bin: BinWriter) -> tuple[str, ...]:
+    """Write the bin's confirmed state; a failure is reported with the pass, not raised."""
+    try:
+        trash_bin.commit()
+    except TrashError as exc:
+        log.error("trash not written", run_id=trash_bin.contents.run_id, error=str(exc))
+        return (f"trash: {exc}",)
+    return ()
+
+
+def _damaged_bins(trash: Trash) -> tuple[str, ...]:
+    """Bins whose index cannot be read: their deletions may be uncollected or unrestorable."""
+    problems = tuple(f"trash bin {b.run_id} is damaged: {b.problem}" for b in trash.damaged())
+    for problem in problems:
+        log.error("trash bin damaged", problem=problem)
+    return problems
+
+
+async def _verify(
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    when: str,
+    progress: PhaseProgress | None = None,
+) -> list[str]:
     if not policy.verify.enabled:
         return []
-    problems = [f"{when}: {p}" for p in await verify(client, plan, policy.verify.blobs)]
+    found = await verify(client, plan, policy.verify.blobs, progress)
+    problems = [f"{when}: {p}" for p in found]
     for problem in problems:
         log.error("verification failed", problem=problem)
     if not problems:
@@ -217,7 +314,12 @@ async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str)
 
 
 async def _collect_garbage(
-    client: RegistryClient, policy: Policy, trash: Trash, engine: Any, now: datetime
+    client: RegistryClient,
+    policy: Policy,
+    trash: Trash,
+    engine: Any,
+    now: datetime,
+    progress: PhaseProgress | None = None,
 ) -> tuple[GcResult | None, tuple[str, ...]]:
     """GC when deletions wait for it and the oldest is older than ``gc.delay``.
 
@@ -231,9 +333,16 @@ async def _collect_garbage(
     if why_not is not None:
         log.info("gc skipped", mode=policy.gc.mode, reason=why_not)
         return GcResult(mode=policy.gc.mode, skipped=why_not), ()
+    if progress is not None:
+        progress("gc", 0, 1)
     result, errors = await _run_collector(client, policy, engine)
+    if progress is not None:
+        progress("gc", 1, 1)
     if result.error is None:
-        trash.mark_collected([b.run_id for b in pending])
+        unmarked = trash.mark_collected([b.run_id for b in pending])
+        for problem in unmarked:
+            log.error("trash not marked collected", problem=problem)
+        errors = (*errors, *unmarked)
     return result, errors
 
 

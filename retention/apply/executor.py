@@ -20,6 +20,7 @@ from retention.core.model import (
     DeletionResult,
     ManifestDeletion,
     Outcome,
+    PhaseProgress,
     Plan,
     RepositoryPlan,
 )
@@ -42,28 +43,127 @@ async def apply(
     client: RegistryClient,
     plan: Plan,
     trash: BinWriter | None = None,
+    progress: PhaseProgress | None = None,
     audit: AuditWriter | None = None,
 ) -> tuple[DeletionResult, ...]:
     """Carry out every deletion of ``plan``; raises DeleteDisabled, records everything else.
 
-    With ``trash``, each manifest's bytes are saved there before it is deleted; a manifest
-    that cannot be saved is not deleted. With ``audit``, each batch of confirmed deletions
-    is appended to the audit log; if that fails, nothing more is deleted.
+    With ``trash``, every manifest's bytes are saved there first, in one pass over the plan
+    (a manifest that cannot be saved is not deleted), and each DELETE the registry answers
+    202 to is confirmed in the bin; the caller commits the bin, whatever happened.
+    Repositories run in a TaskGroup: when one raises (405: deletes disabled), the others
+    are cancelled and awaited before this returns, so nothing deletes behind the lock.
+    With ``audit``, each batch of confirmed deletions is appended to the audit log; if that
+    fails, nothing more is deleted.
     """
-    state = _PassState(trash=trash, audit=audit)
     work = [r for r in plan.repositories if r.deletions and not r.skipped]
-    results = await asyncio.gather(*(_apply_repository(client, r, state) for r in work))
-    return tuple(result for batch in results for result in batch)
+    total = sum(len(r.deletions) for r in work)
+    state = _PassState(asyncio.Semaphore(client.concurrency), trash, _Tally(progress, total))
+    state.audit = audit
+    if trash is not None:
+        await _stage_all(client, work, state)
+        trash.write_ahead()
+    return await _apply_everywhere(client, work, state)
+
+
+async def _apply_everywhere(
+    client: RegistryClient, work: list[RepositoryPlan], state: _PassState
+) -> tuple[DeletionResult, ...]:
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_apply_repository(client, r, state)) for r in work]
+    except* DeleteDisabled as failed:
+        if state.trash is not None:
+            # Deletes are off for the whole registry: the DELETEs cut off cannot have worked.
+            state.trash.settle_in_flight(deleted=False)
+        raise _first(failed) from None
+    return tuple(result for task in tasks for result in task.result())
+
+
+def _first(group: BaseExceptionGroup[DeleteDisabled]) -> DeleteDisabled:
+    """The first DeleteDisabled of a (possibly nested) group: one line for the operator."""
+    found = group.exceptions[0]
+    return _first(found) if isinstance(found, BaseExceptionGroup) else found
+
+
+@dataclass
+class _Tally:
+    """Progress over the whole pass: (phase, done, total), total known before the first."""
+
+    callback: PhaseProgress | None
+    total: int
+    staged: int = 0
+    settled: int = 0
+
+    def stage_done(self) -> None:
+        self.staged += 1
+        if self.callback is not None:
+            self.callback("trash", self.staged, self.total)
+
+    def deletion_done(self, count: int = 1) -> None:
+        self.settled += count
+        if self.callback is not None:
+            self.callback("delete", self.settled, self.total)
 
 
 @dataclass
 class _PassState:
-    """Shared across repositories: once the registry is gone, stop knocking."""
+    """Shared across repositories: once the registry is gone, stop knocking.
 
+    ``deleting`` bounds DELETEs in flight to the client's concurrency, so that a DELETE is
+    marked sent in the bin only when it really goes out (an interrupted pass then has at
+    most that many unconfirmed).
+    """
+
+    deleting: asyncio.Semaphore
     trash: BinWriter | None = None
+    tally: _Tally = field(default_factory=lambda: _Tally(None, 0))
     unreachable: str | None = None
+    not_staged: dict[tuple[str, str], tuple[Outcome, str]] = field(default_factory=dict)
     audit: AuditWriter | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # digest -> bytes estimate
+
+
+# -- saving to the trash, before anything is deleted ----------------------------------------
+
+
+async def _stage_all(client: RegistryClient, work: list[RepositoryPlan], state: _PassState) -> None:
+    """Fetch and save every planned manifest; what cannot be saved will not be deleted."""
+    async with asyncio.TaskGroup() as group:
+        for repository in work:
+            for deletion in repository.deletions:
+                group.create_task(_stage_one(client, repository.name, deletion, state))
+
+
+async def _stage_one(
+    client: RegistryClient, repository: str, deletion: ManifestDeletion, state: _PassState
+) -> None:
+    assert state.trash is not None
+    key = (repository, deletion.digest)
+    try:
+        fetched = await client.manifest(repository, deletion.digest)
+        state.sizes[deletion.digest] = bytes_estimate(fetched)
+        state.trash.stage(_entry(repository, deletion, fetched.media_type), fetched.body)
+    except NotFound:
+        state.not_staged[key] = (Outcome.ALREADY_GONE, "")
+    except (RegistryError, TrashError) as exc:
+        log.error("not saved to the trash", repository=repository, digest=deletion.digest)
+        state.not_staged[key] = (Outcome.FAILED, f"not saved to the trash, not deleted: {exc}")
+    state.tally.stage_done()
+
+
+def _entry(repository: str, deletion: ManifestDeletion, media_type: str) -> TrashEntry:
+    return TrashEntry(
+        repository=repository,
+        digest=deletion.digest,
+        media_type=media_type,
+        tags=deletion.tags,
+        kind=deletion.kind.value,
+        parents=deletion.parents,
+    )
+
+
+# -- deleting -------------------------------------------------------------------------------
 
 
 async def _apply_repository(
@@ -75,6 +175,7 @@ async def _apply_repository(
         if isinstance(exc, RegistryUnreachable):
             state.unreachable = str(exc)
         detail = f"could not re-read the repository before deleting: {exc}"
+        state.tally.deletion_done(len(repository.deletions))
         return [_result(repository.name, d, Outcome.SKIPPED, detail) for d in repository.deletions]
     return await _in_dependency_order(client, repository, current, state)
 
@@ -103,6 +204,7 @@ async def _in_dependency_order(
         _result(repository.name, d, Outcome.SKIPPED, _parents_missing(d, removed) or "")
         for d in pending
     ]
+    state.tally.deletion_done(len(waiting))
     return results + waiting
 
 
@@ -114,11 +216,28 @@ async def _delete_all(
     state: _PassState,
     done: set[str],
 ) -> list[DeletionResult]:
-    jobs = (_delete_one(client, repository, d, current, state, done) for d in deletions)
-    return list(await asyncio.gather(*jobs))
+    async with asyncio.TaskGroup() as group:
+        jobs = [
+            group.create_task(_delete_one(client, repository, d, current, state, done))
+            for d in deletions
+        ]
+    return [job.result() for job in jobs]
 
 
 async def _delete_one(
+    client: RegistryClient,
+    repository: RepositoryPlan,
+    deletion: ManifestDeletion,
+    current: _Current,
+    state: _PassState,
+    done: set[str],
+) -> DeletionResult:
+    result = await _checked_delete(client, repository, deletion, current, state, done)
+    state.tally.deletion_done()
+    return result
+
+
+async def _checked_delete(
     client: RegistryClient,
     repository: RepositoryPlan,
     deletion: ManifestDeletion,
@@ -134,15 +253,14 @@ async def _delete_one(
         return _result(name, deletion, Outcome.SKIPPED, why_not)
     if state.unreachable is not None:
         return _result(name, deletion, Outcome.FAILED, f"not attempted: {state.unreachable}")
+    if (name, deletion.digest) in state.not_staged:
+        return _result(name, deletion, *state.not_staged[(name, deletion.digest)])
     try:
-        if state.trash is not None and not await _save(
-            client, name, deletion, state.trash, state.sizes
-        ):
-            return _result(name, deletion, Outcome.ALREADY_GONE)
-        deleted = await client.delete_manifest(name, deletion.digest)
+        async with state.deleting:
+            deleted = await _delete(client, name, deletion.digest, state.trash)
     except DeleteDisabled:
         raise
-    except (RegistryError, TrashError) as exc:
+    except RegistryError as exc:
         if isinstance(exc, RegistryUnreachable):
             state.unreachable = str(exc)
         log.error("deletion failed", repository=name, digest=deletion.digest, error=str(exc))
@@ -159,29 +277,25 @@ async def _delete_one(
     return _result(name, deletion, outcome)
 
 
-async def _save(
-    client: RegistryClient,
-    repository: str,
-    deletion: ManifestDeletion,
-    trash: BinWriter,
-    sizes: dict[str, int],
+async def _delete(
+    client: RegistryClient, repository: str, digest: str, trash: BinWriter | None
 ) -> bool:
-    """Keep the manifest's exact bytes for ``retention restore``; False if it is gone."""
+    """One DELETE, bracketed in the bin: confirmed on 202, cleared on any other answer.
+
+    A DELETE cut off by cancellation stays in flight: the bin calls it unconfirmed.
+    DeleteDisabled propagates (every delete would fail alike) and stops the pass.
+    """
+    if trash is not None:
+        trash.sending(repository, digest)
     try:
-        fetched = await client.manifest(repository, deletion.digest)
-    except NotFound:
-        return False
-    sizes[deletion.digest] = bytes_estimate(fetched)
-    entry = TrashEntry(
-        repository=repository,
-        digest=deletion.digest,
-        media_type=fetched.media_type,
-        tags=deletion.tags,
-        kind=deletion.kind.value,
-        parents=deletion.parents,
-    )
-    trash.save(entry, fetched.body)
-    return True
+        deleted = await client.delete_manifest(repository, digest)
+    except RegistryError:
+        if trash is not None:
+            trash.settle(repository, digest, deleted=False)
+        raise
+    if trash is not None:
+        trash.settle(repository, digest, deleted=deleted)
+    return deleted
 
 
 def bytes_estimate(fetched: FetchedManifest) -> int:

@@ -8,13 +8,16 @@ may accept a manifest whose layers are already gone and serve a broken image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from retention.apply.audit import AuditWriter
 from retention.apply.executor import bytes_estimate
-from retention.apply.trash import Trash, TrashBin, TrashEntry, restorable
+from retention.apply.trash import RestoredEntry, Trash, TrashBin, TrashEntry, restorable
+from retention.core.model import Hold
 from retention.errors import AuditError, RegistryError, TrashError
 from retention.logs import get_logger
 from retention.registry import FetchedManifest, RegistryClient
+from retention.state.holds import HoldStore
 
 log = get_logger(__name__)
 
@@ -95,3 +98,32 @@ async def _push(client: RegistryClient, trash: Trash, run_id: str, entry: TrashE
         "manifest restored", repository=entry.repository, digest=entry.digest, tags=list(references)
     )
     return Restored(entry.repository, entry.digest, references)
+
+
+def record(
+    trash: Trash,
+    holds: HoldStore,
+    run_id: str,
+    results: list[Restored],
+    now: datetime,
+    hold_for: timedelta,
+) -> list[Hold]:
+    """Note the restore in the bin, and hold every restored tag so the next pass keeps it.
+
+    Returns the holds added (none when ``hold_for`` is zero).
+    """
+    done = [r for r in results if r.error is None]
+    stamp = now.isoformat()
+    trash.mark_restored(
+        run_id, [RestoredEntry(r.repository, r.digest, r.references, stamp) for r in done]
+    )
+    if not hold_for:
+        return []
+    added = [
+        Hold(r.repository, reference, run_id, now, now + hold_for)
+        for r in done
+        for reference in r.references
+        if not reference.startswith("sha256:")
+    ]
+    holds.add(added, now)
+    return added

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from retention.core.model import Action, Plan, RepositoryPlan
+from retention.core.model import Action, PhaseProgress, Plan, RepositoryPlan
 from retention.errors import NotFound, RegistryError
 from retention.registry import RegistryClient, parse_manifest
 
@@ -36,14 +36,42 @@ class _Walk:
     seen: set[str] = field(default_factory=set)
 
 
-async def verify(client: RegistryClient, plan: Plan, blobs: BlobSample = "all") -> list[str]:
-    """One line per problem with a kept tag; an empty list means every kept image is whole."""
+async def verify(
+    client: RegistryClient,
+    plan: Plan,
+    blobs: BlobSample = "all",
+    progress: PhaseProgress | None = None,
+) -> list[str]:
+    """One line per problem with a kept tag; an empty list means every kept image is whole.
+
+    Progress: ``verify`` counts repositories walked, then ``verify blobs`` the blobs.
+    """
     checked = [r for r in plan.repositories if r.error is None]
-    walks = await asyncio.gather(*(_walk_repository(client, r) for r in checked))
+    walked = _Counter(progress, "verify", len(checked))
+
+    async def walk(repository: RepositoryPlan) -> _Walk:
+        found = await _walk_repository(client, repository)
+        walked.step()
+        return found
+
+    walks = await asyncio.gather(*(walk(r) for r in checked))
     problems = [p for walk in walks for p in walk.problems]
-    pairs = sorted((w.repository, b) for w in walks for b in w.blobs)
-    problems += await _check_blobs(client, _sample(pairs, blobs))
+    pairs = _sample(sorted((w.repository, b) for w in walks for b in w.blobs), blobs)
+    problems += await _check_blobs(client, pairs, _Counter(progress, "verify blobs", len(pairs)))
     return problems
+
+
+@dataclass
+class _Counter:
+    callback: PhaseProgress | None
+    phase: str
+    total: int
+    done: int = 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.phase, self.done, self.total)
 
 
 async def _walk_repository(client: RegistryClient, repository: RepositoryPlan) -> _Walk:
@@ -89,12 +117,16 @@ def _sample(pairs: Sequence[tuple[str, str]], blobs: BlobSample) -> Sequence[tup
     return sorted(random.Random(0).sample(list(pairs), blobs))
 
 
-async def _check_blobs(client: RegistryClient, pairs: Sequence[tuple[str, str]]) -> list[str]:
+async def _check_blobs(
+    client: RegistryClient, pairs: Sequence[tuple[str, str]], counter: _Counter
+) -> list[str]:
     async def check(repository: str, digest: str) -> str | None:
         try:
             present = await client.blob_exists(repository, digest)
         except RegistryError as exc:
             return f"{repository}: blob {digest} could not be checked: {exc}"
+        finally:
+            counter.step()
         return None if present else f"{repository}: blob {digest} of a kept image is missing"
 
     found = await asyncio.gather(*(check(r, d) for r, d in pairs))

@@ -7,7 +7,7 @@ vocabulary, and lets tests build inventories by hand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -33,6 +33,10 @@ class Manifest:
     blobs: tuple[Blob, ...] = ()
     children: tuple[str, ...] = ()
     subject: str | None = None
+
+    @property
+    def is_index(self) -> bool:
+        return bool(self.children) or self.media_type.endswith(("list.v2+json", "index.v1+json"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,27 @@ class Repository:
     tags: tuple[Tag, ...] = ()
     manifests: Mapping[str, Manifest] = field(default_factory=dict)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A tag ``retention restore`` pushed back: kept by every plan until ``until``.
+
+    Without it the next pass would delete the restored image again, by the same rule.
+    """
+
+    repository: str
+    tag: str
+    run_id: str
+    restored_at: datetime
+    until: datetime
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"restored from {self.run_id} on {self.restored_at.date().isoformat()} "
+            f"(held until {self.until.strftime('%Y-%m-%d %H:%M')}Z)"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,10 @@ class TagDecision:
     rule: str | None
     reason: str
     subject: str | None = None
+    kind: str = "image"
+    """image, index, platform (a tag on a child of an index) or signature; for reports."""
+    size: int | None = None
+    """Bytes of the manifest and every blob it (or its platforms) references."""
     pushed: datetime | None = None
     pulled: datetime | None = None
     ranked_by: str | None = None
@@ -174,6 +203,8 @@ class Plan:
     created_at: datetime
     repositories: tuple[RepositoryPlan, ...]
     reclaimable_bytes: int = 0
+    refused: str | None = None
+    """Why ``run`` would apply none of it (``safety.max_deletions``), said in the plan."""
 
     @property
     def manifests_to_delete(self) -> int:
@@ -251,11 +282,26 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """False for any failure, and for a run that a safety limit held back anywhere.
+
+        A held repository deleted nothing the rules asked for: someone must look at the
+        rules (or raise the limit), so the pass says so with its exit code. A dry run only
+        reports the holds.
+        """
         failed = any(r.outcome is Outcome.FAILED for r in self.applied)
         unread = any(r.error for r in self.plan.repositories)
-        return not (self.errors or failed or unread or self.verification)
+        held = not self.dry_run and any(r.held for r in self.plan.repositories)
+        return not (self.errors or failed or unread or self.verification or held)
 
 
 # How a whole pass ended, as the daemon counts and files it.
 PassOutcome = Literal["success", "failure", "dry_run"]
 OUTCOMES: tuple[PassOutcome, ...] = ("success", "failure", "dry_run")
+
+
+PhaseProgress = Callable[[str, int, int], None]
+"""Told (phase, done, total) as a pass works: scan, trash, delete, gc, verify.
+
+The total is known before the first call of a phase and does not grow; the CLI draws it
+at a terminal, everything else may ignore it.
+"""

@@ -24,6 +24,7 @@ from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
     DeletionKind,
+    Hold,
     Inventory,
     Manifest,
     ManifestDeletion,
@@ -60,25 +61,40 @@ def plan(
     inventory: Inventory,
     now: datetime,
     in_use: Iterable[ImageReference] = (),
+    *,
+    holds: Iterable[Hold] = (),
 ) -> Plan:
     """The whole plan for one pass; ``now`` is the reference time for every age.
 
     ``in_use`` are the references the policy's ``in_use`` sources found: those tags and
-    digests are kept whatever the rules say.
+    digests are kept whatever the rules say. ``holds`` (restored tags) still in force at
+    ``now`` are kept like protected tags.
     """
     used: dict[str, list[ImageReference]] = {}
     for reference in in_use:
         used.setdefault(reference.repository, []).append(reference)
+    active: dict[str, dict[str, Hold]] = {}
+    for hold in holds:
+        if hold.until > now:
+            active.setdefault(hold.repository, {})[hold.tag] = hold
     repositories = tuple(
-        plan_repository(policy, r, now, inventory.pull_history_since, tuple(used.get(r.name, ())))
+        plan_repository(
+            policy,
+            r,
+            now,
+            inventory.pull_history_since,
+            tuple(used.get(r.name, ())),
+            active.get(r.name, {}),
+        )
         for r in inventory.repositories
     )
-    return Plan(
+    made = Plan(
         registry=inventory.registry,
         created_at=now,
         repositories=repositories,
         reclaimable_bytes=reclaimable_bytes(inventory, repositories),
     )
+    return replace(made, refused=check_budget(made, policy.safety))
 
 
 def plan_repository(
@@ -87,6 +103,7 @@ def plan_repository(
     now: datetime,
     pull_history_since: datetime | None = None,
     in_use: Sequence[ImageReference] = (),
+    holds: Mapping[str, Hold] | None = None,
 ) -> RepositoryPlan:
     """Rules, grace and the digest holds for images; artifacts follow; then the budget."""
     found = {
@@ -96,7 +113,7 @@ def plan_repository(
     }
     images_only = [t for t in repository.tags if t.name not in found]
     context = _Context(now, pull_history_since, times_by_tag(images_only, repository.manifests))
-    images = _by_rules(policy, repository, context, found, in_use)
+    images = _by_rules(policy, repository, context, found, in_use, holds or {})
     images = _within_grace(images, repository, policy.safety.grace_period, now)
     images = _hold_needed_digests(images, repository.manifests)
     held = repository.error is None and _over_fraction(images, policy.safety)
@@ -108,15 +125,57 @@ def plan_repository(
     if repository.error is not None or held:
         return RepositoryPlan(
             name=repository.name,
-            decisions=_report_order(decisions),
+            decisions=_report_order(_described(decisions, repository)),
             error=repository.error,
             held=held or None,
         )
     return RepositoryPlan(
         name=repository.name,
-        decisions=_report_order(decisions),
+        decisions=_report_order(_described(decisions, repository)),
         deletions=_deletions(decisions, repository.manifests),
     )
+
+
+def only_rule(plan: Plan, rule: str) -> Plan:
+    """The plan cut down to the deletions of one rule (``--rule``): everything else is kept.
+
+    Decided on the whole plan first, so each tag still belongs to the rule that claims it
+    (the first match); then a deletion is left out when any tag on its digest belongs to
+    another rule, and so is every child or artifact whose parent was left out. Left-out
+    tags read ``kept: --rule NAME leaves rule R's deletions for another pass``.
+    """
+    return replace(plan, repositories=tuple(_only_rule(r, rule) for r in plan.repositories))
+
+
+def _only_rule(repository: RepositoryPlan, rule: str) -> RepositoryPlan:
+    rule_of = {d.tag: d.rule for d in repository.decisions}
+    kept = {
+        d.digest
+        for d in repository.deletions
+        if d.kind is DeletionKind.TAGGED and any(rule_of.get(tag) != rule for tag in d.tags)
+    }
+    kept |= {
+        d.digest
+        for d in repository.deletions
+        if d.kind is not DeletionKind.TAGGED and not d.parents
+    }
+    grew = True
+    while grew:
+        more = {d.digest for d in repository.deletions if set(d.parents) & kept} - kept
+        kept |= more
+        grew = bool(more)
+    decisions = tuple(
+        replace(
+            d,
+            action=Action.KEEP,
+            reason=f"kept: --rule {rule} leaves {d.rule or 'this'} for another pass ({d.reason})",
+        )
+        if d.action is Action.DELETE and d.digest in kept
+        else d
+        for d in repository.decisions
+    )
+    deletions = tuple(d for d in repository.deletions if d.digest not in kept)
+    return replace(repository, decisions=decisions, deletions=deletions)
 
 
 def check_budget(plan: Plan, safety: Safety) -> str | None:
@@ -195,8 +254,10 @@ def _by_rules(
     context: _Context,
     skip: Mapping[str, object],
     in_use: Sequence[ImageReference],
+    holds: Mapping[str, Hold],
 ) -> tuple[TagDecision, ...]:
-    """Protect first, then what is in use, then the first rule that claims each tag.
+    """Protect first, then what is in use, then restored tags (``holds``), then the first
+    rule that claims each tag.
 
     Tags no rule claims are kept. Artifact tags (``skip``, never protected ones) are left
     to ``artifacts.decide``.
@@ -214,6 +275,8 @@ def _by_rules(
             decisions.append(_keep(tag, created, None, f"protected by {pattern!r}"))
         elif using is not None:
             decisions.append(_keep(tag, created, rule.name if rule else None, using))
+        elif tag.name in holds:
+            decisions.append(_keep(tag, created, None, holds[tag.name].reason))
         elif rule is None:
             decisions.append(_keep(tag, created, None, "matched no rule"))
         else:
@@ -336,7 +399,7 @@ def _age(rule: Rule, times: TagTimes, context: _Context) -> _Age | str:
     if moment is None:
         return why_unknown(times, _source(rule.age_by))
     age = now - moment.at
-    return _Age(age, moment.source, f"{describe_age(age)} since {moment.source}")
+    return _Age(age, moment.source, f"{describe_age(age, rule.max_age)} since {moment.source}")
 
 
 def _recent_pull(rule: Rule, times: TagTimes, context: _Context) -> tuple[bool, str] | None:
@@ -619,15 +682,25 @@ def _stored_blobs(manifest: Manifest) -> list[tuple[str, int]]:
 # -- small helpers --------------------------------------------------------------------------
 
 
-def describe_age(age: timedelta) -> str:
-    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew."""
+def describe_age(age: timedelta, limit: timedelta | None = None) -> str:
+    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew.
+
+    Beside a ``limit`` it never reads like the limit itself: an age of 14d 5h against
+    ``max_age: 14d`` is ``14d 5h``, not ``older than 14d (14d)``.
+    """
     seconds = int(age.total_seconds())
     if seconds < 0:
         return "in the future"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    first = next(i for i, (_, size) in enumerate(units) if seconds >= size or size == 1)
+    parts, shown = [], 0
+    for unit, size in units[first:]:
+        amount = (seconds - shown) // size
+        parts.append(f"{amount}{unit}")
+        shown += amount * size
+        if limit is None or shown != int(limit.total_seconds()) or shown == seconds:
+            break
+    return " ".join(parts)
 
 
 def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:
@@ -637,14 +710,53 @@ def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:
 
 def _keep(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
     return TagDecision(
-        tag.name, tag.digest, created, Action.KEEP, rule, reason, None, tag.pushed, tag.pulled
+        tag=tag.name,
+        digest=tag.digest,
+        created=created,
+        action=Action.KEEP,
+        rule=rule,
+        reason=reason,
+        pushed=tag.pushed,
+        pulled=tag.pulled,
     )
 
 
 def _delete(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
     return TagDecision(
-        tag.name, tag.digest, created, Action.DELETE, rule, reason, None, tag.pushed, tag.pulled
+        tag=tag.name,
+        digest=tag.digest,
+        created=created,
+        action=Action.DELETE,
+        rule=rule,
+        reason=reason,
+        pushed=tag.pushed,
+        pulled=tag.pulled,
     )
+
+
+def _described(decisions: Iterable[TagDecision], repository: Repository) -> list[TagDecision]:
+    """Kind and size of each tag, for the wide report; decides nothing."""
+    children = {c for m in repository.manifests.values() for c in m.children}
+    described = []
+    for decision in decisions:
+        manifest = repository.manifests.get(decision.digest)
+        kind = _kind(decision, manifest, children)
+        size = _size(manifest, repository.manifests) if manifest else None
+        described.append(replace(decision, kind=kind, size=size))
+    return described
+
+
+def _kind(decision: TagDecision, manifest: Manifest | None, children: set[str]) -> str:
+    if decision.is_artifact:
+        return "signature"
+    if manifest is not None and manifest.is_index:
+        return "index"
+    return "platform" if decision.digest in children else "image"
+
+
+def _size(manifest: Manifest, manifests: Mapping[str, Manifest]) -> int:
+    parts = [manifest, *(manifests[c] for c in manifest.children if c in manifests)]
+    return sum(m.size + sum(b.size for b in m.blobs) for m in parts)
 
 
 def _report_order(decisions: Iterable[TagDecision]) -> tuple[TagDecision, ...]:

@@ -271,9 +271,14 @@ class Artifacts(_Strict):
 
 
 class Trash(_Strict):
-    """Deleted manifests are saved in ``state_dir/trash`` and pruned after ``keep``."""
+    """Deleted manifests are saved in ``state_dir/trash`` and pruned after ``keep``.
+
+    Tags brought back by ``retention restore`` are kept by every pass for
+    ``hold_restored`` (0s: not at all), or until ``retention trash release``.
+    """
 
     keep: Duration = timedelta(days=14)
+    hold_restored: Duration = timedelta(days=7)
 
 
 class Verify(_Strict):

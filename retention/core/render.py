@@ -24,16 +24,21 @@ from retention.core.model import (
 )
 from retention.errors import PlanFileError
 
-FORMATS = ("table", "json", "markdown")
+FORMATS = ("table", "wide", "json", "markdown")
 
 
-def render(subject: Plan | RunResult, fmt: str) -> str:
-    """The report in ``fmt``; a Plan alone is reported as a dry run."""
+def render(subject: Plan | RunResult, fmt: str, *, only_delete: bool = False) -> str:
+    """The report in ``fmt``; a Plan alone is reported as a dry run.
+
+    ``only_delete`` leaves kept tags out of the table and Markdown rows (not out of the
+    counts); JSON is a public interface read by ``apply`` and always whole.
+    """
     result = subject if isinstance(subject, RunResult) else RunResult(subject, dry_run=True)
     renderers: dict[str, Callable[[RunResult], str]] = {
         "json": render_json,
-        "table": render_table,
-        "markdown": render_markdown,
+        "table": lambda r: render_table(r, only_delete=only_delete),
+        "wide": lambda r: render_table(r, wide=True, only_delete=only_delete),
+        "markdown": lambda r: render_markdown(r, only_delete=only_delete),
     }
     return renderers[fmt](result)
 
@@ -58,7 +63,7 @@ def to_dict(result: RunResult) -> dict[str, Any]:
         "dry_run": result.dry_run,
         "generated_at": timestamp(plan.created_at),
         "repositories": [_repository_dict(r) for r in plan.repositories],
-        "summary": asdict(plan.summary),
+        "summary": {**asdict(plan.summary), "refused": plan.refused},
     }
     if not result.dry_run:
         data["run_id"] = result.run_id
@@ -108,6 +113,8 @@ def _decision_dict(decision: TagDecision) -> dict[str, Any]:
         "created_at": _optional_time(decision.created),
         "ranked_by": decision.ranked_by,
         "aged_by": decision.aged_by,
+        "kind": decision.kind,
+        "size": decision.size,
     }
 
 
@@ -141,6 +148,7 @@ def plan_from_dict(data: Any) -> Plan:
             created_at=_parse_time(data["generated_at"]),
             repositories=tuple(_repository_from(r) for r in data["repositories"]),
             reclaimable_bytes=int(data["summary"]["reclaimable_bytes"]),
+            refused=data["summary"].get("refused"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PlanFileError(f"not a retention plan report ({type(exc).__name__}: {exc})") from exc
@@ -177,6 +185,8 @@ def _decision_from(data: dict[str, Any]) -> TagDecision:
         pulled=_optional_parse(data.get("pulled_at")),
         ranked_by=data.get("ranked_by"),
         aged_by=data.get("aged_by"),
+        kind=str(data.get("kind", "image")),
+        size=data.get("size"),
     )
 
 
@@ -193,24 +203,44 @@ def _parse_time(text: str) -> datetime:
 _COLUMNS = ("TAG", "ACTION", "RULE", "CREATED", "DIGEST", "REASON")
 
 
-def render_table(result: RunResult) -> str:
+_WIDE_COLUMNS = ("TAG", "ACTION", "RULE", "KIND", "SIZE", "PUSHED", "CREATED", "DIGEST", "REASON")
+
+
+def render_table(result: RunResult, wide: bool = False, only_delete: bool = False) -> str:
+    columns = _WIDE_COLUMNS if wide else _COLUMNS
     lines: list[str] = [_headline(result), ""]
+    outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines.append(_repository_title(repository))
-        lines.extend(_aligned([_COLUMNS, *(_row(d) for d in repository.decisions)], "  "))
+        shown = _shown(repository, only_delete)
+        rows = (_row(d, wide, outcomes.get(repository.name)) for d in shown)
+        lines.extend(_aligned([columns, *rows], "  "))
         lines.append("")
     lines.extend(_footer(result))
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(result: RunResult) -> str:
+def render_wide(result: RunResult) -> str:
+    """The table with KIND, SIZE and PUSHED: ``-o wide``, as kubectl has it."""
+    return render_table(result, wide=True)
+
+
+def _shown(repository: RepositoryPlan, only_delete: bool) -> Sequence[TagDecision]:
+    return repository.tags_to_delete if only_delete else repository.decisions
+
+
+def render_markdown(result: RunResult, only_delete: bool = False) -> str:
     lines: list[str] = [f"# {_headline(result)}", ""]
+    outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines += [f"## {_repository_title(repository)}", ""]
         lines.append("| " + " | ".join(_COLUMNS) + " |")
         lines.append("|" + "---|" * len(_COLUMNS))
         lines.extend(
-            "| " + " | ".join(_escape(c) for c in _row(d)) + " |" for d in repository.decisions
+            "| "
+            + " | ".join(_escape(c) for c in _row(d, False, outcomes.get(repository.name)))
+            + " |"
+            for d in _shown(repository, only_delete)
         )
         lines.append("")
     lines.extend(f"- {line}" for line in _footer(result))
@@ -225,8 +255,8 @@ def _headline(result: RunResult) -> str:
 def _repository_title(repository: RepositoryPlan) -> str:
     deleting = len(repository.tags_to_delete)
     title = (
-        f"{repository.name}: {len(repository.decisions)} tags, {deleting} to delete, "
-        f"{len(repository.deletions)} manifests"
+        f"{repository.name}: {_count(len(repository.decisions), 'tag')}, {deleting} to delete, "
+        f"{_count(len(repository.deletions), 'manifest')}"
     )
     if repository.error:
         return f"{title} — SKIPPED, not fully read: {repository.error}"
@@ -235,12 +265,41 @@ def _repository_title(repository: RepositoryPlan) -> str:
     return title
 
 
-def _row(decision: TagDecision) -> tuple[str, ...]:
+def _outcomes(result: RunResult) -> dict[str, dict[str, str]]:
+    """After a run, per repository and digest, what happened: the ACTION column says it."""
+    if result.dry_run:
+        return {}
+    found: dict[str, dict[str, str]] = {r.name: {} for r in result.plan.repositories}
+    for applied in result.applied:
+        word = "GONE" if applied.outcome.value == "already_gone" else applied.outcome.value.upper()
+        found.setdefault(applied.repository, {})[applied.digest] = word
+    return found
+
+
+def _action(decision: TagDecision, outcomes: dict[str, str] | None) -> str:
+    """DELETE/keep in a plan; DELETED, GONE, SKIPPED, FAILED or NOT DELETED after a run."""
+    if decision.action is not Action.DELETE:
+        return "keep"
+    if outcomes is None:
+        return "DELETE"
+    return outcomes.get(decision.digest, "NOT DELETED")
+
+
+def _row(
+    decision: TagDecision, wide: bool = False, outcomes: dict[str, str] | None = None
+) -> tuple[str, ...]:
+    created = timestamp(decision.created) if decision.created else "unknown"
+    extra: tuple[str, ...] = ()
+    if wide:
+        size = human_bytes(decision.size) if decision.size is not None else "?"
+        pushed = timestamp(decision.pushed) if decision.pushed else "unknown"
+        extra = (decision.kind, size, pushed)
     return (
         f"└ {decision.tag}" if decision.is_artifact else decision.tag,
-        "DELETE" if decision.action is Action.DELETE else "keep",
+        _action(decision, outcomes),
         decision.rule or "-",
-        timestamp(decision.created) if decision.created else "unknown",
+        *extra,
+        created,
         short_digest(decision.digest),
         decision.reason,
     )
@@ -249,17 +308,44 @@ def _row(decision: TagDecision) -> tuple[str, ...]:
 def _footer(result: RunResult) -> list[str]:
     s = result.plan.summary
     lines = [
-        f"total: {s.repositories} repositories, {s.tags} tags, {s.tags_to_delete} tags to delete, "
-        f"{s.manifests_to_delete} manifests to delete, ~{human_bytes(s.reclaimable_bytes)} "
-        "reclaimable",
+        f"total: {_count(s.repositories, 'repository')}, {_count(s.tags, 'tag')}, "
+        f"{_count(s.tags_to_delete, 'tag')} to delete, "
+        f"{_count(s.manifests_to_delete, 'manifest')} to delete, "
+        f"~{human_bytes(s.reclaimable_bytes)} reclaimable",
     ]
-    if s.repositories_skipped:
-        lines.append(f"{s.repositories_skipped} repositories skipped or held (see above)")
+    lines.extend(_refusals(result))
     if not result.dry_run:
         lines.extend(_applied_lines(result))
     lines.extend(f"error: {e}" for e in result.errors)
     lines.extend(f"broken: {problem}" for problem in result.verification)
     return lines
+
+
+def _refusals(result: RunResult) -> list[str]:
+    """What `run` refuses (or refused): said in the plan, so a dry run is no surprise."""
+    plan = result.plan
+    lines = []
+    unread = sum(1 for r in plan.repositories if r.error)
+    held = sum(1 for r in plan.repositories if r.held)
+    if unread:
+        lines.append(f"{_count(unread, 'repository')} not fully read: nothing deleted there")
+    if held:
+        verb = "would delete" if result.dry_run else "deleted"
+        lines.append(
+            f"{_count(held, 'repository')} HELD by safety.max_delete_fraction: run {verb} "
+            "nothing there, and exits 1 (see above)"
+        )
+    if plan.refused and result.dry_run:
+        lines.append(f"run will refuse this plan: {plan.refused}")
+    return lines
+
+
+def _count(count: int, noun: str) -> str:
+    """``1 repository``, ``2 repositories``, ``3 tags``."""
+    if count == 1:
+        return f"1 {noun}"
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{count} {plural}"
 
 
 def _applied_lines(result: RunResult) -> list[str]:

@@ -7,6 +7,8 @@ runs whatever happened before it, so a failed GC never leaves the registry down.
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -50,6 +52,20 @@ class CommandCollector:
             self.ready(self.settings.ready_timeout.total_seconds())
 
 
+def missing_programs(settings: GarbageCollection) -> list[str]:
+    """One line per configured command whose program this host cannot find (for ``check``)."""
+    commands = {
+        "gc.command": settings.command,
+        "gc.stop_command": settings.stop_command,
+        "gc.start_command": settings.start_command,
+    }
+    return [
+        f"{key}: program not found: {argv[0]} (not on PATH, or no such file)"
+        for key, argv in commands.items()
+        if argv and shutil.which(argv[0]) is None
+    ]
+
+
 def gc_argv(settings: GarbageCollection) -> list[str]:
     """The configured command, with ``--delete-untagged`` only when explicitly opted in."""
     argv = list(settings.command)
@@ -76,8 +92,22 @@ def run_command(argv: Sequence[str], timeout_s: float, what: str) -> str:
     except OSError as exc:
         raise GarbageCollectionError(f"{what}: {exc}") from exc
     if done.returncode != 0:
-        raise GarbageCollectionError(f"{what} exited {done.returncode}: {last_lines(done.stdout)}")
+        raise GarbageCollectionError(f"{what} exited {done.returncode}: {cause(done.stdout)}")
     return done.stdout
+
+
+def cause(output: str) -> str:
+    """The line of a failed program's output that says why: its first error line.
+
+    ``registry garbage-collect`` (cobra) answers a bad config with ``configuration error:
+    open ...: no such file or directory`` and then its whole usage text, so the tail would
+    show only flags. Lines from ``Usage:`` on are dropped; the first line mentioning an
+    error wins, otherwise the last lines left.
+    """
+    before_usage = re.split(r"^Usage:\s*$", output, maxsplit=1, flags=re.MULTILINE)[0]
+    lines = [line.strip() for line in before_usage.splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"error|fatal|panic", line, re.IGNORECASE)]
+    return errors[0] if errors else last_lines(before_usage)
 
 
 def last_lines(output: str, count: int = 3) -> str:

@@ -15,7 +15,6 @@ registry; readiness is the injected ``ReadyCheck``.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import stat
 import threading
@@ -32,7 +31,7 @@ from retention.core.model import GcResult
 from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError, RetentionError, StorageError
 from retention.gc import ReadyCheck, count_deleted_blobs
-from retention.gc.command import gc_argv, last_lines
+from retention.gc.command import cause, gc_argv, last_lines
 from retention.gc.disk_usage import parse_du
 
 DOCKER_FAILURES = (DockerException, OSError)
@@ -318,12 +317,12 @@ def join_problems(failure: str | None, restart_problem: str | None) -> str:
 
 
 def failure_lines(output: str) -> str:
-    """The last lines before the usage text the registry prints after an argument error.
+    """Why the registry failed: its first error line, not the usage text it prints after.
 
     ``registry garbage-collect`` (cobra) answers a bad config with ``configuration error:
     ...`` and then its whole usage; the tail alone would show only the flags.
     """
-    return last_lines(re.split(r"^Usage:$", output, maxsplit=1, flags=re.MULTILINE)[0])
+    return cause(output)
 
 
 def is_timeout(exc: BaseException) -> bool:

@@ -119,9 +119,11 @@ class RegistryClient:
         self._settings = settings
         self._sleep = sleep
         self._semaphore = asyncio.Semaphore(settings.concurrency)
+        found = credentials.resolve(settings)
+        self._has_credentials = found is not None
         self._http = httpx.AsyncClient(
             base_url=public_url(httpx.URL(settings.base_url)),
-            auth=_auth(settings, clock),
+            auth=RegistryAuth(found, registry_url=settings.base_url, clock=clock),
             verify=_tls(settings),
             timeout=httpx.Timeout(settings.timeout.total_seconds()),
             limits=httpx.Limits(
@@ -311,7 +313,7 @@ class RegistryClient:
         except (httpx.RequestError, httpx.InvalidURL) as exc:  # redirect loops, bad Link URLs
             raise RegistryError(f"the exchange failed: {exc}", method=method, url=str(url)) from exc
         if reply.status not in expect:
-            raise _status_error(reply)
+            raise _status_error(reply, self._has_credentials)
         return reply
 
     async def _with_retries(
@@ -402,11 +404,6 @@ def digest_matches(digest: str, data: bytes) -> bool:
     if algorithm not in ("sha256", "sha384", "sha512"):
         return False
     return hashlib.new(algorithm, data).hexdigest() == expected
-
-
-def _auth(settings: RegistrySettings, clock: Clock) -> httpx.Auth:
-    """Basic or Bearer, as the registry asks, with whatever credentials are configured."""
-    return RegistryAuth(credentials.resolve(settings), registry_url=settings.base_url, clock=clock)
 
 
 def _tls(settings: RegistrySettings) -> ssl.SSLContext | bool:
@@ -577,13 +574,21 @@ def _tls_message(error: ssl.SSLError) -> str:
     return f"TLS with the registry failed: {reason}"
 
 
-def _status_error(reply: _Reply) -> RegistryError:
+def _status_error(reply: _Reply, has_credentials: bool = True) -> RegistryError:
     """The domain error for an unexpected status, with the registry's own code and message."""
     code, detail = _registry_error_code(reply.body)
     kind, summary = _classify(reply.method, reply.status, code)
+    if reply.status == 401 and not has_credentials:
+        summary = NO_CREDENTIALS
     message = f"{summary}: {detail}" if detail else summary
     url = public_url(reply.url)
     return kind(message, method=reply.method, url=url, status=reply.status, code=code)
+
+
+NO_CREDENTIALS = (
+    "the registry requires authentication and no credentials are configured: set "
+    "registry.username with registry.password (or password_file), or credentials: docker"
+)
 
 
 def _classify(method: str, status: int, code: str | None) -> tuple[type[RegistryError], str]:

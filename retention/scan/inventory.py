@@ -30,7 +30,8 @@ from retention.state.manifest_cache import ManifestCache
 
 TAG_WORKERS_PER_CONNECTION = 2
 ProgressCallback = Callable[[int, int], None]
-"""Called with (tags done, tags known so far); the total grows as repositories are listed."""
+"""Called with (repositories scanned, repositories listed): the catalog is listed first, so
+the total is known before the first call and never grows."""
 
 
 async def collect(
@@ -52,12 +53,14 @@ async def collect(
     try:
         await client.ping()
         names = [name for name in await client.catalog() if repositories(name)]
-        tally = _Tally(progress)
+        tally = _Tally(progress, total=len(names))
         bound = asyncio.Semaphore(client.concurrency)
 
         async def scan(name: str) -> Repository:
             async with bound:
-                return await _RepositoryScan(client, name, tally, cache).run()
+                scanned = await _RepositoryScan(client, name, cache).run()
+            tally.repository_done()
+            return scanned
 
         scanned = await asyncio.gather(*(scan(name) for name in names))
     finally:
@@ -68,19 +71,16 @@ async def collect(
 
 @dataclass
 class _Tally:
-    """Progress over all repositories: tags whose manifest is known, and tags listed."""
+    """Progress over all repositories: scanned of listed (the catalog comes first)."""
 
     callback: ProgressCallback | None
+    total: int
     done: int = 0
-    known: int = 0
 
-    def add(self, *, done: int = 0, known: int = 0) -> None:
-        if not done and not known:
-            return
-        self.done += done
-        self.known += known
+    def repository_done(self) -> None:
+        self.done += 1
         if self.callback is not None:
-            self.callback(self.done, self.known)
+            self.callback(self.done, self.total)
 
 
 class _RepositoryScan:
@@ -90,28 +90,21 @@ class _RepositoryScan:
     (and indexes sharing children) wait for one request instead of sending their own.
     """
 
-    def __init__(
-        self, client: RegistryClient, name: str, tally: _Tally, cache: ManifestCache | None
-    ) -> None:
+    def __init__(self, client: RegistryClient, name: str, cache: ManifestCache | None) -> None:
         self._client = client
         self._name = name
-        self._tally = tally
         self._cache = cache
         self._tags: list[Tag] = []
         self._manifests: dict[str, Manifest] = {}
         self._manifest_tasks: dict[str, asyncio.Task[Manifest]] = {}
         self._created_tasks: dict[str, asyncio.Task[datetime | None]] = {}
         self._group = asyncio.TaskGroup()
-        self._listed = 0
-        self._done = 0
 
     async def run(self) -> Repository:
         try:
             await self._scan()
         except RegistryError as exc:
             return self._result(error=_one_line(f"{self._name}: {exc}"))
-        finally:
-            self._tally.add(done=self._listed - self._done)  # a failed scan finishes its tags
         return self._result()
 
     async def _scan(self) -> None:
@@ -122,8 +115,6 @@ class _RepositoryScan:
         connection busy while a worker waits for its manifest and config.
         """
         tags = await self._tag_names()
-        self._listed = len(tags)
-        self._tally.add(known=len(tags))
         queue = iter(tags)
         workers = min(len(tags), TAG_WORKERS_PER_CONNECTION * self._client.concurrency)
         await _all_or_first_error(self._group, (self._scan_tags(queue) for _ in range(workers)))
@@ -151,8 +142,6 @@ class _RepositoryScan:
         digest, _ = await self._client.resolve(self._name, tag)
         self._tags.append(Tag(name=tag, digest=digest))
         await self._manifest(digest, present=True)
-        self._done += 1
-        self._tally.add(done=1)
 
     def _manifest(self, digest: str, *, present: bool = False) -> Awaitable[Manifest]:
         """The manifest, loaded once; ``present`` when a HEAD just found it here."""

@@ -156,7 +156,9 @@ async def test_the_trash_gives_back_the_exact_manifests_with_their_digests(
     trash = Trash(tmp_path)
 
     async with client_for(fake) as client:
-        await executor.apply(client, plan, trash.open_bin("run-1", plan.registry, NOW))
+        trash_bin = trash.open_bin("run-1", plan.registry, NOW)
+        await executor.apply(client, plan, trash_bin)
+        trash_bin.commit()  # the runner commits the bin whatever happened
         assert all(seeder.manifest_status("app", d) == 404 for d in digests[:2])
         entries = restorable(trash.get("run-1"), tag="build-0")
         restored = await restore(client, trash, "run-1", entries)

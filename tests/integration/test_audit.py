@@ -20,7 +20,7 @@ def ago(days: int) -> datetime:
 
 
 def audit_lines(policy: Path, *filters: str) -> list[dict[str, Any]]:
-    found = retention("audit", "-c", str(policy), "--format", "json", *filters)
+    found = retention("audit", "-c", str(policy), "-o", "json", *filters)
     assert found.code == 0, found.stderr
     return [json.loads(line) for line in found.stdout.splitlines()]
 
@@ -43,7 +43,7 @@ def test_a_run_audits_each_deleted_manifest_and_a_restore_audits_its_return(
         **command_gc(registry_server, delay="1h"),
     )
 
-    run = retention("run", "-c", str(policy), "--format", "json")
+    run = retention("run", "-c", str(policy), "-o", "json")
     assert run.code == 0, run.stderr
     run_id = run.json()["run_id"]
     lines = (tmp_path / "state" / "audit.jsonl").read_text().splitlines()
@@ -125,7 +125,7 @@ def test_an_audit_log_that_cannot_be_written_stops_the_deletions_after_the_batch
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
     (tmp_path / "state" / "audit.jsonl").mkdir(parents=True)  # appending to it fails
 
-    run = retention("run", "-c", str(policy), "--format", "json")
+    run = retention("run", "-c", str(policy), "-o", "json")
 
     assert run.code == 1
     no_traceback(run)

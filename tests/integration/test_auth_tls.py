@@ -417,7 +417,7 @@ def test_htpasswd_the_right_password_from_a_file_plans(
     registry = {"url": htpasswd_registry.url, "username": "ci", "password_file": str(password_file)}
     policy = write_policy(tmp_path / "p.yml", htpasswd_registry.url, BUILDS, registry=registry)
 
-    result = retention("plan", "-c", str(policy), "--format", "json")
+    result = retention("plan", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     assert result.json()["summary"]["manifests_to_delete"] == 2
@@ -448,6 +448,18 @@ def test_htpasswd_a_wrong_password_is_exit_1_with_one_line(
     assert line.count("\n") == 0
 
 
+def test_htpasswd_without_credentials_configured_says_so_and_how_to_configure_them(
+    tmp_path: Path, htpasswd_registry: RegistryServer
+) -> None:
+    policy = write_policy(tmp_path / "p.yml", htpasswd_registry.url, BUILDS)
+
+    result = retention("plan", "-c", str(policy))
+
+    line = assert_one_clean_error(result, "requires authentication", "401")
+    assert "no credentials are configured" in line and "registry.username" in line
+    assert "refused our credentials" not in result.stderr
+
+
 # --- (b) token auth ---------------------------------------------------------------------
 
 
@@ -462,7 +474,7 @@ def test_token_auth_plan_and_run_work_with_one_token_request_per_scope(
         issuer.requests.clear()
         policy = token_policy(tmp_path, server)
 
-        planned = retention("plan", "-c", str(policy), "--format", "json", env=ENV)
+        planned = retention("plan", "-c", str(policy), "-o", "json", env=ENV)
         assert planned.code == 0, planned.stderr
         assert planned.json()["summary"]["manifests_to_delete"] == 4
         assert set(issuer.requests) == {
@@ -474,7 +486,7 @@ def test_token_auth_plan_and_run_work_with_one_token_request_per_scope(
         assert set(issuer.requests.values()) == {1}  # cached per scope, shared by concurrency
 
         issuer.requests.clear()
-        ran = retention("run", "-c", str(policy), "--format", "json", env=ENV)
+        ran = retention("run", "-c", str(policy), "-o", "json", env=ENV)
         assert ran.code == 0, ran.stderr
         assert [seeder.manifest_status("app", d) for d in builds] == [404, 404, 200]
         assert issuer.requests["repository:app:delete"] == 1
@@ -519,7 +531,7 @@ def test_token_auth_a_token_without_delete_rights_fails_clearly_and_deletes_noth
         builds = seed_builds(seeder)
         policy = token_policy(tmp_path, server)
 
-        result = retention("run", "-c", str(policy), "--format", "json", env=ENV)
+        result = retention("run", "-c", str(policy), "-o", "json", env=ENV)
 
         line = assert_one_clean_error(result, "repository 'app'", "'repository:app:delete'")
         assert "user 'ci'" in line and "insufficient_scope" in line
@@ -580,7 +592,7 @@ def test_tls_the_ca_certificate_makes_the_registry_trusted(
         seeder.close()
     policy = tls_policy(tmp_path, https_registry, ca_cert=str(tls.ca.cert))
 
-    result = retention("plan", "-c", str(policy), "--format", "json")
+    result = retention("plan", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     assert result.json()["summary"]["manifests_to_delete"] == 2
@@ -643,7 +655,7 @@ def test_mtls_the_client_certificate_is_presented(
         client_key=str(tls.client.key),
     )
 
-    result = retention("plan", "-c", str(policy), "--format", "json")
+    result = retention("plan", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     assert result.json()["summary"]["manifests_to_delete"] == 2
@@ -692,18 +704,16 @@ def test_no_password_or_token_appears_in_any_output_or_report(
         policy = token_policy(tmp_path, server)
         outputs = [
             retention("check", "-c", str(policy), env=ENV),
-            retention(
-                "--log-level", "debug", "plan", "-c", str(policy), "--format", "json", env=ENV
-            ),
+            retention("--log-level", "debug", "plan", "-c", str(policy), "-o", "json", env=ENV),
             retention(
                 "--log-level",
                 "debug",
                 "run",
                 "-c",
                 str(policy),
-                "--format",
+                "-o",
                 "json",
-                "--output",
+                "-f",
                 str(report),
                 env=ENV,
             ),

@@ -44,7 +44,7 @@ def test_run_collects_garbage_in_the_registry_container(
     before = du_bytes(registry_container.host_root)
 
     result = retention(
-        "run", "-c", str(policy), "--format", "json", env={"DOCKER_HOST": docker_engine.host}
+        "run", "-c", str(policy), "-o", "json", env={"DOCKER_HOST": docker_engine.host}
     )
 
     assert result.code == 0, result.stderr

@@ -35,7 +35,7 @@ def test_plan_reports_each_decision_and_deletes_nothing(
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, protect=["latest"])
 
     # One plan as a process of its own (`python -m retention`), the rest in-process.
-    result = retention("plan", "-c", str(policy), "--format", "json", process=True)
+    result = retention("plan", "-c", str(policy), "-o", "json", process=True)
 
     assert result.code == 0, result.stderr
     report = result.json()
@@ -67,7 +67,7 @@ def test_plan_lists_children_of_a_deleted_index_and_keeps_a_kept_indexs_children
     rule = {"name": "releases", "keep_last": 1}
     policy = write_policy(tmp_path / "p.yml", registry_server.url, rule)
 
-    report = retention("plan", "-c", str(policy), "--format", "json").json()
+    report = retention("plan", "-c", str(policy), "-o", "json").json()
 
     (multi,) = report["repositories"]
     assert multi["delete"] == [old_index, old[0]]
@@ -82,7 +82,7 @@ def test_plan_follows_catalog_pagination_past_one_hundred_repositories(
         seeder.image(name, ["a"], ago(3), unique="shared")
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
 
-    report = retention("plan", "-c", str(policy), "--format", "json").json()
+    report = retention("plan", "-c", str(policy), "-o", "json").json()
 
     assert sorted(r["name"] for r in report["repositories"]) == names
 
@@ -94,13 +94,13 @@ def test_table_and_markdown_show_the_same_decisions_with_totals(
     seed_builds(seeder)
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
 
-    result = retention("plan", "-c", str(policy), "--format", fmt)
+    result = retention("plan", "-c", str(policy), "-o", fmt)
 
     assert result.code == 0
     assert "app/web: 5 tags, 3 to delete, 3 manifests" in result.stdout
     assert result.stdout.count("DELETE") == 3
     assert "beyond keep_last=2 (#3 by created time)" in result.stdout
-    assert "total: 1 repositories, 5 tags, 3 tags to delete" in result.stdout
+    assert "total: 1 repository, 5 tags, 3 tags to delete" in result.stdout
 
 
 def test_plan_writes_the_report_to_a_file(
@@ -110,7 +110,7 @@ def test_plan_writes_the_report_to_a_file(
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
     target = tmp_path / "out" / "plan.json"
 
-    result = retention("plan", "-c", str(policy), "--format", "json", "--output", str(target))
+    result = retention("plan", "-c", str(policy), "-o", "json", "-f", str(target))
 
     assert result.code == 0
     assert result.stdout == ""
@@ -190,7 +190,7 @@ def test_wrong_credentials_are_reported_as_an_authentication_error(
             registry={"url": server.url, "username": "ci", "password": "right"},
         )
         refused = retention("plan", "-c", str(bad))
-        accepted = retention("plan", "-c", str(good), "--format", "json")
+        accepted = retention("plan", "-c", str(good), "-o", "json")
     finally:
         server.stop()
     assert refused.code == 1
@@ -210,7 +210,7 @@ def test_a_corrupt_manifest_skips_its_repository_and_the_others_go_on(
     (data / "data").write_bytes(b'{"schemaVersion": 2, "tampered": true}')
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
 
-    result = retention("plan", "-c", str(policy), "--format", "json")
+    result = retention("plan", "-c", str(policy), "-o", "json")
 
     assert result.code == 1
     no_traceback(result)

@@ -75,13 +75,13 @@ def test_run_deletes_exactly_the_plan_keeps_kept_images_pullable_and_frees_space
         protect=["stable"],
         **command_gc(registry_server),
     )
-    planned = retention("plan", "-c", str(policy), "--format", "json").json()
+    planned = retention("plan", "-c", str(policy), "-o", "json").json()
     doomed = [seeded["builds"][0], seeded["builds"][2]]
     old_blobs = blobs_of(seeder, "multi", seeded["old"])
     only_old = [b for b in old_blobs if b not in blobs_of(seeder, "multi", seeded["new"])]
     before = du_bytes(registry_server.root)
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     report = result.json()
@@ -115,8 +115,8 @@ def test_dry_run_gives_the_plan_report_and_deletes_nothing(
     )
     before = du_bytes(registry_server.root)
 
-    dry = retention("run", "-c", str(policy), "--dry-run", "--format", "json").json()
-    planned = retention("plan", "-c", str(policy), "--format", "json").json()
+    dry = retention("run", "-c", str(policy), "--dry-run", "-o", "json").json()
+    planned = retention("plan", "-c", str(policy), "-o", "json").json()
 
     for report in (dry, planned):
         report.pop("generated_at")
@@ -148,10 +148,14 @@ def test_plan_over_max_deletions_deletes_nothing_unless_forced(
         tmp_path / "p.yml", registry_server.url, BUILDS, safety={"max_deletions": 2}
     )
 
-    refused = retention("run", "-c", str(policy), "--format", "json")
+    planned = retention("plan", "-c", str(policy), "-o", "json")
+    refused = retention("run", "-c", str(policy), "-o", "json")
     still_there = [seeder.manifest_status("app", d) for d in seeded["builds"]]
-    forced = retention("run", "-c", str(policy), "--force", "--format", "json")
+    forced = retention("run", "-c", str(policy), "--force", "-o", "json")
 
+    assert planned.code == 0
+    assert "safety.max_deletions=2" in planned.json()["summary"]["refused"]
+    assert "warning: run will refuse this plan" in planned.stderr
     assert refused.code == 1
     assert any("safety.max_deletions=2" in line for line in refused.error_lines)
     assert refused.json()["applied"] == []
@@ -187,7 +191,7 @@ def test_failed_gc_is_reported_with_the_deletions_and_exits_1(
     gc["gc"]["command"] = [registry_server.binary, "garbage-collect", str(tmp_path / "none.yml")]
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **gc)
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 1
     no_traceback(result)
@@ -204,7 +208,7 @@ def test_unmeasurable_storage_is_said_once_and_the_pass_goes_on(
     gc["storage"] = {"path": str(tmp_path / "not-here")}
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **gc)
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     warnings = [e for e in log_events(result.stderr) if e["event"] == "storage not measured"]
@@ -220,7 +224,7 @@ def test_gc_is_not_run_when_nothing_was_deleted(
         tmp_path / "p.yml", registry_server.url, BUILDS, **command_gc(registry_server)
     )
 
-    report = retention("run", "-c", str(policy), "--format", "json").json()
+    report = retention("run", "-c", str(policy), "-o", "json").json()
 
     assert report["gc"] == {
         "mode": "command",

@@ -7,7 +7,7 @@ from cli_support import retention
 
 def test_the_demo_runs_a_full_pass_that_deletes_and_frees_space() -> None:
     # As the README runs it: a process of its own, through the installed entry point.
-    result = retention("demo", "--format", "json", process=True)
+    result = retention("demo", "-o", "json", process=True)
 
     assert result.code == 0, result.stderr
     report = result.json()

@@ -143,8 +143,10 @@ def test_policy_passes_retention_check_warning_only_about_gc_beside_a_live_regis
 
     assert result.code == 0, result.stderr
     assert "ok" in result.stdout
-    warned = "warning:" in result.stderr
-    assert warned is source.load().gc.runs_beside_live_registry, result.stderr
+    # A GC program that lives in the container, not on this host, is said as well.
+    warnings = [w for w in result.stderr.splitlines() if w.startswith("warning:")]
+    about_live = [w for w in warnings if "program not found" not in w]
+    assert bool(about_live) is source.load().gc.runs_beside_live_registry, result.stderr
 
 
 @pytest.mark.parametrize("source", WITH_PASSWORD, ids=[s.name for s in WITH_PASSWORD])

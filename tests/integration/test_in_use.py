@@ -53,7 +53,7 @@ def test_a_file_source_keeps_what_it_names_and_is_read_again_every_pass(
         safety=SAFETY,
     )
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     report = result.json()
@@ -68,7 +68,7 @@ def test_a_file_source_keeps_what_it_names_and_is_read_again_every_pass(
     assert [seeder.manifest_status("app/web", d) for d in digests] == [200, 200, 404, 404]
 
     in_use.write_text(f"app/web@{digests[1]}\n")
-    again = retention("plan", "-c", str(policy), "--format", "json")
+    again = retention("plan", "-c", str(policy), "-o", "json")
 
     assert again.code == 0, again.stderr
     assert actions(again.json(), "app/web") == {"build-0": "delete", "build-1": "keep"}
@@ -87,7 +87,7 @@ def test_a_command_source_keeps_what_it_prints_and_names_the_command(
         safety=SAFETY,
     )
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     report = result.json()
@@ -179,11 +179,11 @@ def test_apply_reads_the_sources_again_and_spares_an_image_deployed_since_the_pl
         safety=SAFETY,
     )
     saved = tmp_path / "plan.json"
-    planned = retention("plan", "-c", str(policy), "--format", "json", "--output", str(saved))
+    planned = retention("plan", "-c", str(policy), "-o", "json", "--output-file", str(saved))
     assert planned.code == 0, planned.stderr
 
     in_use.write_text("app/web:build-0\n")
-    applied = retention("apply", str(saved), "-c", str(policy), "--format", "json")
+    applied = retention("apply", str(saved), "-c", str(policy), "-o", "json")
 
     assert applied.code == 0, applied.stderr
     assert reasons(applied.json(), "app/web")["build-0"].startswith(

@@ -183,7 +183,7 @@ def test_the_cli_keeps_images_the_cluster_runs_and_deletes_the_rest(
             in_use=[{"kubernetes": {"kubeconfig": str(kubeconfig)}}],
             safety={"max_delete_fraction": 1.0},
         )
-        result = retention("run", "-c", str(policy), "--format", "json")
+        result = retention("run", "-c", str(policy), "-o", "json")
 
         assert result.code == 0, result.stderr
         report = result.json()
@@ -201,7 +201,7 @@ def test_the_cli_keeps_images_the_cluster_runs_and_deletes_the_rest(
         assert seeder.manifest_status("shop/web", digests["v4"]) == 404
 
         cluster.failures["/apis/apps/v1/daemonsets"] = 403
-        failed = retention("run", "-c", str(policy), "--format", "json")
+        failed = retention("run", "-c", str(policy), "-o", "json")
 
     assert failed.code == 1
     assert failed.error_lines == ["error: in_use source kubernetes: the API answered 403 Forbidden"]

@@ -124,18 +124,17 @@ async def test_only_repositories_the_filter_accepts_are_scanned(
     assert not [r for r in recording.requests if r.url.path.startswith("/v2/other/")]
 
 
-async def test_progress_counts_tags_done_against_tags_known_until_all_are_done(
+async def test_progress_counts_repositories_against_a_total_known_before_the_first_call(
     registry_server: RegistryServer, seeder: Seeder
 ) -> None:
     seeder.image("web", ["v1", "v2", "v3"], JANUARY)
     seeder.image("api", ["v1", "v2"], JANUARY)
+    seeder.image("db", ["v1"], JANUARY)
     calls: list[tuple[int, int]] = []
 
-    await collect(registry_server, progress=lambda done, known: calls.append((done, known)))
+    await collect(registry_server, progress=lambda done, total: calls.append((done, total)))
 
-    assert calls[-1] == (5, 5)
-    assert all(done <= known for done, known in calls)
-    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
 async def test_a_config_without_created_leaves_the_age_unknown_without_failing(

@@ -289,8 +289,8 @@ def test_a_plan_uses_the_push_time_from_events_on_any_backend(wiring: Wiring) ->
     document["notifications"] = {"enabled": False}
     without.write_text(json.dumps(document))
 
-    planned = retention("plan", "-c", str(with_events), "--format", "json")
-    blind = retention("plan", "-c", str(without), "--format", "json")
+    planned = retention("plan", "-c", str(with_events), "-o", "json")
+    blind = retention("plan", "-c", str(without), "-o", "json")
 
     assert planned.code == 0, planned.stderr
     assert actions(planned.json(), "app") == {"v1": "keep", "v2": "keep"}

@@ -60,7 +60,7 @@ def test_signatures_follow_their_image(
     old_sig, new_sig = sign(seeder, "app", old), sign(seeder, "app", new)
     policy = write_policy(tmp_path / "p.yml", registry_server.url, {"name": "all", "keep_last": 1})
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     report = result.json()
@@ -87,7 +87,7 @@ def test_a_repository_not_fully_read_deletes_nothing_and_the_others_go_on(
     shutil.rmtree(revisions / "revisions/sha256" / broken[1].split(":")[1])
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 1
     no_traceback(result)
@@ -102,11 +102,11 @@ def test_apply_carries_out_a_reviewed_plan_and_skips_what_changed(
     digests = [seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}") for i in range(4)]
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
     plan = tmp_path / "plan.json"
-    assert retention("plan", "-c", str(policy), "--format", "json", "--output", str(plan)).code == 0
+    assert retention("plan", "-c", str(policy), "-o", "json", "-f", str(plan)).code == 0
     moved = seeder.image("app", ["v0"], ago(0), unique="pushed-after-review")
     seeder.image("app", ["v9"], ago(20), unique="not-in-the-plan")
 
-    result = retention("apply", str(plan), "-c", str(policy), "--format", "json")
+    result = retention("apply", str(plan), "-c", str(policy), "-o", "json")
 
     assert result.code == 0, result.stderr
     applied = {a["digest"]: (a["outcome"], a["detail"]) for a in result.json()["applied"]}
@@ -156,7 +156,7 @@ def test_trash_restores_a_deleted_image_until_gc_collects_it(
     sections = command_gc(registry_server, delay="1h")
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **sections)
 
-    run = retention("run", "-c", str(policy), "--format", "json")
+    run = retention("run", "-c", str(policy), "-o", "json")
     report = run.json()
     run_id = report["run_id"]
     listed = retention("trash", "list", "-c", str(policy))
@@ -179,7 +179,7 @@ def test_restore_is_refused_once_gc_collected_the_run(
     policy = write_policy(
         tmp_path / "p.yml", registry_server.url, BUILDS, **command_gc(registry_server)
     )
-    run_id = retention("run", "-c", str(policy), "--format", "json").json()["run_id"]
+    run_id = retention("run", "-c", str(policy), "-o", "json").json()["run_id"]
 
     refused = retention("restore", run_id, "-c", str(policy))
     unknown = retention("restore", "no-such-run", "-c", str(policy))
@@ -201,7 +201,7 @@ def test_verification_catches_a_kept_index_whose_platform_was_deleted_by_hand(
         seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}")
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
     plan = tmp_path / "plan.json"
-    assert retention("plan", "-c", str(policy), "--format", "json", "--output", str(plan)).code == 0
+    assert retention("plan", "-c", str(policy), "-o", "json", "-f", str(plan)).code == 0
     assert seeder.delete("multi", arm) == 202
 
     result = retention("apply", str(plan), "-c", str(policy))
@@ -222,7 +222,7 @@ def test_verification_catches_delete_untagged_breaking_multi_arch_images(
     sections = command_gc(registry_server, delete_untagged=True)
     policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS, **sections)
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    result = retention("run", "-c", str(policy), "-o", "json")
 
     assert result.code == 1
     problems = result.json()["verification"]
@@ -237,11 +237,16 @@ def test_a_repository_over_its_delete_budget_is_held_and_said_why(
     typo = {"name": "typo", "match": ".*", "keep_last": 0}
     policy = write_policy(tmp_path / "p.yml", registry_server.url, typo)
 
-    result = retention("run", "-c", str(policy), "--format", "json")
+    planned = retention("plan", "-c", str(policy))
+    result = retention("run", "-c", str(policy), "-o", "json")
 
-    assert result.code == 0, result.stderr
+    assert planned.code == 0, planned.stderr
+    held = "1 repository HELD by safety.max_delete_fraction: run would delete nothing there"
+    assert f"{held}, and exits 1" in planned.stdout
+    assert result.code == 1, "a safety limit is exit 1, as the README says"
     (app,) = result.json()["repositories"]
     assert app["held"] == (
         "would delete 3 of 3 tags (100%), more than safety.max_delete_fraction=0.9"
     )
     assert result.json()["applied"] == []
+    assert "error: app: HELD: would delete 3 of 3 tags" in result.stderr

@@ -540,3 +540,81 @@ def test_signature_of_a_deleted_platform_waits_for_that_platform() -> None:
     by_digest = {d.digest: d for d in result.repositories[0].deletions}
     assert by_digest["sha256:sig-amd"].parents == (amd.digest,)
     assert by_digest[amd.digest].kind is DeletionKind.CHILD
+
+
+def test_a_restored_tag_is_held_with_its_run_and_date_until_the_hold_ends() -> None:
+    from retention.core.model import Hold
+
+    restored = days_ago(1)
+    hold = Hold("app/web", "b4", "20261126T120000Z-abc123", restored, restored + timedelta(7))
+    p = policy({"name": "all", "keep_last": 2})
+    inventory = Inventory("http://127.0.0.1:5000", (five_builds(),))
+
+    held = decisions(plan(p, inventory, NOW, holds=[hold]))
+    expired = decisions(plan(p, inventory, NOW + timedelta(days=7), holds=[hold]))
+
+    assert held["b4"] == (
+        Action.KEEP,
+        "restored from 20261126T120000Z-abc123 on 2026-11-26 (held until 2026-12-03 12:00Z)",
+    )
+    assert held["b3"][0] is Action.DELETE
+    assert expired["b4"][0] is Action.DELETE
+
+
+def test_a_hold_in_another_repository_keeps_nothing_here() -> None:
+    from retention.core.model import Hold
+
+    hold = Hold("app/other", "b4", "run", days_ago(1), days_ago(-6))
+    p = policy({"name": "all", "keep_last": 2})
+
+    result = plan(p, Inventory("http://127.0.0.1:5000", (five_builds(),)), NOW, holds=[hold])
+
+    assert actions(result)["b4"] == "delete"
+
+
+@pytest.mark.parametrize(
+    ("age", "limit", "text"),
+    [
+        (timedelta(days=14, hours=5), timedelta(days=14), "14d 5h"),
+        (timedelta(days=14, seconds=30), timedelta(days=14), "14d 0h 0m 30s"),
+        (timedelta(days=13, hours=20), timedelta(days=14), "13d"),
+        (timedelta(days=41, hours=3), timedelta(days=30), "41d"),
+    ],
+)
+def test_an_age_beside_its_limit_never_reads_like_the_limit(
+    age: timedelta, limit: timedelta, text: str
+) -> None:
+    assert describe_age(age, limit) == text
+
+
+def test_a_tag_just_over_max_age_says_by_how_much() -> None:
+    tags = {"new": image("n", 1), "old": image("o", 14.25)}
+
+    result = run(policy({"name": "r", "max_age": "14d"}), repo("app", tags))
+
+    assert decisions(result)["old"] == (Action.DELETE, "older than 14d (14d 6h since created)")
+
+
+def test_only_rule_leaves_out_another_rules_index_and_with_it_its_platforms() -> None:
+    from retention.core.planner import only_rule
+
+    amd, arm = image("amd", 9), image("arm", 9)
+    tags = {
+        "multi-old": index("old", amd, arm),
+        "multi-new": index("new", image("amd2", 1), image("arm2", 1)),
+        "b0": image("b0", 9),
+        "b1": image("b1", 1),
+    }
+    p = policy(
+        {"name": "multi", "match": "multi-.*", "keep_last": 1},
+        {"name": "builds", "match": r"b\d", "keep_last": 1},
+    )
+    full = run(p, repo("app", tags, amd, arm, image("amd2", 1), image("arm2", 1)))
+
+    cut = only_rule(full, "builds")
+
+    deleted = {d.digest for d in cut.repositories[0].deletions}
+    assert deleted == {"sha256:b0"}
+    assert {d.digest for d in full.repositories[0].deletions} >= {"sha256:old", "sha256:amd"}
+    assert decisions(cut)["multi-old"][0] is Action.KEEP
+    assert decisions(cut)["multi-old"][1].startswith("kept: --rule builds leaves multi")

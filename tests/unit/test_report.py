@@ -72,6 +72,8 @@ def test_json_plan_has_the_public_shape() -> None:
         "created_at": "2026-10-01T00:00:00Z",
         "ranked_by": "pushed",
         "aged_by": None,
+        "kind": "image",
+        "size": None,
     }
     assert data["repositories"][0]["delete"] == [DIGEST]
     assert data["summary"] == {
@@ -81,6 +83,7 @@ def test_json_plan_has_the_public_shape() -> None:
         "manifests_to_delete": 1,
         "reclaimable_bytes": 3 * 1024 * 1024,
         "repositories_skipped": 1,
+        "refused": None,
     }
     assert data["errors"] == ["broken: GET /v2/broken/tags/list: 500"]
     assert data["ok"] is False
@@ -116,9 +119,7 @@ def test_table_aligns_columns_and_marks_deletions() -> None:
     row = next(line for line in lines if line.startswith("v1"))
     assert header.index("ACTION") == row.index("DELETE")
     assert "broken: 0 tags, 0 to delete, 0 manifests — SKIPPED, not fully read" in text
-    assert (
-        "total: 2 repositories, 3 tags, 1 tags to delete, 1 manifests to delete, ~3.0 MiB" in text
-    )
+    assert "total: 2 repositories, 3 tags, 1 tag to delete, 1 manifest to delete, ~3.0 MiB" in text
 
 
 def test_markdown_escapes_pipes_in_cells() -> None:
@@ -159,3 +160,19 @@ def test_a_json_plan_reads_back_into_the_same_plan() -> None:
 def test_a_file_that_is_not_a_plan_is_refused_in_one_line() -> None:
     with pytest.raises(PlanFileError, match="not a retention plan report"):
         plan_from_dict({"registry": "x", "repositories": [{"name": "a"}]})
+
+
+def test_after_a_run_the_action_says_what_happened_not_what_was_planned() -> None:
+    plan = sample_plan()
+    applied = (DeletionResult("app/web", DIGEST, ("v1",), Outcome.DELETED),)
+    failed = (DeletionResult("app/web", DIGEST, ("v1",), Outcome.FAILED, "500"),)
+
+    done = render(RunResult(plan, dry_run=False, applied=applied), "table")
+    broke = render(RunResult(plan, dry_run=False, applied=failed), "table")
+    refused = render(RunResult(plan, dry_run=False, errors=("limit",)), "table")
+
+    row = next(line for line in done.splitlines() if line.startswith("v1 "))
+    assert row.split()[1] == "DELETED" and "DELETE " not in done
+    assert next(li for li in broke.splitlines() if li.startswith("v1 ")).split()[1] == "FAILED"
+    assert "NOT DELETED" in next(li for li in refused.splitlines() if li.startswith("v1 "))
+    assert "app/web: 3 tags, 1 to delete, 1 manifest" in done
