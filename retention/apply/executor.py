@@ -72,18 +72,32 @@ async def _apply_everywhere(
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(_apply_repository(client, r, state)) for r in work]
-    except* DeleteDisabled as failed:
+    except BaseExceptionGroup as failed:  # not except*: see _first
+        disabled = _first(failed)
+        if disabled is None:
+            raise
         if state.trash is not None:
             # Deletes are off for the whole registry: the DELETEs cut off cannot have worked.
             state.trash.settle_in_flight(deleted=False)
-        raise _first(failed) from None
+        raise disabled from None
     return tuple(result for task in tasks for result in task.result())
 
 
-def _first(group: BaseExceptionGroup[DeleteDisabled]) -> DeleteDisabled:
-    """The first DeleteDisabled of a (possibly nested) group: one line for the operator."""
-    found = group.exceptions[0]
-    return _first(found) if isinstance(found, BaseExceptionGroup) else found
+def _first(group: BaseExceptionGroup[BaseException]) -> DeleteDisabled | None:
+    """The first DeleteDisabled of a (possibly nested) group: one line for the operator.
+
+    Found by hand rather than with ``except*``: before Python 3.11.4 (Debian 12 has 3.11.2)
+    an exception raised inside ``except*`` comes out wrapped in a new ExceptionGroup
+    (CPython gh-103590), and the runner would miss it.
+    """
+    for found in group.exceptions:
+        if isinstance(found, DeleteDisabled):
+            return found
+        if isinstance(found, BaseExceptionGroup):
+            nested = _first(found)
+            if nested is not None:
+                return nested
+    return None
 
 
 @dataclass

@@ -207,19 +207,31 @@ async def _all_or_first_error(
     """Run ``calls`` in ``group``; on the first failure cancel the rest and raise it alone.
 
     A repository fails as a whole, so one cause is enough, and the caller can catch a plain
-    ``RegistryError`` instead of an exception group.
+    ``RegistryError`` instead of an exception group. Not ``except*``: on Python before
+    3.11.4 (Debian 12 has 3.11.2) an exception raised inside ``except*`` comes out wrapped
+    in a new ExceptionGroup (CPython gh-103590).
     """
     try:
         async with group:
             for call in calls:
                 group.create_task(call)
-    except* RegistryError as failures:
-        raise _first(failures) from None
+    except BaseExceptionGroup as failures:
+        first = _first(failures)
+        if first is None:
+            raise
+        raise first from None
 
 
-def _first(group: BaseExceptionGroup[RegistryError]) -> RegistryError:
-    first = group.exceptions[0]
-    return first if isinstance(first, RegistryError) else _first(first)
+def _first(group: BaseExceptionGroup[BaseException]) -> RegistryError | None:
+    """The first RegistryError in a (possibly nested) group, if there is one."""
+    for found in group.exceptions:
+        if isinstance(found, RegistryError):
+            return found
+        if isinstance(found, BaseExceptionGroup):
+            nested = _first(found)
+            if nested is not None:
+                return nested
+    return None
 
 
 def _newest(times: Iterable[datetime | None]) -> datetime | None:

@@ -75,7 +75,7 @@ def test_the_bin_lists_the_deleted_manifests_once_confirmed(
     (only,) = Trash(tmp_path / "state").bins()
     assert sorted(e.digest for e in only.entries) == sorted(digests[:3])
     assert only.unconfirmed == ()
-    assert trash_rows(policy)[0][2:5] == ["3", "3", "restorable"]
+    assert trash_rows(policy)[0][2:6] == ["3", "3", "0", "restorable"]
 
 
 def test_ctrl_c_mid_deletion_says_how_far_it_got_and_the_bin_lists_exactly_that(
