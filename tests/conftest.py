@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from registry_server import RegistryServer, Seeder, registry_binary  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """The CLI, run in-process by many tests, configures structlog (a level filter, a
+    stream); no test may inherit that from the one before it."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

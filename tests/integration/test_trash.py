@@ -261,8 +261,13 @@ def test_a_restored_tag_is_held_by_the_next_pass_until_released(
 ) -> None:
     old = seeder.image("app", ["v1"], ago(9), unique="old")
     seeder.image("app", ["v2"], ago(1), unique="new")
+    # Ranked by created time: the restore re-pushes v1, so by push time it would be newest.
+    by_created = {**BUILDS, "order_by": "created"}
     policy = write_policy(
-        tmp_path / "p.yml", registry_server.url, BUILDS, **command_gc(registry_server, delay="1h")
+        tmp_path / "p.yml",
+        registry_server.url,
+        by_created,
+        **command_gc(registry_server, delay="1h"),
     )
     run_id = retention("run", "-c", str(policy), "-o", "json").json()["run_id"]
 
