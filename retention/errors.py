@@ -10,10 +10,12 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     │   ├── AuthenticationError    401/403
     │   ├── NotFound               404 (a repository or manifest vanished)
     │   ├── DeleteDisabled         405 UNSUPPORTED: storage.delete.enabled is false
+    │   ├── WriteRefused           405 on a push: read-only maintenance mode
     │   └── InvalidManifest        a body that is not what its digest or media type says
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
+    ├── ProbeFailed            the registry did not take a test push back whole after GC
     └── StorageError           storage could not be measured
 """
 
@@ -77,6 +79,10 @@ class DeleteDisabled(RegistryError):
     """405 UNSUPPORTED on DELETE: the registry has deletes switched off."""
 
 
+class WriteRefused(RegistryError):
+    """405 on an upload or manifest PUT: the registry is read-only (maintenance mode)."""
+
+
 class InvalidManifest(RegistryError):
     """A manifest whose bytes do not match its digest, or that cannot be parsed."""
 
@@ -91,6 +97,10 @@ class LockError(RetentionError):
 
 class GarbageCollectionError(RetentionError):
     """Garbage collection failed; the registry has been started again if we stopped it."""
+
+
+class ProbeFailed(RetentionError):
+    """After GC, a test image could not be pushed, pulled back whole, or deleted."""
 
 
 class StorageError(RetentionError):

@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from retention.apply import executor
+from retention.apply import executor, probe
 from retention.apply.trash import Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
 from retention.core import planner
@@ -26,6 +26,7 @@ from retention.core.policy import Policy, format_duration
 from retention.errors import (
     DeleteDisabled,
     GarbageCollectionError,
+    ProbeFailed,
     RegistryError,
     RetentionError,
     StorageError,
@@ -114,7 +115,14 @@ async def _inventory(
 ) -> Inventory:
     """The scan (manifests cached by digest), signed subjects and push times."""
     cache = ManifestCache(policy.state_dir)
-    scanned = await collect(client, progress=progress, cache=cache)
+    # The probe repository holds only the probe's own short-lived test images: never
+    # scanned, so no rule can plan them and a probe in flight cannot be deleted under it.
+    scanned = await collect(
+        client,
+        repositories=lambda name: name != policy.gc.probe,
+        progress=progress,
+        cache=cache,
+    )
     inventory = await confirm_subjects(client, scanned)
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)
@@ -138,19 +146,22 @@ async def _delete_and_collect(
     now = clock()
     run_id = new_run_id(now)
     trash = Trash(policy.state_dir)
-    probe = storage_probe(policy, engine)
-    before = _measure(probe, "before")
+    probe_storage = storage_probe(policy, engine)
+    before = _measure(probe_storage, "before")
     try:
         applied = await executor.apply(client, plan, trash.open_bin(run_id, plan.registry, now))
     except DeleteDisabled as exc:
         return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
     problems = await _verify(client, policy, plan, "after deletion") if deleted else []
-    gc, errors = await _collect_garbage(client, policy, trash, engine, clock())
+    gc, errors, canary = await _collect_garbage(client, policy, trash, engine, clock())
     if gc is not None and gc.ran:
         problems += await _verify(client, policy, plan, "after gc")
     trash.prune(policy.trash.keep, clock())
-    after = _measure(probe, "after") if before is not None else None
+    after = _measure(probe_storage, "after") if before is not None else None
+    if gc is not None and gc.ran:
+        gc, failed = await _probe_registry(client, policy, gc, canary, run_id)
+        errors += failed
     return RunResult(
         plan,
         dry_run=False,
@@ -179,23 +190,59 @@ async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str)
 
 async def _collect_garbage(
     client: RegistryClient, policy: Policy, trash: Trash, engine: Any, now: datetime
-) -> tuple[GcResult | None, tuple[str, ...]]:
+) -> tuple[GcResult | None, tuple[str, ...], probe.Canary | None]:
     """GC when deletions wait for it and the oldest is older than ``gc.delay``.
 
     Stopping a registry for nothing is downtime, and collecting too early ends the window
-    in which ``retention restore`` can bring an image back.
+    in which ``retention restore`` can bring an image back. Returns the canary planted for
+    the probe (``_probe_registry``), which runs after storage is measured.
     """
     if policy.gc.mode == "none":
-        return None, ()
+        return None, (), None
     pending = trash.uncollected()
     why_not = _gc_deferred(pending, policy, now)
     if why_not is not None:
         log.info("gc skipped", mode=policy.gc.mode, reason=why_not)
-        return GcResult(mode=policy.gc.mode, skipped=why_not), ()
+        return GcResult(mode=policy.gc.mode, skipped=why_not), (), None
+    canary = await _plant_canary(client, policy.gc.probe)
     result, errors = await _run_collector(client, policy, engine)
     if result.error is None:
         trash.mark_collected([b.run_id for b in pending])
-    return result, errors
+    return result, errors, canary if result.error is None else None
+
+
+async def _plant_canary(client: RegistryClient, repository: str) -> probe.Canary | None:
+    """Before the GC window: a blob nothing references, which GC must sweep."""
+    try:
+        return await probe.plant_canary(client, repository)
+    except RegistryError as exc:
+        log.warning("probe canary not planted", repository=repository, error=str(exc))
+        return None
+
+
+async def _probe_registry(
+    client: RegistryClient,
+    policy: Policy,
+    gc: GcResult,
+    canary: probe.Canary | None,
+    run_id: str,
+) -> tuple[GcResult, tuple[str, ...]]:
+    """After GC and the restart: the swept canary must be gone and a test push must come
+    back whole. A failure fails the pass, because the registry would now accept broken
+    pushes. Runs after the write window (it pushes) and after storage is measured (its
+    few KB would otherwise count against what GC freed).
+    """
+    repository = policy.gc.probe
+    tag = probe.probe_tag(run_id)
+    try:
+        if canary is not None:
+            await probe.check_canary(client, canary)
+        digest = await probe.push_pull_delete(client, repository, tag)
+    except ProbeFailed as exc:
+        log.error("probe failed", repository=repository, tag=tag, error=str(exc))
+        return replace(gc, probe=f"failed: {exc}"), (f"probe: {exc}",)
+    log.info("probe passed", repository=repository, tag=tag, digest=digest)
+    return replace(gc, probe="passed"), ()
 
 
 def _gc_deferred(pending: list[TrashBin], policy: Policy, now: datetime) -> str | None:

@@ -1,11 +1,12 @@
 """``gc.mode: docker``: garbage-collect a registry that runs in a container, through the Engine API.
 
-Two strategies. ``exec`` runs the command inside the running registry container: no
-downtime, but GC races with pushes and the registry's in-memory blob-descriptor cache still
-believes in the blobs it swept (see REGISTRY-FACTS). ``offline`` stops the registry, runs the
-command in a one-off container of the *same* image with the registry's volumes and
-environment (so it sweeps the same storage with the same config), and starts the registry
-again whatever happened, then waits until it answers.
+Two strategies. ``exec`` runs the command inside the running registry container, then
+restarts the container (unless ``gc.blob_cache: none``), because its in-memory
+blob-descriptor cache still believes in the blobs it swept (see REGISTRY-FACTS); it races
+with pushes, so ``retention check`` allows it only when ``gc.writes`` says who blocks them.
+``offline`` stops the registry, runs the command in a one-off container of the *same*
+image with the registry's volumes and environment (so it sweeps the same storage with the
+same config), and starts the registry again whatever happened, then waits until it answers.
 
 This module owns every Docker SDK call of the package: ``docker`` exceptions and types stop
 here and become ``GarbageCollectionError`` or ``StorageError``. It never speaks HTTP to the
@@ -100,7 +101,13 @@ class DockerCollector:
             ran=True,
             blobs_deleted=count_deleted_blobs(output),
             duration_s=time.monotonic() - started,
+            restarted=self.settings.strategy == "offline" or self._flushes_by_restart,
         )
+
+    @property
+    def _flushes_by_restart(self) -> bool:
+        """exec leaves the registry running: restart it unless its config has no blob cache."""
+        return self.settings.blob_cache != "none"
 
     @property
     def _timeout_s(self) -> float:
@@ -111,12 +118,26 @@ class DockerCollector:
         return find_container(self.client, self.settings.container, GarbageCollectionError)
 
     def _collect_by_exec(self) -> str:
-        """``docker exec`` the command in the running registry; its exit code decides."""
+        """``docker exec`` GC in the running registry, then restart it to flush its cache.
+
+        The restart runs whatever GC did: a GC that failed half way has swept some blobs.
+        """
         registry = self._registry()
         if registry.status != "running":
             raise GarbageCollectionError(
                 f"gc strategy exec: container {registry.name} is {registry.status}, not running"
             )
+        output, failure = "", None
+        try:
+            output = self._exec_gc(registry)
+        except GarbageCollectionError as exc:
+            failure = str(exc)
+        restart_problem = self._restart(registry) if self._flushes_by_restart else None
+        if failure or restart_problem:
+            raise GarbageCollectionError(join_problems(failure, restart_problem))
+        return output
+
+    def _exec_gc(self, registry: Container) -> str:
         argv = gc_argv(self.settings)
         try:
             exit_code, raw = within(self._timeout_s, lambda: registry.exec_run(argv))
@@ -129,6 +150,14 @@ class DockerCollector:
                 f"{failure_lines(output)}"
             )
         return output
+
+    def _restart(self, registry: Container) -> str | None:
+        """Restart the container (a new process: an empty blob cache) and wait for it."""
+        try:
+            registry.restart()
+        except DOCKER_FAILURES as exc:
+            return f"restarting container {registry.name} failed: {one_line(exc)}"
+        return self._wait_ready(registry)
 
     def _exec_failure(self, name: str, exc: BaseException) -> str:
         """Docker has no call to stop an exec, so a timed-out GC may still be running."""
@@ -212,6 +241,9 @@ class DockerCollector:
             registry.start()
         except DOCKER_FAILURES as exc:
             return f"starting container {registry.name} again failed: {one_line(exc)}"
+        return self._wait_ready(registry)
+
+    def _wait_ready(self, registry: Container) -> str | None:
         try:
             self.ready(self.settings.ready_timeout.total_seconds())
         except (RetentionError, OSError) as exc:

@@ -72,7 +72,17 @@ class PolicySource:
         return path
 
     def load(self) -> Policy:
-        return load_policy_text(self.text)
+        """The policy model, for the tests that compare it with the other files.
+
+        The policies in AWAITING_GATE run GC beside the live registry until the write gate
+        of issue #11 lands in them; ``retention check`` refuses them for it (tested below),
+        so their other fields are read here as if the gate kept writes and the cache away.
+        """
+        if self.name not in AWAITING_GATE:
+            return load_policy_text(self.text)
+        document = yaml.safe_load(self.text)
+        document["gc"].update({"writes": "gate", "blob_cache": "none"})
+        return load_policy_text(yaml.safe_dump(document))
 
 
 def load_policy_text(text: str, environ: Mapping[str, str] = ENVIRONMENT) -> Policy:
@@ -112,6 +122,16 @@ def find_policies() -> list[PolicySource]:
 
 
 POLICIES = find_policies()
+# Policies whose retention cannot stop the registry or restart it read-only (a pod beside
+# it, a compose service without the Docker socket): safe only behind the write gate, which
+# is not in these files yet. Remove a name once its policy uses the gate.
+AWAITING_GATE = frozenset(
+    {
+        "kubernetes/configmap.yaml:retention-policy",
+        "kubernetes/cronjob.yaml:retention-cronjob-policy",
+        "policies/compose-command.yml",
+    }
+)
 BY_NAME = {source.name: source for source in POLICIES}
 WITH_PASSWORD = [s for s in POLICIES if "password" in yaml.safe_load(s.text)["registry"]]
 # `retention run` (the CronJob) ignores schedule and server.
@@ -135,16 +155,31 @@ def test_the_policies_of_every_deployment_are_found() -> None:
 # -- every policy passes `retention check` --------------------------------------------------
 
 
-@pytest.mark.parametrize("source", POLICIES, ids=[s.name for s in POLICIES])
-def test_policy_passes_retention_check_warning_only_about_gc_beside_a_live_registry(
+SAFE = [s for s in POLICIES if s.name not in AWAITING_GATE]
+UNSAFE = [s for s in POLICIES if s.name in AWAITING_GATE]
+
+
+@pytest.mark.parametrize("source", SAFE, ids=[s.name for s in SAFE])
+def test_policy_passes_retention_check_without_warnings(
     source: PolicySource, tmp_path: Path
 ) -> None:
     result = retention("check", "-c", str(source.write(tmp_path)), env=ENVIRONMENT)
 
     assert result.code == 0, result.stderr
     assert "ok" in result.stdout
-    warned = "warning:" in result.stderr
-    assert warned is source.load().gc.runs_beside_live_registry, result.stderr
+    assert "warning:" not in result.stderr, result.stderr
+    assert not source.load().gc.runs_beside_live_registry
+
+
+@pytest.mark.parametrize("source", UNSAFE, ids=[s.name for s in UNSAFE])
+def test_a_policy_with_gc_beside_a_writable_registry_is_refused_until_it_uses_the_gate(
+    source: PolicySource, tmp_path: Path
+) -> None:
+    result = retention("check", "-c", str(source.write(tmp_path)), env=ENVIRONMENT)
+
+    assert result.code == 2, result.stderr
+    live = "gc.mode: garbage collection would run beside a registry that accepts pushes"
+    assert any(live in error for error in result.error_lines), result.stderr
 
 
 @pytest.mark.parametrize("source", WITH_PASSWORD, ids=[s.name for s in WITH_PASSWORD])
