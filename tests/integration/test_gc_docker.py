@@ -137,14 +137,32 @@ def test_exec_strategy_frees_the_blobs_of_the_deleted_manifest_only(
     assert_pullable(registry_container.url, "app", "kept")
 
 
-def test_exec_strategy_leaves_the_live_registry_believing_in_swept_blobs(
+def test_exec_strategy_restarts_the_registry_so_it_forgets_swept_blobs(
     docker_engine: DockerEngine,
     registry_container: RegistryContainer,
     seeded: Seeded,
     container_seeder: Seeder,
 ) -> None:
-    """Why offline is the default: the in-memory descriptor cache outlives the files."""
-    collector(docker_engine, registry_container, "exec").collect()
+    """The in-memory descriptor cache would outlive the files: exec restarts the container."""
+    first_start = started_at(registry_container)
+
+    result = collector(docker_engine, registry_container, "exec").collect()
+
+    swept_layer = seeded.freed[-1]
+    assert not blob_directory(registry_container.host_root, swept_layer).exists()
+    assert result.restarted and started_at(registry_container) != first_start
+    assert container_seeder.blob_status("app", swept_layer) == 404
+    assert_pullable(registry_container.url, "app", "kept")
+
+
+def test_exec_without_the_restart_leaves_the_registry_believing_in_swept_blobs(
+    docker_engine: DockerEngine,
+    registry_container: RegistryContainer,
+    seeded: Seeded,
+    container_seeder: Seeder,
+) -> None:
+    """Why blob_cache: none must be true: this registry's config says inmemory."""
+    collector(docker_engine, registry_container, "exec", blob_cache="none").collect()
 
     swept_layer = seeded.freed[-1]
     assert not blob_directory(registry_container.host_root, swept_layer).exists()
