@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from cli_support import retention
@@ -531,8 +533,8 @@ def test_the_unit_can_write_the_storage_and_state_and_does_not_stop_with_the_reg
     host_policy = policy("systemd/policies.yml")
     assert str(host_policy.storage.path) in settings["ReadWritePaths"][0].split()
     assert host_policy.state_dir == Path("/var/lib") / settings["StateDirectory"][0]
-    assert host_policy.gc.stop_command == ("systemctl", "stop", "docker-registry")
-    assert host_policy.gc.start_command == ("systemctl", "start", "docker-registry")
+    assert host_policy.gc.readonly_start == ("systemctl", "start", "docker-registry-readonly")
+    assert host_policy.gc.readonly_stop == ("systemctl", "start", "docker-registry")
     for dependency in ("Requires", "BindsTo", "PartOf", "Requisite"):
         assert dependency not in settings, f"{dependency}= would stop retention mid-GC"
 
@@ -548,12 +550,90 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     stand_in.chmod(0o755)
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text(encoding="utf-8").replace(program, str(stand_in)))
-    done = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=30, check=False
+    readonly = tmp_path / READONLY_UNIT.name
+    registry = tmp_path / "docker-registry"
+    registry.write_text("#!/bin/sh\n")
+    registry.chmod(0o755)
+    readonly.write_text(
+        READONLY_UNIT.read_text(encoding="utf-8").replace("/usr/bin/docker-registry", str(registry))
     )
-    # verify exits 0 on unknown keys and bad values too, and only says so: any output fails.
-    assert done.returncode == 0, done.stderr
-    assert (done.stdout + done.stderr).strip() == ""
+    for path in (unit, readonly):
+        done = subprocess.run(
+            [analyze, "verify", str(path)], capture_output=True, text=True, timeout=30, check=False
+        )
+        # verify exits 0 on unknown keys and bad values too, and only says so: any output fails.
+        assert done.returncode == 0, done.stderr
+        assert (done.stdout + done.stderr).strip() == "", path.name
+
+
+READONLY_UNIT = DEPLOY / "systemd" / "docker-registry-readonly.service"
+
+
+def readonly_unit_environment() -> dict[str, str]:
+    """The read-only unit's Environment=, unquoted the way systemd does it."""
+    environment = {}
+    for line in READONLY_UNIT.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Environment="):
+            for assignment in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = assignment.partition("=")
+                environment[key] = value
+    return environment
+
+
+def test_the_read_only_unit_conflicts_with_the_registry_and_serves_its_config() -> None:
+    settings = {}
+    for line in READONLY_UNIT.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    assert settings["Conflicts"] == "docker-registry.service"
+    assert settings["User"] == "docker-registry"
+    assert "[Install]" not in READONLY_UNIT.read_text(encoding="utf-8"), "never enabled"
+    assert settings["ExecStart"].endswith("serve /etc/docker/registry/config.yml")
+
+
+def test_the_read_only_units_environment_makes_registry_2_8_refuse_pushes_and_serve_pulls(
+    tmp_path: Path,
+) -> None:
+    """The unit's exact value, given to the real binary: 405 on a push, 200 on /v2/."""
+    binary = registry_binary()
+    if binary is None:
+        pytest.fail("docker-registry (CNCF Distribution) is not installed; the tests need it")
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "storage")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment.update(readonly_unit_environment())
+    assert environment["REGISTRY_STORAGE_MAINTENANCE_READONLY"] == '{"enabled":true}'
+    with subprocess.Popen(
+        [binary, "serve", str(config)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as server:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    assert httpx.get(f"{url}/v2/", trust_env=False).status_code == 200
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            assert server.poll() is None, "the registry did not start with that environment"
+            push = httpx.post(f"{url}/v2/app/blobs/uploads/", trust_env=False)
+            assert push.status_code == 405
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
 
 
 def test_every_supervisor_waits_longer_than_serve_waits_for_a_running_pass() -> None:
