@@ -33,7 +33,7 @@ from retention.core.model import GcResult
 from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError, RetentionError, StorageError
 from retention.gc import ReadyCheck, count_deleted_blobs
-from retention.gc.command import gc_argv, last_lines
+from retention.gc.command import STOP_START_TIMEOUT_S, gc_argv, last_lines, run_command
 from retention.gc.disk_usage import parse_du
 
 DOCKER_FAILURES = (DockerException, OSError)
@@ -92,10 +92,17 @@ class DockerCollector:
     def collect(self) -> GcResult:
         """Run the configured strategy; raise GarbageCollectionError if it failed."""
         started = time.monotonic()
-        if self.settings.strategy == "exec":
-            output = self._collect_by_exec()
-        else:
-            output = self._collect_offline()
+        try:
+            if self.settings.strategy == "exec":
+                output = self._collect_by_exec()
+            else:
+                output = self._collect_offline()
+        except GarbageCollectionError as exc:
+            flushed = self._flush()
+            raise GarbageCollectionError(f"{exc}; {flushed}" if flushed else str(exc)) from exc
+        flushed = self._flush()
+        if flushed:
+            raise GarbageCollectionError(flushed)
         return GcResult(
             mode=self.mode,
             ran=True,
@@ -103,6 +110,17 @@ class DockerCollector:
             duration_s=time.monotonic() - started,
             restarted=self.settings.strategy == "offline" or self._flushes_by_restart,
         )
+
+    def _flush(self) -> str | None:
+        """``gc.restart_command`` on this host (a redis cache outlives the container)."""
+        if not self.settings.restart_command:
+            return None
+        try:
+            run_command(self.settings.restart_command, STOP_START_TIMEOUT_S, "restart_command")
+            self.ready(self.settings.ready_timeout.total_seconds())
+        except GarbageCollectionError as exc:
+            return str(exc)
+        return None
 
     @property
     def _flushes_by_restart(self) -> bool:

@@ -169,6 +169,33 @@ def test_exec_without_the_restart_leaves_the_registry_believing_in_swept_blobs(
     assert container_seeder.blob_status("app", swept_layer) == 200
 
 
+@pytest.mark.parametrize("strategy", ["exec", "offline"])
+def test_restart_command_runs_on_this_host_after_gc_even_when_gc_fails(
+    docker_engine: DockerEngine,
+    registry_container: RegistryContainer,
+    seeded: Seeded,
+    strategy: Strategy,
+    tmp_path: Path,
+) -> None:
+    """For a redis blob cache, which outlives the container: the command flushes it."""
+    flushed = tmp_path / "flushed"
+    flush = ("sh", "-c", f'echo flushed >> "{flushed}"')
+    collector(docker_engine, registry_container, strategy, restart_command=flush).collect()
+    failing = collector(
+        docker_engine,
+        registry_container,
+        strategy,
+        command=("sh", "-c", "exit 4"),
+        restart_command=flush,
+    )
+
+    with pytest.raises(GarbageCollectionError, match="exited 4"):
+        failing.collect()
+
+    assert flushed.read_text().split() == ["flushed", "flushed"]
+    assert registry_container.running()
+
+
 def test_exec_with_delete_untagged_passes_the_flag(
     docker_engine: DockerEngine, registry_container: RegistryContainer, container_seeder: Seeder
 ) -> None:
