@@ -321,18 +321,25 @@ def _passes_delete_untagged(word: str) -> bool:
     return "--delete-untagged" in word or "-m" in word.split()
 
 
-def gc_problems(gc: GarbageCollection) -> list[tuple[tuple[str, ...], str]]:
+def gc_problems(
+    gc: GarbageCollection, *, gated: bool | None = None
+) -> list[tuple[tuple[str, ...], str]]:
     """GC settings that would break images, as (key path under ``gc``, reason and fix).
 
     These are errors, not warnings: each one loses data on a registry in ordinary use
     (REGISTRY-FACTS: distribution#3045, #1803/#4569, #3178). ``config.load`` places them
     on their lines; kept here because the judgement is about the model, not the file.
+    ``gated`` says whether the policy puts a write gate in front of the registry: True
+    keeps writes away like ``writes: gate``; False makes ``writes: gate`` an error; None
+    (no gate to look at) takes ``writes: gate`` at its word.
     """
     problems = _untagged_problems(gc)
     if gc.mode == "none":
         return problems
     problems += _pairing_problems(gc)
-    if gc.runs_beside_live_registry:
+    if gated is False and gc.writes == "gate":
+        problems.append((("writes",), "says gate, but the policy has no gate: section"))
+    if gc.runs_beside_live_registry and not gated:
         problems.append(_live_registry_problem(gc))
     cache = _cache_problem(gc)
     if cache is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from retention.config.load import load_policy
-from retention.core.policy import GarbageCollection
+from retention.core.policy import GarbageCollection, gc_problems
 from retention.errors import ConfigError
 
 FILE = Path("policies.yml")
@@ -159,3 +159,15 @@ def test_safe_gc_configurations_load(gc_lines: str) -> None:
 def test_defaults_flush_an_inmemory_cache_and_probe_retention_probe() -> None:
     gc = GarbageCollection()
     assert (gc.blob_cache, gc.writes, gc.probe) == ("inmemory", "retention", "retention-probe")
+
+
+def test_a_write_gate_in_the_policy_keeps_writes_away_and_writes_gate_needs_one() -> None:
+    live = GarbageCollection(mode="command", blob_cache="none")
+    declared = GarbageCollection(mode="command", blob_cache="none", writes="gate")
+
+    assert [keys for keys, _ in gc_problems(live)] == [("mode",)]
+    assert gc_problems(live, gated=True) == []
+    assert gc_problems(declared) == []
+    assert gc_problems(declared, gated=False) == [
+        (("writes",), "says gate, but the policy has no gate: section")
+    ]
