@@ -53,6 +53,8 @@ safety:
 gc:
   mode: command
   command: [{binary}, garbage-collect, {config}]
+  writes: none                     # only this demo knows the throwaway registry
+  blob_cache: none                 # its config has no blob-descriptor cache
 storage:
   path: {storage}
 state_dir: {state}
@@ -233,14 +235,13 @@ def _json(data: object) -> bytes:
 
 
 def _registry_config(storage: Path, port: int) -> str:
-    """JSON is YAML: deletes enabled, the inmemory cache most installations use."""
+    """JSON is YAML: deletes enabled, no blob-descriptor cache (GC runs beside it)."""
     config = {
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},
-            "cache": {"blobdescriptor": "inmemory"},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": os.urandom(16).hex()},
     }

@@ -10,12 +10,14 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     │   ├── AuthenticationError    401/403
     │   ├── NotFound               404 (a repository or manifest vanished)
     │   ├── DeleteDisabled         405 UNSUPPORTED: storage.delete.enabled is false
+    │   ├── WriteRefused           405 on a push: read-only maintenance mode
     │   └── InvalidManifest        a body that is not what its digest or media type says
     ├── PlanFileError          a saved plan file is not a ``retention plan`` JSON report
     ├── PlanMismatch           a saved plan is for another registry than the policy's
     ├── LockError              another pass holds the lock
     ├── TrashError             the trash cannot be read or written, or a bin is missing
     ├── GarbageCollectionError a GC command or container failed
+    ├── ProbeFailed            the registry did not take a test push back whole after GC
     ├── StorageError           storage could not be measured
     ├── SecretError            a token file or variable named in the policy cannot be read
     ├── AuditError             the audit log cannot be written or read
@@ -89,6 +91,10 @@ class DeleteDisabled(RegistryError):
     """405 UNSUPPORTED on DELETE: the registry has deletes switched off."""
 
 
+class WriteRefused(RegistryError):
+    """405 on an upload or manifest PUT: the registry is read-only (maintenance mode)."""
+
+
 class InvalidManifest(RegistryError):
     """A manifest whose bytes do not match its digest, or that cannot be parsed."""
 
@@ -111,6 +117,10 @@ class GarbageCollectionError(RetentionError):
 
 class TrashError(RetentionError):
     """The trash cannot be read or written, or a bin does not exist."""
+
+
+class ProbeFailed(RetentionError):
+    """After GC, a test image could not be pushed, pulled back whole, or deleted."""
 
 
 class StorageError(RetentionError):

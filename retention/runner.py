@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from retention.apply import executor
+from retention.apply import executor, probe
 from retention.apply.audit import AuditWriter
 from retention.apply.trash import BinWriter, Trash, TrashBin, new_run_id
 from retention.apply.verify import verify
@@ -41,6 +41,7 @@ from retention.errors import (
     InUseError,
     PassInterrupted,
     PlanMismatch,
+    ProbeFailed,
     RegistryError,
     StorageError,
     TrashError,
@@ -179,8 +180,13 @@ async def _inventory(
 ) -> Inventory:
     """The scan (manifests cached by digest), signed subjects, push and pull times."""
     cache = ManifestCache(policy.state_dir)
+    # The probe repository holds only the probe's own short-lived test images: never
+    # scanned, so no rule can plan them and a probe in flight cannot be deleted under it.
     scanned = await collect(
-        client, repositories=scope.includes, progress=_phase(progress, "scan"), cache=cache
+        client,
+        repositories=lambda name: name != policy.gc.probe and scope.includes(name),
+        progress=_phase(progress, "scan"),
+        cache=cache,
     )
     inventory = await confirm_subjects(client, scanned)
     inventory = with_event_times(inventory, policy.state_dir, policy.notifications)
@@ -239,8 +245,8 @@ async def _delete_and_collect(
     now = clock()
     run_id = new_run_id(now)
     trash = Trash(policy.state_dir)
-    probe = storage_probe(policy, engine)
-    before = _measure(probe, "before")
+    probe_storage = storage_probe(policy, engine)
+    before = _measure(probe_storage, "before")
     trash_bin = trash.open_bin(run_id, plan.registry, now)
     try:
         audit = AuditWriter.for_policy(policy, run_id, plan.registry, clock)
@@ -255,13 +261,16 @@ async def _delete_and_collect(
     bin_problems = _commit(trash_bin)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
     problems = await _verify(client, policy, plan, "after deletion", progress) if deleted else []
-    gc, errors = await _collect_garbage(client, policy, trash, engine, clock(), progress)
+    gc, errors, canary = await _collect_garbage(client, policy, trash, engine, clock(), progress)
     errors = (*bin_problems, *errors)
     if gc is not None and gc.ran:
         problems += await _verify(client, policy, plan, "after gc", progress)
     trash.prune(policy.trash.keep, clock())
     errors = (*errors, *_damaged_bins(trash))
-    after = _measure(probe, "after") if before is not None else None
+    after = _measure(probe_storage, "after") if before is not None else None
+    if gc is not None and gc.ran:
+        gc, failed = await _probe_registry(client, policy, gc, canary, run_id)
+        errors += failed
     return RunResult(
         plan,
         dry_run=False,
@@ -320,19 +329,21 @@ async def _collect_garbage(
     engine: Any,
     now: datetime,
     progress: PhaseProgress | None = None,
-) -> tuple[GcResult | None, tuple[str, ...]]:
+) -> tuple[GcResult | None, tuple[str, ...], probe.Canary | None]:
     """GC when deletions wait for it and the oldest is older than ``gc.delay``.
 
     Stopping a registry for nothing is downtime, and collecting too early ends the window
-    in which ``retention restore`` can bring an image back.
+    in which ``retention restore`` can bring an image back. Returns the canary planted for
+    the probe (``_probe_registry``), which runs after storage is measured.
     """
     if policy.gc.mode == "none":
-        return None, ()
+        return None, (), None
     pending = trash.uncollected()
     why_not = _gc_deferred(pending, policy, now)
     if why_not is not None:
         log.info("gc skipped", mode=policy.gc.mode, reason=why_not)
-        return GcResult(mode=policy.gc.mode, skipped=why_not), ()
+        return GcResult(mode=policy.gc.mode, skipped=why_not), (), None
+    canary = await _plant_canary(client, policy.gc.probe)
     if progress is not None:
         progress("gc", 0, 1)
     result, errors = await _run_collector(client, policy, engine)
@@ -343,7 +354,41 @@ async def _collect_garbage(
         for problem in unmarked:
             log.error("trash not marked collected", problem=problem)
         errors = (*errors, *unmarked)
-    return result, errors
+    return result, errors, canary if result.error is None else None
+
+
+async def _plant_canary(client: RegistryClient, repository: str) -> probe.Canary | None:
+    """Before the GC window: a blob nothing references, which GC must sweep."""
+    try:
+        return await probe.plant_canary(client, repository)
+    except RegistryError as exc:
+        log.warning("probe canary not planted", repository=repository, error=str(exc))
+        return None
+
+
+async def _probe_registry(
+    client: RegistryClient,
+    policy: Policy,
+    gc: GcResult,
+    canary: probe.Canary | None,
+    run_id: str,
+) -> tuple[GcResult, tuple[str, ...]]:
+    """After GC and the restart: the swept canary must be gone and a test push must come
+    back whole. A failure fails the pass, because the registry would now accept broken
+    pushes. Runs after the write window (it pushes) and after storage is measured (its
+    few KB would otherwise count against what GC freed).
+    """
+    repository = policy.gc.probe
+    tag = probe.probe_tag(run_id)
+    try:
+        if canary is not None:
+            await probe.check_canary(client, canary)
+        digest = await probe.push_pull_delete(client, repository, tag)
+    except ProbeFailed as exc:
+        log.error("probe failed", repository=repository, tag=tag, error=str(exc))
+        return replace(gc, probe=f"failed: {exc}"), (f"probe: {exc}",)
+    log.info("probe passed", repository=repository, tag=tag, digest=digest)
+    return replace(gc, probe="passed"), ()
 
 
 def _gc_deferred(pending: list[TrashBin], policy: Policy, now: datetime) -> str | None:

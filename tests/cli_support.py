@@ -41,11 +41,18 @@ def write_policy(path: Path, url: str, *rules: Mapping[str, Any], **sections: An
 
 
 def command_gc(server: Any, **extra: Any) -> dict[str, Any]:
-    """Policy sections for ``gc.mode: command`` with the test registry's own binary and config."""
+    """Policy sections for ``gc.mode: command`` with the test registry's own binary and config.
+
+    ``writes: none`` is true here: nothing pushes while a test's pass runs. The test
+    registry has no blob-descriptor cache unless a test configures one (then it must say
+    ``blob_cache`` and how the registry is restarted).
+    """
     return {
         "gc": {
             "mode": "command",
             "command": [server.binary, "garbage-collect", str(server.config_path)],
+            "writes": "none",
+            "blob_cache": "none",
             **extra,
         },
         "storage": {"path": str(server.root)},

@@ -91,7 +91,8 @@ class RegistryServer:
             "storage": {
                 "filesystem": {"rootdirectory": str(self.root)},
                 "delete": {"enabled": delete_enabled},
-                "cache": {"blobdescriptor": "inmemory"},
+                # No blob-descriptor cache: GC tests run beside this server, which only a
+                # restart would flush. Tests of that trap configure inmemory themselves.
             },
             "http": {"addr": f"127.0.0.1:{self.port}", "secret": "retention-tests"},
         }

@@ -30,7 +30,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.reader import ReaderError
 
 from retention.config.schedule import make_trigger
-from retention.core.policy import Policy, Rule, policy_from_mapping
+from retention.core.policy import Policy, Rule, gc_problems, policy_from_mapping
 from retention.errors import ConfigError
 
 __all__ = ["LoadedPolicy", "check_warnings", "load_policy", "load_policy_with_warnings"]
@@ -48,7 +48,7 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OWN_ERROR_TYPES = frozenset(
     {"duration", "regex", "url", "rule_limit", "rule_name", "command", "schedule", "listen"}
     | {"token", "notify"}
-    | {"credentials", "tls", "in_use"}
+    | {"credentials", "tls", "in_use", "repository"}
 )
 _EXPECTED = {
     "int_type": "an integer",
@@ -370,6 +370,7 @@ def _validate(data: object, document: _Document, file: str) -> Policy:
         ]
     if policy is not None:
         problems += _schedule_problems(policy, document)
+        problems += _gc_problems(policy, document)
     if problems or policy is None:
         ordered = sorted(problems, key=_Problem.sort_key)
         raise ConfigError([problem.render(file) for problem in ordered])
@@ -396,6 +397,15 @@ def _schedule_problems(policy: Policy, document: _Document) -> list[_Problem]:
         except ValueError as exc:
             message = f"{schedule.cron!r} is not a valid crontab line: {exc}"
             problems.append(_Problem(document.line_of(cron_loc), cron_loc, message))
+    return problems
+
+
+def _gc_problems(policy: Policy, document: _Document) -> list[_Problem]:
+    """GC settings that lose images are errors at their key, not warnings to scroll past."""
+    problems = []
+    for keys, message in gc_problems(policy.gc):
+        loc: Loc = ("gc", *keys)
+        problems.append(_Problem(document.line_of(loc), loc, message))
     return problems
 
 
@@ -569,8 +579,6 @@ def _policy_warnings(policy: Policy) -> list[_Warning]:
     checks: tuple[Callable[[Policy], list[_Warning]], ...] = (
         _warn_no_rules,
         _warn_unreachable_rules,
-        _warn_live_gc,
-        _warn_delete_untagged,
         _warn_password_without_username,
     )
     return [warning for check in checks for warning in check(policy)]
@@ -613,34 +621,3 @@ def _claims_everything(rule: Rule) -> bool:
         and rule.repositories.pattern in _MATCH_EVERYTHING
         and rule.match.pattern in _MATCH_EVERYTHING
     )
-
-
-def _warn_live_gc(policy: Policy) -> list[_Warning]:
-    """GC beside a serving registry races pushes and leaves its blob cache stale."""
-    gc = policy.gc
-    if not gc.runs_beside_live_registry:
-        return []
-    loc: Loc = ("gc", "strategy") if gc.mode == "docker" else ("gc", "mode")
-    return [
-        (
-            loc,
-            "garbage collection runs beside the live registry: it can delete layers "
-            "of a push in progress, and a registry with an inmemory blob-descriptor "
-            "cache must be restarted after GC; use gc.mode docker with strategy "
-            "offline, or set gc.stop_command and gc.start_command",
-        )
-    ]
-
-
-def _warn_delete_untagged(policy: Policy) -> list[_Warning]:
-    """The registry's own flag can break multi-arch pulls that this tool would keep."""
-    if not policy.gc.delete_untagged:
-        return []
-    return [
-        (
-            ("gc", "delete_untagged"),
-            "on Distribution 2.x, garbage-collect "
-            "--delete-untagged also deletes the per-platform manifests of multi-arch "
-            "images whose index is still tagged (distribution#3178)",
-        )
-    ]

@@ -256,7 +256,11 @@ class StorageUsage:
 
 @dataclass(frozen=True)
 class GcResult:
-    """What garbage collection did; ``skipped`` says why it did not run, if so."""
+    """What garbage collection did; ``skipped`` says why it did not run, if so.
+
+    ``restarted``: the registry process is new after GC (its blob cache flushed).
+    ``probe``: ``passed``, ``failed: <why>``, or None when no probe ran.
+    """
 
     mode: str
     ran: bool = False
@@ -264,6 +268,12 @@ class GcResult:
     duration_s: float = 0.0
     error: str | None = None
     skipped: str | None = None
+    restarted: bool = False
+    probe: str | None = None
+
+    @property
+    def probe_failed(self) -> bool:
+        return self.probe is not None and self.probe != "passed"
 
 
 @dataclass(frozen=True)

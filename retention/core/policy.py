@@ -28,6 +28,8 @@ from pydantic_core import PydanticCustomError
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _URL = re.compile(r"https?://[^/\s]+/?")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -87,6 +89,19 @@ def _positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise PydanticCustomError("duration", "must be longer than 0s", {})
     return value
+
+
+def _repository_name(value: str) -> str:
+    if not _REPOSITORY.fullmatch(value):
+        raise PydanticCustomError(
+            "repository",
+            "{value} is not a repository name (lower-case words joined by . _ - or /)",
+            {"value": repr(value)},
+        )
+    return value
+
+
+RepositoryName = Annotated[str, AfterValidator(_repository_name)]
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -296,13 +311,27 @@ class GarbageCollection(_Strict):
     """How blobs are reclaimed after manifests are deleted (see the README on each mode).
 
     ``command`` is run on this host in command mode, and inside the registry's container
-    (exec) or a one-off container of its image (offline) in docker mode.
+    (exec) or a one-off container of its image (offline) in docker mode. Around it, in
+    command mode: ``readonly_start`` / ``readonly_stop`` (restart the registry read-only and
+    back) or ``stop_command`` / ``start_command``, then ``restart_command`` to flush the
+    registry's blob-descriptor cache, then a probe push into the repository ``probe``.
+
+    ``writes`` says who keeps pushes away from the storage while GC runs: ``retention``
+    itself (the hooks above, or docker's offline strategy), the write ``gate``, or ``none``
+    when nothing pushes during a pass at all (the operator vouches for it).
+    ``blob_cache`` is the registry config's ``storage.cache.blobdescriptor``.
     """
 
     mode: Literal["none", "command", "docker"] = "none"
     command: Command = ("registry", "garbage-collect", "/etc/docker/registry/config.yml")
     stop_command: Command | None = None
     start_command: Command | None = None
+    readonly_start: Command | None = None
+    readonly_stop: Command | None = None
+    restart_command: Command | None = None
+    blob_cache: Literal["inmemory", "redis", "none"] = "inmemory"
+    writes: Literal["retention", "gate", "none"] = "retention"
+    probe: RepositoryName = "retention-probe"
     delete_untagged: bool = False
     timeout: PositiveDuration = timedelta(hours=1)
     container: str = "registry"
@@ -312,11 +341,140 @@ class GarbageCollection(_Strict):
     delay: Duration = timedelta(0)
 
     @property
+    def stops_registry(self) -> bool:
+        """Retention stops the registry for GC (and so restarts it afterwards)."""
+        if self.mode == "docker":
+            return self.strategy == "offline"
+        return self.stop_command is not None and self.start_command is not None
+
+    @property
+    def makes_read_only(self) -> bool:
+        """Retention switches the registry to read-only mode for GC, and back."""
+        return self.readonly_start is not None and self.readonly_stop is not None
+
+    @property
+    def restarts_registry(self) -> bool:
+        """The registry process is new after GC, so an in-memory cache starts empty.
+
+        ``readonly_stop`` counts: Distribution reads maintenance mode only at start, so
+        leaving read-only mode is a restart. Docker mode restarts the container either way.
+        """
+        return (
+            self.mode == "docker"
+            or self.stops_registry
+            or self.readonly_stop is not None
+            or self.restart_command is not None
+        )
+
+    @property
     def runs_beside_live_registry(self) -> bool:
-        """GC while the registry serves pushes, with no restart to flush its blob cache."""
-        if self.mode == "command":
-            return self.stop_command is None
-        return self.mode == "docker" and self.strategy == "exec"
+        """GC while the registry accepts pushes: nothing stops them, and nobody vouches."""
+        if self.mode == "none" or self.writes != "retention":
+            return False
+        return not (self.stops_registry or self.makes_read_only)
+
+
+def _passes_delete_untagged(word: str) -> bool:
+    """The flag as a word, ``--delete-untagged=true``, or inside ``sh -c '...'`` text."""
+    return "--delete-untagged" in word or "-m" in word.split()
+
+
+def gc_problems(
+    gc: GarbageCollection, *, gated: bool | None = None
+) -> list[tuple[tuple[str, ...], str]]:
+    """GC settings that would break images, as (key path under ``gc``, reason and fix).
+
+    These are errors, not warnings: each one loses data on a registry in ordinary use
+    (REGISTRY-FACTS: distribution#3045, #1803/#4569, #3178). ``config.load`` places them
+    on their lines; kept here because the judgement is about the model, not the file.
+    ``gated`` says whether the policy puts a write gate in front of the registry: True
+    keeps writes away like ``writes: gate``; False makes ``writes: gate`` an error; None
+    (no gate to look at) takes ``writes: gate`` at its word.
+    """
+    problems = _untagged_problems(gc)
+    if gc.mode == "none":
+        return problems
+    problems += _pairing_problems(gc)
+    if gated is False and gc.writes == "gate":
+        problems.append((("writes",), "says gate, but the policy has no gate: section"))
+    if gc.runs_beside_live_registry and not gated:
+        problems.append(_live_registry_problem(gc))
+    cache = _cache_problem(gc)
+    if cache is not None:
+        problems.append(cache)
+    return problems
+
+
+def _untagged_problems(gc: GarbageCollection) -> list[tuple[tuple[str, ...], str]]:
+    why = (
+        "on Distribution 2.x garbage-collect --delete-untagged deletes the platform manifests "
+        "of multi-arch images whose index is still tagged (distribution#3178); retention "
+        "deletes untagged manifests itself, by digest"
+    )
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if gc.delete_untagged:
+        problems.append((("delete_untagged",), f"{why}: remove it or set false"))
+    flags = [word for word in gc.command if _passes_delete_untagged(word)]
+    if flags:
+        problems.append((("command",), f"{why}: remove {' and '.join(flags)}"))
+    return problems
+
+
+def _pairing_problems(gc: GarbageCollection) -> list[tuple[tuple[str, ...], str]]:
+    pairs = (("readonly_start", "readonly_stop"), ("stop_command", "start_command"))
+    problems: list[tuple[tuple[str, ...], str]] = []
+    for first, second in pairs:
+        given = [key for key in (first, second) if getattr(gc, key) is not None]
+        if len(given) == 1:
+            missing = second if given[0] == first else first
+            problems.append(((given[0],), f"needs gc.{missing} too, or the registry stays changed"))
+    if gc.mode == "docker":
+        hooks = ("readonly_start", "readonly_stop", "stop_command", "start_command")
+        problems += [
+            ((key,), "is for gc.mode command; docker mode stops the container itself")
+            for key in hooks
+            if getattr(gc, key) is not None
+        ]
+    return problems
+
+
+def _live_registry_problem(gc: GarbageCollection) -> tuple[tuple[str, ...], str]:
+    where = ("strategy",) if gc.mode == "docker" else ("mode",)
+    fix = (
+        "use strategy: offline"
+        if gc.mode == "docker"
+        else "set gc.readonly_start and gc.readonly_stop (restart the registry with "
+        "REGISTRY_STORAGE_MAINTENANCE_READONLY='{\"enabled\":true}' and back), or "
+        "gc.stop_command and gc.start_command"
+    )
+    return (
+        where,
+        "garbage collection would run beside a registry that accepts pushes, and can delete "
+        f"layers of a push in progress (distribution#3045); {fix}, or declare who blocks "
+        "writes with gc.writes: gate (the write gate) or none (nothing pushes during a pass)",
+    )
+
+
+def _cache_problem(gc: GarbageCollection) -> tuple[tuple[str, ...], str] | None:
+    """A blob-descriptor cache that outlives GC makes the registry accept broken pushes."""
+    stale = (
+        "after GC the registry still answers 'present' for swept blobs and accepts "
+        "manifests over them (distribution#1803, #4569)"
+    )
+    if gc.blob_cache == "redis" and gc.restart_command is None:
+        return (
+            ("blob_cache",),
+            f"a redis blob-descriptor cache survives a restart: {stale}; set "
+            "gc.restart_command to flush it (e.g. [redis-cli, -n, '0', FLUSHDB])",
+        )
+    if gc.blob_cache == "inmemory" and not gc.restarts_registry:
+        return (
+            ("blob_cache",),
+            f"the registry's inmemory blob-descriptor cache is kept: {stale}; set "
+            "gc.restart_command (or stop/start or read-only hooks), or blob_cache: none "
+            "if the registry's config has no storage.cache.blobdescriptor",
+        )
+    return None
 
 
 class Storage(_Strict):

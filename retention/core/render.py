@@ -364,6 +364,12 @@ def _applied_lines(result: RunResult) -> list[str]:
         blobs = "?" if gc.blobs_deleted is None else str(gc.blobs_deleted)
         state = f"error: {gc.error}" if gc.error else f"{blobs} blobs deleted"
         lines.append(f"gc ({gc.mode}): {state}" if gc.ran else f"gc ({gc.mode}): {gc.skipped}")
+        if gc.probe is not None:
+            lines.append(
+                f"probe FAILED: {gc.probe[len('failed: ') :]}"
+                if gc.probe_failed
+                else "probe: passed"
+            )
     storage = result.storage
     if storage.before_bytes is not None:
         after = "?" if storage.after_bytes is None else human_bytes(storage.after_bytes)

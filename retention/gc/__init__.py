@@ -1,10 +1,13 @@
 """Garbage collection runners: reclaim the blobs that deleted manifests left behind.
 
 Three modes (``gc.mode``): ``none``; ``command`` runs garbage-collect on this host, with
-optional stop/start commands around it; ``docker`` runs it for a registry container through
-the Docker Engine API, by ``exec`` in the running container or ``offline`` in a one-off
-container while the registry is stopped. Every runner that stops the registry starts it
-again whatever happened, and waits until it answers.
+optional read-only, stop/start and restart hooks around it; ``docker`` runs it for a
+registry container through the Docker Engine API, by ``exec`` in the running container
+(then restarts it) or ``offline`` in a one-off container while the registry is stopped.
+Every runner that stops the registry, or makes it read-only, brings it back whatever
+happened, and waits until it answers; a registry that ran GC is a fresh process afterwards
+when the policy says its blob cache needs that. The probe after GC is not here: it speaks
+HTTP (``apply/probe.py``).
 
 Runners are blocking (subprocesses, the Docker SDK); the runner calls them in a thread.
 They never speak HTTP themselves: readiness is checked by the ``ReadyCheck`` passed in.

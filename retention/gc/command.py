@@ -1,8 +1,11 @@
-"""``gc.mode: command``: run garbage-collect on this host, optionally between stop and start.
+"""``gc.mode: command``: run garbage-collect on this host, with the hooks around it.
 
 For a sidecar that shares the registry's volume and has its binary, or a host that runs
-Debian's package (``stop_command: [systemctl, stop, docker-registry]``). The start command
-runs whatever happened before it, so a failed GC never leaves the registry down.
+Debian's package (``stop_command: [systemctl, stop, docker-registry]``). Writes are kept
+away by stopping the registry or restarting it read-only (``readonly_start`` /
+``readonly_stop``); ``restart_command`` flushes its blob-descriptor cache afterwards. The
+hooks after GC run whatever happened before them, so a failed GC never leaves the registry
+down or read-only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ STOP_START_TIMEOUT_S = 300.0
 
 
 class CommandCollector:
+    """The command-mode sequence, every hook optional.
+
+    ``readonly_start`` → ``stop_command`` → garbage-collect → ``start_command`` →
+    ``readonly_stop`` → ``restart_command``. Every step after the first that ran is run
+    whatever happened before it, so a failed GC never leaves the registry stopped, read-only
+    or with a stale blob cache; each of them waits until ``/v2/`` answers again.
+    """
+
     mode = "command"
 
     def __init__(self, settings: GarbageCollection, ready: ReadyCheck) -> None:
@@ -29,27 +40,54 @@ class CommandCollector:
         self.ready = ready
 
     def collect(self) -> GcResult:
-        """Stop (if configured), collect, and always start again and wait for readiness."""
+        """Run the sequence; raise GarbageCollectionError naming every step that failed."""
         started = time.monotonic()
-        if self.settings.stop_command:
-            run_command(self.settings.stop_command, STOP_START_TIMEOUT_S, "stop_command")
+        problems: list[str] = []
+        output = ""
         try:
-            output = run_command(
-                gc_argv(self.settings), self.settings.timeout.total_seconds(), "garbage-collect"
-            )
-        finally:
-            self._start_again()
+            if self.settings.readonly_start:
+                run_command(self.settings.readonly_start, STOP_START_TIMEOUT_S, "readonly_start")
+            output = self._collect_stopped()
+        except GarbageCollectionError as exc:
+            problems.append(str(exc))
+        problems += self._afterwards("readonly_stop", self.settings.readonly_stop)
+        problems += self._afterwards("restart_command", self.settings.restart_command)
+        if problems:
+            raise GarbageCollectionError("; ".join(problems))
         return GcResult(
             mode=self.mode,
             ran=True,
             blobs_deleted=count_deleted_blobs(output),
             duration_s=time.monotonic() - started,
+            restarted=self.settings.restarts_registry,
         )
+
+    def _collect_stopped(self) -> str:
+        """Stop (if configured), collect, and always start again and wait for readiness."""
+        if self.settings.stop_command:
+            run_command(self.settings.stop_command, STOP_START_TIMEOUT_S, "stop_command")
+        try:
+            return run_command(
+                gc_argv(self.settings), self.settings.timeout.total_seconds(), "garbage-collect"
+            )
+        finally:
+            self._start_again()
 
     def _start_again(self) -> None:
         if self.settings.start_command:
             run_command(self.settings.start_command, STOP_START_TIMEOUT_S, "start_command")
             self.ready(self.settings.ready_timeout.total_seconds())
+
+    def _afterwards(self, what: str, argv: Sequence[str] | None) -> list[str]:
+        """Run a hook that must run whatever happened, then wait; its problem, if any."""
+        if not argv:
+            return []
+        try:
+            run_command(argv, STOP_START_TIMEOUT_S, what)
+            self.ready(self.settings.ready_timeout.total_seconds())
+        except GarbageCollectionError as exc:
+            return [str(exc)]
+        return []
 
 
 def missing_programs(settings: GarbageCollection) -> list[str]:

@@ -1,11 +1,12 @@
 """``gc.mode: docker``: garbage-collect a registry that runs in a container, through the Engine API.
 
-Two strategies. ``exec`` runs the command inside the running registry container: no
-downtime, but GC races with pushes and the registry's in-memory blob-descriptor cache still
-believes in the blobs it swept (distribution#3045, #1803). ``offline`` stops the registry, runs the
-command in a one-off container of the *same* image with the registry's volumes and
-environment (so it sweeps the same storage with the same config), and starts the registry
-again whatever happened, then waits until it answers.
+Two strategies. ``exec`` runs the command inside the running registry container, then
+restarts the container (unless ``gc.blob_cache: none``), because its in-memory
+blob-descriptor cache still believes in the blobs it swept (distribution#1803); it races
+with pushes, so ``retention check`` allows it only when ``gc.writes`` says who blocks them.
+``offline`` stops the registry, runs the command in a one-off container of the *same*
+image with the registry's volumes and environment (so it sweeps the same storage with the
+same config), and starts the registry again whatever happened, then waits until it answers.
 
 This module owns every Docker SDK call of the package: ``docker`` exceptions and types stop
 here and become ``GarbageCollectionError`` or ``StorageError``. It never speaks HTTP to the
@@ -31,7 +32,7 @@ from retention.core.model import GcResult
 from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError, RetentionError, StorageError
 from retention.gc import ReadyCheck, count_deleted_blobs
-from retention.gc.command import cause, gc_argv, last_lines
+from retention.gc.command import STOP_START_TIMEOUT_S, cause, gc_argv, last_lines, run_command
 from retention.gc.disk_usage import parse_du
 
 DOCKER_FAILURES = (DockerException, OSError)
@@ -90,16 +91,40 @@ class DockerCollector:
     def collect(self) -> GcResult:
         """Run the configured strategy; raise GarbageCollectionError if it failed."""
         started = time.monotonic()
-        if self.settings.strategy == "exec":
-            output = self._collect_by_exec()
-        else:
-            output = self._collect_offline()
+        try:
+            if self.settings.strategy == "exec":
+                output = self._collect_by_exec()
+            else:
+                output = self._collect_offline()
+        except GarbageCollectionError as exc:
+            flushed = self._flush()
+            raise GarbageCollectionError(f"{exc}; {flushed}" if flushed else str(exc)) from exc
+        flushed = self._flush()
+        if flushed:
+            raise GarbageCollectionError(flushed)
         return GcResult(
             mode=self.mode,
             ran=True,
             blobs_deleted=count_deleted_blobs(output),
             duration_s=time.monotonic() - started,
+            restarted=self.settings.strategy == "offline" or self._flushes_by_restart,
         )
+
+    def _flush(self) -> str | None:
+        """``gc.restart_command`` on this host (a redis cache outlives the container)."""
+        if not self.settings.restart_command:
+            return None
+        try:
+            run_command(self.settings.restart_command, STOP_START_TIMEOUT_S, "restart_command")
+            self.ready(self.settings.ready_timeout.total_seconds())
+        except GarbageCollectionError as exc:
+            return str(exc)
+        return None
+
+    @property
+    def _flushes_by_restart(self) -> bool:
+        """exec leaves the registry running: restart it unless its config has no blob cache."""
+        return self.settings.blob_cache != "none"
 
     @property
     def _timeout_s(self) -> float:
@@ -110,12 +135,26 @@ class DockerCollector:
         return find_container(self.client, self.settings.container, GarbageCollectionError)
 
     def _collect_by_exec(self) -> str:
-        """``docker exec`` the command in the running registry; its exit code decides."""
+        """``docker exec`` GC in the running registry, then restart it to flush its cache.
+
+        The restart runs whatever GC did: a GC that failed half way has swept some blobs.
+        """
         registry = self._registry()
         if registry.status != "running":
             raise GarbageCollectionError(
                 f"gc strategy exec: container {registry.name} is {registry.status}, not running"
             )
+        output, failure = "", None
+        try:
+            output = self._exec_gc(registry)
+        except GarbageCollectionError as exc:
+            failure = str(exc)
+        restart_problem = self._restart(registry) if self._flushes_by_restart else None
+        if failure or restart_problem:
+            raise GarbageCollectionError(join_problems(failure, restart_problem))
+        return output
+
+    def _exec_gc(self, registry: Container) -> str:
         argv = gc_argv(self.settings)
         try:
             exit_code, raw = within(self._timeout_s, lambda: registry.exec_run(argv))
@@ -128,6 +167,14 @@ class DockerCollector:
                 f"{failure_lines(output)}"
             )
         return output
+
+    def _restart(self, registry: Container) -> str | None:
+        """Restart the container (a new process: an empty blob cache) and wait for it."""
+        try:
+            registry.restart()
+        except DOCKER_FAILURES as exc:
+            return f"restarting container {registry.name} failed: {one_line(exc)}"
+        return self._wait_ready(registry)
 
     def _exec_failure(self, name: str, exc: BaseException) -> str:
         """Docker has no call to stop an exec, so a timed-out GC may still be running."""
@@ -211,6 +258,9 @@ class DockerCollector:
             registry.start()
         except DOCKER_FAILURES as exc:
             return f"starting container {registry.name} again failed: {one_line(exc)}"
+        return self._wait_ready(registry)
+
+    def _wait_ready(self, registry: Container) -> str | None:
         try:
             self.ready(self.settings.ready_timeout.total_seconds())
         except (RetentionError, OSError) as exc:

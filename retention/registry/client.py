@@ -44,6 +44,7 @@ from retention.errors import (
     NotFound,
     RegistryError,
     RegistryUnreachable,
+    WriteRefused,
 )
 from retention.registry import credentials, media_types
 from retention.registry.auth import Clock, RegistryAuth, public_url
@@ -602,6 +603,8 @@ def _classify(method: str, status: int, code: str | None) -> tuple[type[Registry
         if code is None:  # read-only maintenance mode answers 405 in plain text
             return DeleteDisabled, _DELETE_DISABLED_HINT + ", and that it is not read-only"
         return DeleteDisabled, _DELETE_DISABLED_HINT
+    if status == 405 and method in {"POST", "PUT", "PATCH"}:
+        return WriteRefused, "the registry refuses writes (read-only maintenance mode?)"
     if status in RETRY_STATUSES:
         return RegistryError, f"the registry answered {status} on every attempt"
     return RegistryError, f"unexpected answer {status}"

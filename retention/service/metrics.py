@@ -143,6 +143,11 @@ class Metrics:
             "Problems with kept images found by the checks after deletion and after GC.",
             registry=registry,
         )
+        self._probe_failures = Counter(
+            "retention_probe_failures",
+            "Test pushes after GC that the registry did not take back whole.",
+            registry=registry,
+        )
         self._duration = Histogram(
             "retention_pass_duration_seconds",
             "Duration of retention passes.",
@@ -240,6 +245,8 @@ class Metrics:
         self._manifests_deleted.inc(len(deleted))
         self._tags_deleted.inc(sum(len(a.tags) for a in deleted))
         self._broken.inc(len(result.verification))
+        if result.gc is not None and result.gc.probe_failed:
+            self._probe_failures.inc()
         self._last.figures = LastPass.from_result(result).merged_into(self._last.figures)
 
     def record_notification(self, answer: Answer, at: datetime) -> None:

@@ -28,6 +28,7 @@ from retention.errors import (
     NotFound,
     RegistryError,
     RegistryUnreachable,
+    WriteRefused,
 )
 from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
 from retention.registry.client import backoff_seconds
@@ -375,6 +376,22 @@ async def test_upload_keeps_the_upload_state_and_adds_the_digest(
     assert await client.blob("app", digest) == b"config bytes"
     assert await client.blob_exists("app", digest) is True
     assert await client.blob_exists("app", "sha256:" + "0" * 64) is False
+
+
+async def test_a_405_on_an_upload_or_manifest_put_raises_write_refused(
+    client: RegistryClient, fake: FakeRegistry
+) -> None:
+    """Read-only maintenance mode answers pushes 405 in plain text (measured on 2.8.2)."""
+    fake.script("POST", "/v2/app/blobs/uploads/", httpx.Response(405, text="read-only"))
+    fake.script("PUT", "/v2/app/manifests/v1", httpx.Response(405, text="read-only"))
+
+    with pytest.raises(WriteRefused, match="refuses writes") as upload:
+        await client.upload_blob("app", b"layer")
+    with pytest.raises(WriteRefused) as manifest:
+        await client.put_manifest("app", "v1", b"{}", "application/json")
+
+    assert (upload.value.method, upload.value.status) == ("POST", 405)
+    assert (manifest.value.method, manifest.value.status) == ("PUT", 405)
 
 
 async def test_a_blob_is_followed_through_a_storage_redirect(

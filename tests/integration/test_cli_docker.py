@@ -34,6 +34,8 @@ def test_run_collects_garbage_in_the_registry_container(
 ) -> None:
     digests, seeder = seed(registry_container.url)
     gc = {"mode": "docker", "container": registry_container.name, "strategy": strategy}
+    if strategy == "exec":
+        gc["writes"] = "none"  # nothing pushes during the test; check refuses exec otherwise
     policy = write_policy(
         tmp_path / "p.yml",
         registry_container.url,
@@ -53,6 +55,7 @@ def test_run_collects_garbage_in_the_registry_container(
     assert report["storage"]["before_bytes"] == before
     assert report["storage"]["freed_bytes"] > 0
     assert report["verification"] == []
+    assert report["gc"]["restarted"] is True and report["gc"]["probe"] == "passed"
     assert registry_container.running()
     assert seeder.manifest_status("app", "v2") == 200
     assert seeder.manifest_status("app", digests[0]) == 404

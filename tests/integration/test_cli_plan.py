@@ -147,8 +147,8 @@ def test_invalid_policy_exits_2_before_contacting_anything(tmp_path: Path) -> No
 def test_check_accepts_the_example_policy_and_prints_warnings(tmp_path: Path) -> None:
     policy = tmp_path / "p.yml"
     policy.write_text(
-        "registry: {url: 'http://127.0.0.1:1'}\nrules: [{name: a, keep_last: 1}]\n"
-        "gc: {mode: command}\n"
+        "registry: {url: 'http://127.0.0.1:1'}\n"
+        "rules: [{name: a, keep_last: 1}, {name: b, keep_last: 2}]\n"
     )
     example = Path(__file__).parents[2] / "policies.example.yml"
 
@@ -156,7 +156,31 @@ def test_check_accepts_the_example_policy_and_prints_warnings(tmp_path: Path) ->
     result = retention("check", "-c", str(policy))
 
     assert result.code == 0
-    assert "garbage" in result.stderr.lower() and "warning:" in result.stderr
+    assert "can never claim a tag" in result.stderr and "warning:" in result.stderr
+
+
+def test_check_refuses_gc_beside_a_writable_registry_with_file_line_and_fix(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "p.yml"
+    policy.write_text(
+        "registry: {url: 'http://127.0.0.1:1'}\nrules: [{name: a, keep_last: 1}]\n"
+        "gc:\n  mode: command\n  command: [registry, garbage-collect, -m, c.yml]\n"
+    )
+
+    result = retention("check", "-c", str(policy))
+
+    assert result.code == 2
+    no_traceback(result)
+    assert [line.split(" ", 2)[1] for line in result.error_lines] == [
+        f"{policy}:4",
+        f"{policy}:4",
+        f"{policy}:5",
+    ]
+    joined = "\n".join(result.error_lines)
+    assert "gc.mode: garbage collection would run beside a registry that accepts pushes" in joined
+    assert "gc.blob_cache: the registry's inmemory blob-descriptor cache is kept" in joined
+    assert "gc.command: on Distribution 2.x" in joined and "remove -m" in joined
 
 
 def test_missing_policy_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -227,7 +227,7 @@ def test_post_run_starts_a_pass_refuses_a_second_and_sigterm_lets_it_finish(
 ) -> None:
     push_builds(seeder, 1, 2)
     # A stop command that takes a second: the pass is really busy in its GC step.
-    gc = command_gc(registry_server, stop_command=["sleep", "1"])
+    gc = command_gc(registry_server, stop_command=["sleep", "1"], start_command=["true"])
     policy = daemon_policy(tmp_path, registry_server, BUILDS, **gc)
     daemon = serve(policy)
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from cli_support import retention
@@ -72,7 +74,17 @@ class PolicySource:
         return path
 
     def load(self) -> Policy:
-        return load_policy_text(self.text)
+        """The policy model, for the tests that compare it with the other files.
+
+        The policies in AWAITING_GATE run GC beside the live registry until the write gate
+        of issue #11 lands in them; ``retention check`` refuses them for it (tested below),
+        so their other fields are read here as if the gate kept writes and the cache away.
+        """
+        if self.name not in AWAITING_GATE:
+            return load_policy_text(self.text)
+        document = yaml.safe_load(self.text)
+        document["gc"].update({"writes": "gate", "blob_cache": "none"})
+        return load_policy_text(yaml.safe_dump(document))
 
 
 def load_policy_text(text: str, environ: Mapping[str, str] = ENVIRONMENT) -> Policy:
@@ -112,6 +124,16 @@ def find_policies() -> list[PolicySource]:
 
 
 POLICIES = find_policies()
+# Policies whose retention cannot stop the registry or restart it read-only (a pod beside
+# it, a compose service without the Docker socket): safe only behind the write gate, which
+# is not in these files yet. Remove a name once its policy uses the gate.
+AWAITING_GATE = frozenset(
+    {
+        "kubernetes/configmap.yaml:retention-policy",
+        "kubernetes/cronjob.yaml:retention-cronjob-policy",
+        "policies/compose-command.yml",
+    }
+)
 BY_NAME = {source.name: source for source in POLICIES}
 WITH_PASSWORD = [s for s in POLICIES if "password" in yaml.safe_load(s.text)["registry"]]
 # `retention run` (the CronJob) ignores schedule and server.
@@ -135,18 +157,33 @@ def test_the_policies_of_every_deployment_are_found() -> None:
 # -- every policy passes `retention check` --------------------------------------------------
 
 
-@pytest.mark.parametrize("source", POLICIES, ids=[s.name for s in POLICIES])
-def test_policy_passes_retention_check_warning_only_about_gc_beside_a_live_registry(
+SAFE = [s for s in POLICIES if s.name not in AWAITING_GATE]
+UNSAFE = [s for s in POLICIES if s.name in AWAITING_GATE]
+
+
+@pytest.mark.parametrize("source", SAFE, ids=[s.name for s in SAFE])
+def test_policy_passes_retention_check_without_warnings(
     source: PolicySource, tmp_path: Path
 ) -> None:
     result = retention("check", "-c", str(source.write(tmp_path)), env=ENVIRONMENT)
 
     assert result.code == 0, result.stderr
     assert "ok" in result.stdout
-    # A GC program that lives in the container, not on this host, is said as well.
+    # A GC program that lives in the container, not on this host, is said, and only that.
     warnings = [w for w in result.stderr.splitlines() if w.startswith("warning:")]
-    about_live = [w for w in warnings if "program not found" not in w]
-    assert bool(about_live) is source.load().gc.runs_beside_live_registry, result.stderr
+    assert [w for w in warnings if "program not found" not in w] == [], result.stderr
+    assert not source.load().gc.runs_beside_live_registry
+
+
+@pytest.mark.parametrize("source", UNSAFE, ids=[s.name for s in UNSAFE])
+def test_a_policy_with_gc_beside_a_writable_registry_is_refused_until_it_uses_the_gate(
+    source: PolicySource, tmp_path: Path
+) -> None:
+    result = retention("check", "-c", str(source.write(tmp_path)), env=ENVIRONMENT)
+
+    assert result.code == 2, result.stderr
+    live = "gc.mode: garbage collection would run beside a registry that accepts pushes"
+    assert any(live in error for error in result.error_lines), result.stderr
 
 
 @pytest.mark.parametrize("source", WITH_PASSWORD, ids=[s.name for s in WITH_PASSWORD])
@@ -509,8 +546,8 @@ def test_the_unit_can_write_the_storage_and_state_and_does_not_stop_with_the_reg
     host_policy = policy("systemd/policies.yml")
     assert str(host_policy.storage.path) in settings["ReadWritePaths"][0].split()
     assert host_policy.state_dir == Path("/var/lib") / settings["StateDirectory"][0]
-    assert host_policy.gc.stop_command == ("systemctl", "stop", "docker-registry")
-    assert host_policy.gc.start_command == ("systemctl", "start", "docker-registry")
+    assert host_policy.gc.readonly_start == ("systemctl", "start", "docker-registry-readonly")
+    assert host_policy.gc.readonly_stop == ("systemctl", "start", "docker-registry")
     for dependency in ("Requires", "BindsTo", "PartOf", "Requisite"):
         assert dependency not in settings, f"{dependency}= would stop retention mid-GC"
 
@@ -526,12 +563,90 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     stand_in.chmod(0o755)
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text(encoding="utf-8").replace(program, str(stand_in)))
-    done = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=30, check=False
+    readonly = tmp_path / READONLY_UNIT.name
+    registry = tmp_path / "docker-registry"
+    registry.write_text("#!/bin/sh\n")
+    registry.chmod(0o755)
+    readonly.write_text(
+        READONLY_UNIT.read_text(encoding="utf-8").replace("/usr/bin/docker-registry", str(registry))
     )
-    # verify exits 0 on unknown keys and bad values too, and only says so: any output fails.
-    assert done.returncode == 0, done.stderr
-    assert (done.stdout + done.stderr).strip() == ""
+    for path in (unit, readonly):
+        done = subprocess.run(
+            [analyze, "verify", str(path)], capture_output=True, text=True, timeout=30, check=False
+        )
+        # verify exits 0 on unknown keys and bad values too, and only says so: any output fails.
+        assert done.returncode == 0, done.stderr
+        assert (done.stdout + done.stderr).strip() == "", path.name
+
+
+READONLY_UNIT = DEPLOY / "systemd" / "docker-registry-readonly.service"
+
+
+def readonly_unit_environment() -> dict[str, str]:
+    """The read-only unit's Environment=, unquoted the way systemd does it."""
+    environment = {}
+    for line in READONLY_UNIT.read_text(encoding="utf-8").splitlines():
+        if line.startswith("Environment="):
+            for assignment in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = assignment.partition("=")
+                environment[key] = value
+    return environment
+
+
+def test_the_read_only_unit_conflicts_with_the_registry_and_serves_its_config() -> None:
+    settings = {}
+    for line in READONLY_UNIT.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    assert settings["Conflicts"] == "docker-registry.service"
+    assert settings["User"] == "docker-registry"
+    assert "[Install]" not in READONLY_UNIT.read_text(encoding="utf-8"), "never enabled"
+    assert settings["ExecStart"].endswith("serve /etc/docker/registry/config.yml")
+
+
+def test_the_read_only_units_environment_makes_registry_2_8_refuse_pushes_and_serve_pulls(
+    tmp_path: Path,
+) -> None:
+    """The unit's exact value, given to the real binary: 405 on a push, 200 on /v2/."""
+    binary = registry_binary()
+    if binary is None:
+        pytest.fail("docker-registry (CNCF Distribution) is not installed; the tests need it")
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "version": 0.1,
+                "storage": {"filesystem": {"rootdirectory": str(tmp_path / "storage")}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    environment.update(readonly_unit_environment())
+    assert environment["REGISTRY_STORAGE_MAINTENANCE_READONLY"] == '{"enabled":true}'
+    with subprocess.Popen(
+        [binary, "serve", str(config)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as server:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    assert httpx.get(f"{url}/v2/", trust_env=False).status_code == 200
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            assert server.poll() is None, "the registry did not start with that environment"
+            push = httpx.post(f"{url}/v2/app/blobs/uploads/", trust_env=False)
+            assert push.status_code == 405
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
 
 
 def test_every_supervisor_waits_longer_than_serve_waits_for_a_running_pass() -> None:

@@ -137,18 +137,63 @@ def test_exec_strategy_frees_the_blobs_of_the_deleted_manifest_only(
     assert_pullable(registry_container.url, "app", "kept")
 
 
-def test_exec_strategy_leaves_the_live_registry_believing_in_swept_blobs(
+def test_exec_strategy_restarts_the_registry_so_it_forgets_swept_blobs(
     docker_engine: DockerEngine,
     registry_container: RegistryContainer,
     seeded: Seeded,
     container_seeder: Seeder,
 ) -> None:
-    """Why offline is the default: the in-memory descriptor cache outlives the files."""
-    collector(docker_engine, registry_container, "exec").collect()
+    """The in-memory descriptor cache would outlive the files: exec restarts the container."""
+    first_start = started_at(registry_container)
+
+    result = collector(docker_engine, registry_container, "exec").collect()
+
+    swept_layer = seeded.freed[-1]
+    assert not blob_directory(registry_container.host_root, swept_layer).exists()
+    assert result.restarted and started_at(registry_container) != first_start
+    assert container_seeder.blob_status("app", swept_layer) == 404
+    assert_pullable(registry_container.url, "app", "kept")
+
+
+def test_exec_without_the_restart_leaves_the_registry_believing_in_swept_blobs(
+    docker_engine: DockerEngine,
+    registry_container: RegistryContainer,
+    seeded: Seeded,
+    container_seeder: Seeder,
+) -> None:
+    """Why blob_cache: none must be true: this registry's config says inmemory."""
+    collector(docker_engine, registry_container, "exec", blob_cache="none").collect()
 
     swept_layer = seeded.freed[-1]
     assert not blob_directory(registry_container.host_root, swept_layer).exists()
     assert container_seeder.blob_status("app", swept_layer) == 200
+
+
+@pytest.mark.parametrize("strategy", ["exec", "offline"])
+def test_restart_command_runs_on_this_host_after_gc_even_when_gc_fails(
+    docker_engine: DockerEngine,
+    registry_container: RegistryContainer,
+    seeded: Seeded,
+    strategy: Strategy,
+    tmp_path: Path,
+) -> None:
+    """For a redis blob cache, which outlives the container: the command flushes it."""
+    flushed = tmp_path / "flushed"
+    flush = ("sh", "-c", f'echo flushed >> "{flushed}"')
+    collector(docker_engine, registry_container, strategy, restart_command=flush).collect()
+    failing = collector(
+        docker_engine,
+        registry_container,
+        strategy,
+        command=("sh", "-c", "exit 4"),
+        restart_command=flush,
+    )
+
+    with pytest.raises(GarbageCollectionError, match="exited 4"):
+        failing.collect()
+
+    assert flushed.read_text().split() == ["flushed", "flushed"]
+    assert registry_container.running()
 
 
 def test_exec_with_delete_untagged_passes_the_flag(

@@ -211,12 +211,29 @@ def test_verification_catches_a_kept_index_whose_platform_was_deleted_by_hand(
     assert f"broken: after deletion: multi:v2: manifest {arm} is missing" in result.stdout
 
 
-def test_verification_catches_delete_untagged_breaking_multi_arch_images(
+def test_a_multi_arch_image_broken_by_delete_untagged_run_by_hand_fails_the_pass(
     tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
 ) -> None:
+    """retention refuses --delete-untagged (test_gc_policy); an operator may still run it."""
     amd = seeder.image("multi", [], ago(2), unique="amd")
     arm = seeder.image("multi", [], ago(2), unique="arm")
     seeder.index("multi", ["v2"], [amd, arm])
+    for i in range(3):
+        seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}")
+    policy = write_policy(tmp_path / "p.yml", registry_server.url, BUILDS)
+    assert registry_server.garbage_collect("--delete-untagged").returncode == 0
+
+    result = retention("run", "-c", str(policy), "--format", "json")
+
+    assert result.code == 1
+    (multi,) = [r for r in result.json()["repositories"] if r["name"] == "multi"]
+    assert "MANIFEST_UNKNOWN" in multi["error"]
+    assert amd in multi["error"] or arm in multi["error"]
+
+
+def test_a_policy_with_delete_untagged_is_refused_before_anything_is_deleted(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
     for i in range(3):
         seeder.image("app", [f"v{i}"], ago(9 - i), unique=f"i{i}")
     sections = command_gc(registry_server, delete_untagged=True)
@@ -224,9 +241,11 @@ def test_verification_catches_delete_untagged_breaking_multi_arch_images(
 
     result = retention("run", "-c", str(policy), "-o", "json")
 
-    assert result.code == 1
-    problems = result.json()["verification"]
-    assert any(p.startswith("after gc: multi:v2: manifest") for p in problems), problems
+    assert result.code == 2
+    no_traceback(result)
+    (error,) = result.error_lines
+    assert "gc.delete_untagged" in error and "distribution#3178" in error
+    assert seeder.manifest_status("app", "v0") == 200
 
 
 def test_a_repository_over_its_delete_budget_is_held_and_said_why(

@@ -633,26 +633,11 @@ def test_a_full_valid_file_sets_every_section() -> None:
 
 # --- warnings --------------------------------------------------------------------------
 
-LIVE_GC = (
-    "garbage collection runs beside the live registry: it can delete layers of a push in "
-    "progress, and a registry with an inmemory blob-descriptor cache must be restarted "
-    "after GC; use gc.mode docker with strategy offline, or set gc.stop_command and "
-    "gc.start_command"
-)
-UNTAGGED = (
-    "on Distribution 2.x, garbage-collect --delete-untagged also deletes the per-platform "
-    "manifests of multi-arch images whose index is still tagged (distribution#3178)"
-)
 ONE_RULE = [{"name": "r", "keep_last": 5}]
 
 WARNING_CASES = [
     pytest.param({"rules": ONE_RULE}, [], id="a plain policy"),
     pytest.param({}, ["rules: there are no rules, so nothing will ever be deleted"], id="no rules"),
-    pytest.param(
-        {"rules": ONE_RULE, "gc": {"mode": "command"}},
-        [f"gc.mode: {LIVE_GC}"],
-        id="command without stop_command",
-    ),
     pytest.param(
         {
             "rules": ONE_RULE,
@@ -661,17 +646,7 @@ WARNING_CASES = [
         [],
         id="command that stops the registry",
     ),
-    pytest.param(
-        {"rules": ONE_RULE, "gc": {"mode": "docker", "strategy": "exec"}},
-        [f"gc.strategy: {LIVE_GC}"],
-        id="docker exec",
-    ),
     pytest.param({"rules": ONE_RULE, "gc": {"mode": "docker"}}, [], id="docker offline"),
-    pytest.param(
-        {"rules": ONE_RULE, "gc": {"delete_untagged": True}},
-        [f"gc.delete_untagged: {UNTAGGED}"],
-        id="delete untagged",
-    ),
     pytest.param(
         {
             "rules": [
@@ -724,16 +699,14 @@ def test_loaded_warnings_carry_file_and_line() -> None:
         registry:
           url: http://127.0.0.1:5000
         rules:
-          - name: r
+          - name: all
             keep_last: 5
-        gc:
-          mode: docker
-          strategy: exec
-          delete_untagged: true
+          - name: old
+            max_age: 1d
         """
     assert loaded(text).warnings == (
-        f"policies.yml:8 gc.strategy: {LIVE_GC}",
-        f"policies.yml:9 gc.delete_untagged: {UNTAGGED}",
+        "policies.yml:6 rules[1]: rule 'old' can never claim a tag: rule 'all' before it "
+        "claims every tag in every repository",
     )
 
 

@@ -221,3 +221,21 @@ def test_problems_found_after_a_pass_are_counted(
     metrics.record(RESULT, "success", 1.0, finished_at=NOW)
     metrics.record(broken, "failure", 1.0, finished_at=NOW)
     assert value(registry, "retention_verification_problems_total") == 1
+
+
+def test_a_failed_probe_counts_once_and_a_passed_one_not_at_all(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    assert value(registry, "retention_probe_failures_total") == 0
+    passed = GcResult("command", ran=True, probe="passed")
+    failed = GcResult("command", ran=True, probe="failed: pushing retention-probe:x failed")
+
+    metrics.record(RunResult(PLAN, dry_run=False, gc=passed), "success", 1.0, finished_at=NOW)
+    metrics.record(
+        RunResult(PLAN, dry_run=False, gc=failed, errors=("probe: x",)),
+        "failure",
+        1.0,
+        finished_at=NOW,
+    )
+
+    assert value(registry, "retention_probe_failures_total") == 1

@@ -143,6 +143,22 @@ def test_table_of_a_run_says_what_was_applied_and_freed() -> None:
     assert "storage: 2.0 MiB before, 1.0 MiB after, 1.0 MiB freed" in text
 
 
+@pytest.mark.parametrize(
+    ("probe", "line"),
+    [
+        ("passed", "probe: passed"),
+        ("failed: pushing retention-probe:t failed: 405", "probe FAILED: pushing retention-probe"),
+    ],
+)
+def test_table_of_a_run_says_whether_the_probe_after_gc_passed(probe: str, line: str) -> None:
+    result = RunResult(
+        sample_plan(), dry_run=False, gc=GcResult("command", ran=True, blobs_deleted=2, probe=probe)
+    )
+    text = render(result, "table")
+    assert line in text
+    assert json.loads(render(result, "json"))["gc"]["probe"] == probe
+
+
 def test_human_bytes_uses_binary_units() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1024, 5 * 1024**3)] == [
         "0 B",
