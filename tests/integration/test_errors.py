@@ -57,7 +57,13 @@ def test_check_warns_about_a_gc_program_that_is_not_on_this_host(tmp_path: Path)
         tmp_path / "p.yml",
         "http://127.0.0.1:5000",
         BUILDS,
-        gc={"mode": "command", "command": ["/nonexistent/registry", "garbage-collect", "c.yml"]},
+        gc={
+            "mode": "command",
+            "command": ["/nonexistent/registry", "garbage-collect", "c.yml"],
+            # Safe by declaration, so that the missing program is the only thing said.
+            "writes": "none",
+            "blob_cache": "none",
+        },
     )
 
     result = CliRunner().invoke(main, ["check", "-c", str(policy)])
