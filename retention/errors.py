@@ -14,7 +14,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    └── GateError              the write gate could not start (gate.listen taken, say)
 """
 
 from __future__ import annotations
@@ -95,3 +96,7 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class GateError(RetentionError):
+    """The write gate of ``retention serve`` could not start."""

@@ -30,7 +30,7 @@ from retention.errors import (
     RetentionError,
     StorageError,
 )
-from retention.gc import Collector, ReadyCheck
+from retention.gc import Collector, ReadyCheck, WriteWindow
 from retention.gc.command import CommandCollector
 from retention.gc.disk_usage import LocalStorage, StorageProbe
 from retention.logs import get_logger
@@ -61,8 +61,13 @@ async def run_pass(
     force: bool = False,
     progress: ProgressCallback | None = None,
     clock: Clock = utc_now,
+    window: WriteWindow | None = None,
 ) -> RunResult:
-    """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock."""
+    """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock.
+
+    ``window`` is the daemon's write gate: with ``gate:`` in the policy, GC runs only
+    inside its closed window, and a pass without one (``retention run``) skips GC.
+    """
     started = time.monotonic()
     async with RegistryClient(policy.registry) as client:
         if dry_run:
@@ -70,7 +75,7 @@ async def run_pass(
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
             plan = await _scan_and_plan(client, policy, progress, clock)
-            result = await _apply(client, policy, plan, force=force, clock=clock)
+            result = await _apply(client, policy, plan, force=force, clock=clock, window=window)
     return _finished(result, started)
 
 
@@ -122,18 +127,29 @@ async def _inventory(
 
 
 async def _apply(
-    client: RegistryClient, policy: Policy, plan: Plan, *, force: bool, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    *,
+    force: bool,
+    clock: Clock,
+    window: WriteWindow | None = None,
 ) -> RunResult:
     over = planner.check_budget(plan, policy.safety)
     if over is not None and not force:
         log.error("safety limit exceeded", reason=over)
         return RunResult(plan, dry_run=False, errors=(over,))
     with docker_engine(policy) as engine:
-        return await _delete_and_collect(client, policy, plan, engine, clock)
+        return await _delete_and_collect(client, policy, plan, engine, clock, window)
 
 
 async def _delete_and_collect(
-    client: RegistryClient, policy: Policy, plan: Plan, engine: Any, clock: Clock
+    client: RegistryClient,
+    policy: Policy,
+    plan: Plan,
+    engine: Any,
+    clock: Clock,
+    window: WriteWindow | None,
 ) -> RunResult:
     now = clock()
     run_id = new_run_id(now)
@@ -146,7 +162,7 @@ async def _delete_and_collect(
         return RunResult(plan, dry_run=False, errors=(str(exc),), run_id=run_id)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
     problems = await _verify(client, policy, plan, "after deletion") if deleted else []
-    gc, errors = await _collect_garbage(client, policy, trash, engine, clock())
+    gc, errors = await _collect_garbage(client, policy, trash, engine, clock(), window)
     if gc is not None and gc.ran:
         problems += await _verify(client, policy, plan, "after gc")
     trash.prune(policy.trash.keep, clock())
@@ -178,7 +194,12 @@ async def _verify(client: RegistryClient, policy: Policy, plan: Plan, when: str)
 
 
 async def _collect_garbage(
-    client: RegistryClient, policy: Policy, trash: Trash, engine: Any, now: datetime
+    client: RegistryClient,
+    policy: Policy,
+    trash: Trash,
+    engine: Any,
+    now: datetime,
+    window: WriteWindow | None = None,
 ) -> tuple[GcResult | None, tuple[str, ...]]:
     """GC when deletions wait for it and the oldest is older than ``gc.delay``.
 
@@ -192,9 +213,56 @@ async def _collect_garbage(
     if why_not is not None:
         log.info("gc skipped", mode=policy.gc.mode, reason=why_not)
         return GcResult(mode=policy.gc.mode, skipped=why_not), ()
-    result, errors = await _run_collector(client, policy, engine)
-    if result.error is None:
+    result, errors = await _collect_behind_gate(client, policy, engine, window)
+    if result.ran and result.error is None:
         trash.mark_collected([b.run_id for b in pending])
+    return result, errors
+
+
+async def _collect_behind_gate(
+    client: RegistryClient, policy: Policy, engine: Any, window: WriteWindow | None
+) -> tuple[GcResult, tuple[str, ...]]:
+    """With ``gate:``, GC only inside the gate's closed window; without it, as configured.
+
+    The window closes only once writes have drained, stays closed through GC and until the
+    registry answers again, then opens. A drain that times out skips GC: the deletions
+    stay pending for the next pass, and the pass fails so that someone looks at the
+    upload that held it up. A pass without the window (``retention run``, ``apply``)
+    skips GC by design, not as a failure: only ``retention serve`` runs the gate.
+    """
+    if policy.gate is None:
+        return await _run_collector(client, policy, engine)
+    if window is None:
+        reason = "gate: is configured and only `retention serve` runs the write gate"
+        log.warning("gc skipped", mode=policy.gc.mode, reason=reason)
+        return GcResult(policy.gc.mode, skipped=reason), ()
+    drain = policy.gate.drain_timeout
+    log.info("write window closing", drain_timeout=format_duration(drain))
+    if not await window.close(drain.total_seconds()):
+        reason = (
+            f"the write gate did not drain within gate.drain_timeout={format_duration(drain)}: "
+            "writes or upload sessions were still in progress"
+        )
+        log.error("gc skipped", mode=policy.gc.mode, reason=reason)
+        return GcResult(policy.gc.mode, skipped=reason), (f"gc: {reason}",)
+    log.info("write window closed")
+    try:
+        return await _collect_then_wait(client, policy, engine)
+    finally:
+        await window.open()
+        log.info("write window opened")
+
+
+async def _collect_then_wait(
+    client: RegistryClient, policy: Policy, engine: Any
+) -> tuple[GcResult, tuple[str, ...]]:
+    """GC, then wait for ``/v2/`` so writes resume only against a registry that answers."""
+    result, errors = await _run_collector(client, policy, engine)
+    try:
+        await _wait_until_up(client, policy.gc.ready_timeout.total_seconds())
+    except GarbageCollectionError as exc:
+        log.error("registry silent after gc", error=str(exc))
+        return result, (*errors, f"gc: {exc}")
     return result, errors
 
 

@@ -44,9 +44,11 @@ from retention.core import render as report
 from retention.core.model import PassOutcome, RunResult
 from retention.core.policy import Policy
 from retention.errors import ConfigError, RegistryError, RetentionError
+from retention.gc import WriteWindow
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.runner import Clock, run_pass, utc_now
+from retention.service.gate import gating
 from retention.service.http_api import Readiness, listening
 from retention.service.metrics import LastPass, Metrics
 from retention.state.report_store import ReportStore
@@ -71,6 +73,17 @@ PingFunction = Callable[[Policy], None]
 def run_scheduled_pass(policy: Policy) -> RunResult:
     """The same pass as ``retention run``; whether it is a dry run is the policy's choice."""
     return asyncio.run(run_pass(policy, dry_run=policy.schedule.dry_run))
+
+
+def gated_pass(window: WriteWindow | None) -> PassFunction:
+    """The scheduled pass, with GC inside the gate's write window when the daemon runs one."""
+    if window is None:
+        return run_scheduled_pass
+
+    def run(policy: Policy) -> RunResult:
+        return asyncio.run(run_pass(policy, dry_run=policy.schedule.dry_run, window=window))
+
+    return run
 
 
 def ping_registry(policy: Policy) -> None:
@@ -232,6 +245,8 @@ class Daemon:
     def _apply(self, policy: Policy) -> None:
         if policy.server != self.policy.server:
             log.warning("server.listen changes at the next restart", listen=policy.server.listen)
+        if policy.gate != self.policy.gate:
+            log.warning("gate changes at the next restart", gate=_describe_gate(policy))
         rescheduled = policy.schedule != self.policy.schedule
         self.policy = policy
         self._reports = _store_for(policy)
@@ -354,6 +369,11 @@ class Daemon:
             log.warning("scheduled pass missed", reason="later than the grace time")
 
 
+def _describe_gate(policy: Policy) -> str | None:
+    gate = policy.gate
+    return f"{gate.listen} -> {gate.upstream}" if gate else None
+
+
 def _store_for(policy: Policy) -> ReportStore:
     return ReportStore(policy.state_dir / "reports", policy.reports.keep)
 
@@ -438,13 +458,20 @@ def serve(
     """Run until SIGTERM or SIGINT. True when no pass was left running at exit."""
     for warning in warnings:
         log.warning("policy warning", warning=warning)
-    daemon = Daemon(path, policy, metrics=Metrics(CollectorRegistry()))
+    with gating(policy.gate) as gate:
+        daemon = Daemon(path, policy, metrics=Metrics(CollectorRegistry()), run=gated_pass(gate))
+        return _serve_until_stopped(daemon, run_now=run_now, stop_timeout_s=stop_timeout_s)
+
+
+def _serve_until_stopped(daemon: Daemon, *, run_now: bool, stop_timeout_s: float) -> bool:
+    policy = daemon.policy
     daemon.restore()
     with Signals() as signals, listening(policy.server, daemon):
         daemon.start()
         log.info(
             "serving",
             listen=policy.server.listen,
+            gate=_describe_gate(policy),
             schedule=describe_schedule(policy.schedule),
             dry_run=policy.schedule.dry_run,
             next_pass=_iso(daemon.next_pass()),
