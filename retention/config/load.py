@@ -599,6 +599,15 @@ def _warn_live_gc(policy: Policy) -> list[_Warning]:
     if not gc.runs_beside_live_registry:
         return []
     loc: Loc = ("gc", "strategy") if gc.mode == "docker" else ("gc", "mode")
+    if policy.gate is not None:
+        return [
+            (
+                loc,
+                "garbage collection runs beside the live registry behind the write gate, "
+                "which keeps writes out during GC; a registry with an inmemory "
+                "blob-descriptor cache must still be restarted after GC",
+            )
+        ]
     return [
         (
             loc,
