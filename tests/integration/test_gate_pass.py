@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_support import write_policy
+from cli_support import log_events, retention, write_policy
 from registry_server import RegistryServer, Seeder, free_port, sha256_digest
 from test_daemon import Served, ago, wait_for
 
@@ -281,3 +281,24 @@ def test_a_drain_that_times_out_skips_gc_fails_the_pass_and_keeps_deletions_pend
     assert seeder.manifest_status("app", "build-1") == 404  # deleted, waiting for GC
     assert len(Trash(tmp_path / "state").uncollected()) == 1
     assert httpx.post(f"{gate_url}/v2/app/blobs/uploads/", trust_env=False).status_code == 202
+
+
+def test_retention_run_with_a_gate_deletes_but_leaves_gc_to_serve_and_says_why(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    for number in (1, 2):
+        seeder.image("app", [f"build-{number}"], ago(10 - number))
+    policy = gated_policy(tmp_path, registry_server, free_port())
+
+    result = retention("run", "-c", str(policy), "--format", "json")
+
+    assert result.code == 0, result.stderr
+    report = result.json()
+    assert report["gc"]["ran"] is False
+    assert report["gc"]["skipped"] == (
+        "gate: is configured and only `retention serve` runs the write gate"
+    )
+    skipped = [e for e in log_events(result.stderr) if e["event"] == "gc skipped"]
+    assert [e["reason"] for e in skipped] == [report["gc"]["skipped"]]
+    assert seeder.manifest_status("app", "build-1") == 404
+    assert len(Trash(tmp_path / "state").uncollected()) == 1
