@@ -102,7 +102,9 @@ READ_ONLY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
-CHUNK_BYTES = 256 * 1024
+# How much of a body the gate reads ahead of the client: at most about twice this per
+# stream is in memory (aiohttp pauses reading above it), whatever the blob's size.
+READ_BUFFER_BYTES = 256 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 15.0
@@ -298,7 +300,7 @@ class WriteGate:
         try:
             await response.prepare(request)
             if request.method != "HEAD":
-                async for chunk in upstream.content.iter_chunked(CHUNK_BYTES):
+                async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
@@ -330,6 +332,8 @@ class WriteGate:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
             auto_decompress=False,  # bytes pass as the registry sent them, gzip or not
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies of its own
+            read_bufsize=READ_BUFFER_BYTES,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             trust_env=False,
         )
