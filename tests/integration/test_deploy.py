@@ -702,3 +702,18 @@ def test_the_dockerignore_lets_through_everything_the_build_stage_copies() -> No
     for arguments in instructions(dockerfile_stages()[0], "COPY"):
         for source in shlex.split(arguments)[:-1]:
             assert f"!{source}" in ignore, source
+
+
+def test_kubernetes_clients_reach_the_registry_only_through_the_write_gate() -> None:
+    """The Service's registry port is the gate's; the registry itself listens on loopback."""
+    gate = sidecar_policy().gate
+    assert gate is not None
+    service = kubernetes_object("Service", "registry")["spec"]["ports"][0]
+    assert container_port(container(registry_pod(), "retention"), service["targetPort"]) == (
+        gate.port
+    )
+    assert gate.host == "0.0.0.0"
+    addr = registry_config()["http"]["addr"]
+    assert addr.startswith("127.0.0.1:")
+    assert gate.upstream == sidecar_policy().registry.base_url == f"http://{addr}"
+    assert "ports" not in container(registry_pod(), "registry")
