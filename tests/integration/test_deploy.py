@@ -225,8 +225,13 @@ def test_compose_publishes_the_policys_port_and_its_url_names_the_registry_servi
 ) -> None:
     loaded = policy(name)
     published = compose()["services"]["retention"]["ports"]
-    assert [p.rsplit(":", 1)[1] for p in published] == [str(loaded.server.port)]
-    assert loaded.registry.base_url == "http://registry:5000"
+    assert loaded.gate is not None, "compose clients reach the registry through the gate"
+    assert [p.rsplit(":", 1)[1] for p in published] == [
+        str(loaded.gate.port),
+        str(loaded.server.port),
+    ]
+    assert loaded.registry.base_url == loaded.gate.upstream == "http://registry:5000"
+    assert "ports" not in compose()["services"]["registry"]
 
 
 def compose_command() -> list[str] | None:
