@@ -7,7 +7,15 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from retention.config.load import load_policy, load_policy_with_warnings
-from retention.core.policy import GarbageCollection, Policy, RegistrySettings, Rule, Safety, Storage
+from retention.core.policy import (
+    GarbageCollection,
+    Gate,
+    Policy,
+    RegistrySettings,
+    Rule,
+    Safety,
+    Storage,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies.example.yml"
 
@@ -35,6 +43,7 @@ SECTIONS: list[type[BaseModel]] = [
     Safety,
     GarbageCollection,
     Storage,
+    Gate,
 ]
 
 
