@@ -22,8 +22,8 @@ origin the client used.
 
 - *open*: writes pass. Upload sessions are tracked by their UUID from ``POST
   .../blobs/uploads/`` (202, ``Docker-Upload-UUID``/``Location``) and from any later request
-  on ``.../blobs/uploads/<uuid>``; a session is finished by a final PUT that succeeds, a
-  DELETE, or a 404 (the registry no longer knows it).
+  on ``.../blobs/uploads/<uuid>``; a session is finished by its final PUT or a DELETE
+  (whatever they answer short of a 5xx), or a 404 (the registry no longer knows it).
 - *draining* (``close`` waiting): POST, which starts an upload or mounts a blob, is refused;
   every other write passes so that what was started can finish. The window closes at the
   first moment no write is in flight and no tracked session is unfinished. If that does
@@ -263,7 +263,9 @@ class WriteGate:
             if started:
                 self._sessions[started] = self._clock()
             return
-        finished = status == 404 or (200 <= status < 300 and method in {"PUT", "DELETE"})
+        # A final PUT ends the session whatever it answers, short of a server error: on a
+        # digest mismatch Distribution cancels the upload itself.
+        finished = status == 404 or (status < 500 and method in {"PUT", "DELETE"})
         if session and finished:
             self._sessions.pop(session, None)
 

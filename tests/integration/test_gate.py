@@ -310,3 +310,16 @@ def test_a_gate_that_cannot_listen_says_which_key(registry_server: RegistryServe
             second.start()
     finally:
         first.stop()
+
+
+def test_a_final_put_with_a_wrong_digest_ends_the_session_as_the_registry_does(
+    gate: GateServer,
+) -> None:
+    with client(gate.url) as gated:
+        location = gated.post("/v2/wrong/blobs/uploads/").headers["location"]
+        wrong = httpx.URL(location).copy_merge_params({"digest": "sha256:" + "0" * 64})
+        assert gated.put(wrong, content=b"data").status_code == 400
+        assert gated.get(location).status_code == 404  # Distribution cancelled the upload
+
+    assert close_window(gate, 2)
+    open_window(gate)
