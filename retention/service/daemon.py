@@ -7,7 +7,10 @@ signals (TERM/INT stop, HUP reloads the policy file). Only ``cli.py`` imports it
 
 Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
 registry pings; ``POST /run`` starts a pass in a thread of its own; the HTTP server answers
-from its own threads. What they share lives in ``Daemon`` and is guarded by one lock.
+from its own threads; the write gate (``gate:``, ``service/gate.py``) serves on an event
+loop of its own thread, and each pass reaches it only as its ``WriteWindow``. What they
+share lives in ``Daemon`` and is guarded by one lock. The gate starts before the scheduler
+and stops after the last pass, so no GC runs without it.
 """
 
 from __future__ import annotations

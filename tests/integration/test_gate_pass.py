@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -302,3 +303,21 @@ def test_retention_run_with_a_gate_deletes_but_leaves_gc_to_serve_and_says_why(
     assert [e["reason"] for e in skipped] == [report["gc"]["skipped"]]
     assert seeder.manifest_status("app", "build-1") == 404
     assert len(Trash(tmp_path / "state").uncollected()) == 1
+
+
+def test_a_reload_that_changes_the_gate_says_it_waits_for_a_restart_and_the_gate_serves_on(
+    tmp_path: Path, registry_server: RegistryServer, daemons: Callable[[Path], Served]
+) -> None:
+    gate_port = free_port()
+    policy = gated_policy(tmp_path, registry_server, gate_port)
+    daemon = daemons(policy)
+    document = json.loads(policy.read_text())
+    document["gate"]["drain_timeout"] = "1m"
+    policy.write_text(json.dumps(document))
+
+    daemon.signal(signal.SIGHUP)
+
+    wait_for(lambda: daemon.events("policy reloaded"), "the reload")
+    assert daemon.events("gate changes at the next restart")
+    answer = httpx.get(f"http://127.0.0.1:{gate_port}/v2/", trust_env=False)
+    assert answer.status_code == 200
