@@ -26,6 +26,7 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── InUseError             an in_use source could not be read: the pass deletes nothing
     ├── HoldsError             the file of restored tags' holds cannot be read or written
     ├── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
+    ├── GateError              the write gate could not start (gate.listen taken, say)
     └── DemoError              the demo's throwaway registry could not be started
 
 Every module raises these and nothing defines its own, so this drawing is the whole list.
@@ -163,6 +164,10 @@ class PassInterrupted(RetentionError):
             f"interrupted after {deleted} of {planned} {noun} "
             f"(the trash of run {run_id} lists the confirmed ones)"
         )
+
+
+class GateError(RetentionError):
+    """The write gate of ``retention serve`` could not start."""
 
 
 class DemoError(RetentionError):

@@ -46,7 +46,7 @@ from retention.errors import (
     StorageError,
     TrashError,
 )
-from retention.gc import Collector, ReadyCheck
+from retention.gc import Collector, ReadyCheck, WriteWindow
 from retention.gc.command import CommandCollector
 from retention.gc.disk_usage import LocalStorage, StorageProbe
 from retention.logs import get_logger
@@ -72,12 +72,15 @@ async def run_pass(
     clock: Clock = utc_now,
     confirm: Callable[[Plan], bool] | None = None,
     scope: Scope | None = None,
+    window: WriteWindow | None = None,
 ) -> RunResult:
     """Plan, then (unless ``dry_run``) delete, garbage-collect and measure, under the lock.
 
     ``confirm`` (the CLI at a terminal) is asked before a plan that deletes anything is
     applied; a no stops the pass with nothing deleted. ``scope`` (``--repository``,
     ``--rule``) limits what is scanned, planned and deleted, not only what is shown.
+    ``window`` is the daemon's write gate: with ``gate:`` in the policy, GC runs only
+    inside its closed window, and a pass without one (``retention run``) skips GC.
     """
     started = time.monotonic()
     scope = scope or Scope()
@@ -89,7 +92,9 @@ async def run_pass(
             plan = await _scan_and_plan(client, policy, progress, clock, scope)
             if confirm is not None and plan.manifests_to_delete and not confirm(plan):
                 return RunResult(plan, dry_run=False, errors=(NOT_CONFIRMED,))
-            result = await _apply(client, policy, plan, force=force, clock=clock, progress=progress)
+            result = await _apply(
+                client, policy, plan, force=force, clock=clock, progress=progress, window=window
+            )
     return _finished(result, started)
 
 
@@ -225,13 +230,14 @@ async def _apply(
     force: bool,
     clock: Clock,
     progress: PhaseProgress | None = None,
+    window: WriteWindow | None = None,
 ) -> RunResult:
     over = planner.check_budget(plan, policy.safety)
     if over is not None and not force:
         log.error("safety limit exceeded", reason=over)
         return RunResult(plan, dry_run=False, errors=(over,))
     with docker_engine(policy) as engine:
-        return await _delete_and_collect(client, policy, plan, engine, clock, progress)
+        return await _delete_and_collect(client, policy, plan, engine, clock, progress, window)
 
 
 async def _delete_and_collect(
@@ -241,6 +247,7 @@ async def _delete_and_collect(
     engine: Any,
     clock: Clock,
     progress: PhaseProgress | None,
+    window: WriteWindow | None = None,
 ) -> RunResult:
     now = clock()
     run_id = new_run_id(now)
@@ -261,7 +268,9 @@ async def _delete_and_collect(
     bin_problems = _commit(trash_bin)
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
     problems = await _verify(client, policy, plan, "after deletion", progress) if deleted else []
-    gc, errors, canary = await _collect_garbage(client, policy, trash, engine, clock(), progress)
+    gc, errors, canary = await _collect_garbage(
+        client, policy, trash, engine, clock(), progress, window
+    )
     errors = (*bin_problems, *errors)
     if gc is not None and gc.ran:
         problems += await _verify(client, policy, plan, "after gc", progress)
@@ -329,6 +338,7 @@ async def _collect_garbage(
     engine: Any,
     now: datetime,
     progress: PhaseProgress | None = None,
+    window: WriteWindow | None = None,
 ) -> tuple[GcResult | None, tuple[str, ...], probe.Canary | None]:
     """GC when deletions wait for it and the oldest is older than ``gc.delay``.
 
@@ -346,15 +356,15 @@ async def _collect_garbage(
     canary = await _plant_canary(client, policy.gc.probe)
     if progress is not None:
         progress("gc", 0, 1)
-    result, errors = await _run_collector(client, policy, engine)
+    result, errors = await _collect_behind_gate(client, policy, engine, window)
     if progress is not None:
         progress("gc", 1, 1)
-    if result.error is None:
+    if result.ran and result.error is None:
         unmarked = trash.mark_collected([b.run_id for b in pending])
         for problem in unmarked:
             log.error("trash not marked collected", problem=problem)
         errors = (*errors, *unmarked)
-    return result, errors, canary if result.error is None else None
+    return result, errors, canary if result.ran and result.error is None else None
 
 
 async def _plant_canary(client: RegistryClient, repository: str) -> probe.Canary | None:
@@ -389,6 +399,53 @@ async def _probe_registry(
         return replace(gc, probe=f"failed: {exc}"), (f"probe: {exc}",)
     log.info("probe passed", repository=repository, tag=tag, digest=digest)
     return replace(gc, probe="passed"), ()
+
+
+async def _collect_behind_gate(
+    client: RegistryClient, policy: Policy, engine: Any, window: WriteWindow | None
+) -> tuple[GcResult, tuple[str, ...]]:
+    """With ``gate:``, GC only inside the gate's closed window; without it, as configured.
+
+    The window closes only once writes have drained, stays closed through GC and until the
+    registry answers again, then opens. A drain that times out skips GC: the deletions
+    stay pending for the next pass, and the pass fails so that someone looks at the
+    upload that held it up. A pass without the window (``retention run``, ``apply``)
+    skips GC by design, not as a failure: only ``retention serve`` runs the gate.
+    """
+    if policy.gate is None:
+        return await _run_collector(client, policy, engine)
+    if window is None:
+        reason = "gate: is configured and only `retention serve` runs the write gate"
+        log.warning("gc skipped", mode=policy.gc.mode, reason=reason)
+        return GcResult(policy.gc.mode, skipped=reason), ()
+    drain = policy.gate.drain_timeout
+    log.info("write window closing", drain_timeout=format_duration(drain))
+    if not await window.close(drain.total_seconds()):
+        reason = (
+            f"the write gate did not drain within gate.drain_timeout={format_duration(drain)}: "
+            "writes or upload sessions were still in progress"
+        )
+        log.error("gc skipped", mode=policy.gc.mode, reason=reason)
+        return GcResult(policy.gc.mode, skipped=reason), (f"gc: {reason}",)
+    log.info("write window closed")
+    try:
+        return await _collect_then_wait(client, policy, engine)
+    finally:
+        await window.open()
+        log.info("write window opened")
+
+
+async def _collect_then_wait(
+    client: RegistryClient, policy: Policy, engine: Any
+) -> tuple[GcResult, tuple[str, ...]]:
+    """GC, then wait for ``/v2/`` so writes resume only against a registry that answers."""
+    result, errors = await _run_collector(client, policy, engine)
+    try:
+        await _wait_until_up(client, policy.gc.ready_timeout.total_seconds())
+    except GarbageCollectionError as exc:
+        log.error("registry silent after gc", error=str(exc))
+        return result, (*errors, f"gc: {exc}")
+    return result, errors
 
 
 def _gc_deferred(pending: list[TrashBin], policy: Policy, now: datetime) -> str | None:

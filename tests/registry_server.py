@@ -98,6 +98,12 @@ class RegistryServer:
         }
 
     @property
+    def pid(self) -> int:
+        """The server's process id (for benchmarks that count its CPU); it must be running."""
+        assert self._process is not None, "the registry is not running"
+        return self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

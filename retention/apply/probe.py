@@ -1,7 +1,7 @@
 """After GC, prove that the registry takes a push and gives it back whole; writes only there.
 
 A registry that GC ran beside, with an in-memory blob-descriptor cache, keeps answering
-"present" for blobs GC swept and accepts manifests over them (REGISTRY-FACTS: #1803,
+"present" for blobs GC swept and accepts manifests over them (distribution#1803,
 #4569): every later push that skips an "existing" layer then stores a broken image. Two
 checks catch it, both through the real API and only in the probe repository (``gc.probe``,
 which the scan never reads, so no rule can plan its manifests for deletion):

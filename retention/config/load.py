@@ -403,7 +403,7 @@ def _schedule_problems(policy: Policy, document: _Document) -> list[_Problem]:
 def _gc_problems(policy: Policy, document: _Document) -> list[_Problem]:
     """GC settings that lose images are errors at their key, not warnings to scroll past."""
     problems = []
-    for keys, message in gc_problems(policy.gc):
+    for keys, message in gc_problems(policy.gc, gated=policy.gate is not None):
         loc: Loc = ("gc", *keys)
         problems.append(_Problem(document.line_of(loc), loc, message))
     return problems

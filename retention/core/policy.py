@@ -385,7 +385,7 @@ def gc_problems(
     """GC settings that would break images, as (key path under ``gc``, reason and fix).
 
     These are errors, not warnings: each one loses data on a registry in ordinary use
-    (REGISTRY-FACTS: distribution#3045, #1803/#4569, #3178). ``config.load`` places them
+    (distribution#3045, #1803/#4569, #3178). ``config.load`` places them
     on their lines; kept here because the judgement is about the model, not the file.
     ``gated`` says whether the policy puts a write gate in front of the registry: True
     keeps writes away like ``writes: gate``; False makes ``writes: gate`` an error; None
@@ -709,6 +709,41 @@ class Notifications(_Strict):
         return self.pull_events == "get_and_head"
 
 
+def _listen_address(value: str) -> str:
+    match = _LISTEN.fullmatch(value)
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise PydanticCustomError(
+            "listen", "{value} is not host:port (e.g. 0.0.0.0:5000)", {"value": repr(value)}
+        )
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_listen_address)]
+
+
+class Gate(_Strict):
+    """The write gate: a reverse proxy in front of the registry, run by ``retention serve``.
+
+    Clients talk to ``listen``; the gate forwards to ``upstream`` (the registry, which
+    should listen on loopback only). Around GC it drains writes for at most
+    ``drain_timeout`` and then answers them as a read-only registry does; an upload
+    session idle for ``abandon_after`` no longer holds the drain up.
+    """
+
+    listen: ListenAddress
+    upstream: RegistryUrl
+    drain_timeout: PositiveDuration = timedelta(minutes=5)
+    abandon_after: PositiveDuration = timedelta(minutes=30)
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class Reports(_Strict):
     """How many pass reports the daemon keeps in ``state_dir/reports``."""
 
@@ -730,6 +765,7 @@ class Policy(_Strict):
     storage: Storage = Storage()
     schedule: Schedule = Schedule()
     server: Server = Server()
+    gate: Gate | None = None
     reports: Reports = Reports()
     notifications: Notifications = Notifications()
     notify: tuple[NotifyTarget, ...] = ()
@@ -746,6 +782,18 @@ class Policy(_Strict):
                 )
             seen.add(rule.name)
         return self
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_apart_from_server(cls, value: Gate | None, info: ValidationInfo) -> Gate | None:
+        server = info.data.get("server")
+        if value is not None and isinstance(server, Server) and server.port == value.port:
+            raise PydanticCustomError(
+                "listen",
+                "gate.listen and server.listen use the same port {port}",
+                {"port": value.port},
+            )
+        return value
 
     def protecting_pattern(self, tag: str) -> str | None:
         """The first ``protect`` pattern that fully matches ``tag``, if any."""

@@ -33,6 +33,20 @@ class Collector(Protocol):
     def collect(self) -> GcResult: ...
 
 
+class WriteWindow(Protocol):
+    """Keeps writes away from the registry while GC runs (the gate of ``retention serve``).
+
+    ``close`` first drains (no write in flight, no upload session unfinished) and returns
+    False if that took longer than ``timeout_s``: then nothing is closed and GC must not
+    run. After a True, writes are refused until ``open``. Async because the pass awaits it
+    on its own event loop while the gate serves on another.
+    """
+
+    async def close(self, timeout_s: float) -> bool: ...
+
+    async def open(self) -> None: ...
+
+
 _ELIGIBLE = re.compile(r"(\d+) blobs and (\d+) manifests eligible for deletion")
 _ELIGIBLE_BLOB = re.compile(r"^blob eligible for deletion: ", re.MULTILINE)
 

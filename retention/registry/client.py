@@ -470,7 +470,13 @@ def _manifest_path(repository: str, reference: str) -> str:
 
 
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:
-    """Read a body, refusing one larger than ``limit`` before and while it arrives."""
+    """Read a body, refusing one larger than ``limit`` before and while it arrives.
+
+    A HEAD answer has no body: its Content-Length is the size of what a GET would send
+    (a multi-GB layer, say), which is no reason to refuse it.
+    """
+    if response.request.method == "HEAD":
+        return b""
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(response, limit)

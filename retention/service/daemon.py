@@ -8,9 +8,12 @@ Only ``cli.py`` imports it.
 
 Threads: the main thread waits for signals; APScheduler's pool runs scheduled passes and
 registry pings; ``POST /run`` starts a pass in a thread of its own; the HTTP server answers
-from its own threads. What they share lives in ``Daemon``: ``_pass_lock`` says a pass
-is running (and keeps two from overlapping), ``_state_lock`` guards readiness; the last
-report is replaced whole, so readers need no lock.
+from its own threads; the write gate (``gate:``, ``service/gate.py``) serves on an event
+loop of its own thread, and each pass reaches it only as its ``WriteWindow``. What they
+share lives in ``Daemon``: ``_pass_lock`` says a pass is running (and keeps two from
+overlapping), ``_state_lock`` guards readiness; the last report is replaced whole, so
+readers need no lock. The gate starts before the scheduler and stops after the last
+pass, so no GC runs without it.
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ from retention.core import render as report
 from retention.core.model import PassOutcome, RunResult
 from retention.core.policy import Policy, Server
 from retention.errors import ConfigError, RegistryError, RetentionError, SecretError
+from retention.gc import WriteWindow
 from retention.logs import get_logger
 from retention.registry.auth import public_url
 from retention.registry.client import RegistryClient
 from retention.runner import run_pass
 from retention.service.access import server_token
 from retention.service.event_receiver import EVENTS_PATH, EventReceiver, load_secret
+from retention.service.gate import gating
 from retention.service.http_api import Access, Readiness, listening
 from retention.service.metrics import LastPass, Metrics
 from retention.service.notify import Notifier, notices
@@ -88,6 +93,17 @@ PingFunction = Callable[[Policy], None]
 def run_scheduled_pass(policy: Policy) -> RunResult:
     """The same pass as ``retention run``; whether it is a dry run is the policy's choice."""
     return asyncio.run(run_pass(policy, dry_run=policy.schedule.dry_run))
+
+
+def gated_pass(window: WriteWindow | None) -> PassFunction:
+    """The scheduled pass, with GC inside the gate's write window when the daemon runs one."""
+    if window is None:
+        return run_scheduled_pass
+
+    def run(policy: Policy) -> RunResult:
+        return asyncio.run(run_pass(policy, dry_run=policy.schedule.dry_run, window=window))
+
+    return run
 
 
 def ping_registry(policy: Policy) -> None:
@@ -260,6 +276,8 @@ class Daemon:
     def _apply(self, policy: Policy) -> None:
         if policy.server.listen != self.policy.server.listen:
             log.warning("server.listen changes at the next restart", listen=policy.server.listen)
+        if policy.gate != self.policy.gate:
+            log.warning("gate changes at the next restart", gate=_describe_gate(policy))
         rescheduled = policy.schedule != self.policy.schedule
         self._reload_events(policy)
         self.policy = policy
@@ -411,6 +429,11 @@ def event_receiver(
     )
 
 
+def _describe_gate(policy: Policy) -> str | None:
+    gate = policy.gate
+    return f"{gate.listen} -> {gate.upstream}" if gate else None
+
+
 def _store_for(policy: Policy) -> ReportStore:
     return ReportStore(policy.state_dir / "reports", policy.reports.keep)
 
@@ -520,7 +543,15 @@ def serve(
     access = read_access(policy.server)
     metrics = Metrics(CollectorRegistry())
     receiver = event_receiver(policy, metrics, utc_now)
-    daemon = Daemon(path, policy, metrics=metrics, events=receiver)
+    with gating(policy.gate) as gate:
+        daemon = Daemon(path, policy, metrics=metrics, events=receiver, run=gated_pass(gate))
+        return _serve_until_stopped(daemon, access, run_now=run_now, stop_timeout_s=stop_timeout_s)
+
+
+def _serve_until_stopped(
+    daemon: Daemon, access: Access, *, run_now: bool, stop_timeout_s: float
+) -> bool:
+    policy = daemon.policy
     daemon.restore()
     with Signals() as signals, listening(policy.server, daemon, access) as http:
         daemon.start()
@@ -528,6 +559,7 @@ def serve(
             "serving",
             listen=policy.server.listen,
             token=access.token is not None,
+            gate=_describe_gate(policy),
             schedule=describe_schedule(policy.schedule),
             dry_run=policy.schedule.dry_run,
             next_pass=_iso(daemon.next_pass()),

@@ -74,17 +74,8 @@ class PolicySource:
         return path
 
     def load(self) -> Policy:
-        """The policy model, for the tests that compare it with the other files.
-
-        The policies in AWAITING_GATE run GC beside the live registry until the write gate
-        of issue #11 lands in them; ``retention check`` refuses them for it (tested below),
-        so their other fields are read here as if the gate kept writes and the cache away.
-        """
-        if self.name not in AWAITING_GATE:
-            return load_policy_text(self.text)
-        document = yaml.safe_load(self.text)
-        document["gc"].update({"writes": "gate", "blob_cache": "none"})
-        return load_policy_text(yaml.safe_dump(document))
+        """The policy model, for the tests that compare it with the other files."""
+        return load_policy_text(self.text)
 
 
 def load_policy_text(text: str, environ: Mapping[str, str] = ENVIRONMENT) -> Policy:
@@ -124,16 +115,6 @@ def find_policies() -> list[PolicySource]:
 
 
 POLICIES = find_policies()
-# Policies whose retention cannot stop the registry or restart it read-only (a pod beside
-# it, a compose service without the Docker socket): safe only behind the write gate, which
-# is not in these files yet. Remove a name once its policy uses the gate.
-AWAITING_GATE = frozenset(
-    {
-        "kubernetes/configmap.yaml:retention-policy",
-        "kubernetes/cronjob.yaml:retention-cronjob-policy",
-        "policies/compose-command.yml",
-    }
-)
 BY_NAME = {source.name: source for source in POLICIES}
 WITH_PASSWORD = [s for s in POLICIES if "password" in yaml.safe_load(s.text)["registry"]]
 # `retention run` (the CronJob) ignores schedule and server.
@@ -157,11 +138,7 @@ def test_the_policies_of_every_deployment_are_found() -> None:
 # -- every policy passes `retention check` --------------------------------------------------
 
 
-SAFE = [s for s in POLICIES if s.name not in AWAITING_GATE]
-UNSAFE = [s for s in POLICIES if s.name in AWAITING_GATE]
-
-
-@pytest.mark.parametrize("source", SAFE, ids=[s.name for s in SAFE])
+@pytest.mark.parametrize("source", POLICIES, ids=[s.name for s in POLICIES])
 def test_policy_passes_retention_check_without_warnings(
     source: PolicySource, tmp_path: Path
 ) -> None:
@@ -173,17 +150,6 @@ def test_policy_passes_retention_check_without_warnings(
     warnings = [w for w in result.stderr.splitlines() if w.startswith("warning:")]
     assert [w for w in warnings if "program not found" not in w] == [], result.stderr
     assert not source.load().gc.runs_beside_live_registry
-
-
-@pytest.mark.parametrize("source", UNSAFE, ids=[s.name for s in UNSAFE])
-def test_a_policy_with_gc_beside_a_writable_registry_is_refused_until_it_uses_the_gate(
-    source: PolicySource, tmp_path: Path
-) -> None:
-    result = retention("check", "-c", str(source.write(tmp_path)), env=ENVIRONMENT)
-
-    assert result.code == 2, result.stderr
-    live = "gc.mode: garbage collection would run beside a registry that accepts pushes"
-    assert any(live in error for error in result.error_lines), result.stderr
 
 
 @pytest.mark.parametrize("source", WITH_PASSWORD, ids=[s.name for s in WITH_PASSWORD])
@@ -275,8 +241,13 @@ def test_compose_publishes_the_policys_port_and_its_url_names_the_registry_servi
 ) -> None:
     loaded = policy(name)
     published = compose()["services"]["retention"]["ports"]
-    assert [p.rsplit(":", 1)[1] for p in published] == [str(loaded.server.port)]
-    assert loaded.registry.base_url == "http://registry:5000"
+    assert loaded.gate is not None, "compose clients reach the registry through the gate"
+    assert [p.rsplit(":", 1)[1] for p in published] == [
+        str(loaded.gate.port),
+        str(loaded.server.port),
+    ]
+    assert loaded.registry.base_url == loaded.gate.upstream == "http://registry:5000"
+    assert "ports" not in compose()["services"]["registry"]
 
 
 def compose_command() -> list[str] | None:
@@ -830,3 +801,18 @@ def test_the_dockerignore_lets_through_everything_the_build_stage_copies() -> No
     for arguments in instructions(dockerfile_stages()[0], "COPY"):
         for source in shlex.split(arguments)[:-1]:
             assert f"!{source}" in ignore, source
+
+
+def test_kubernetes_clients_reach_the_registry_only_through_the_write_gate() -> None:
+    """The Service's registry port is the gate's; the registry itself listens on loopback."""
+    gate = sidecar_policy().gate
+    assert gate is not None
+    service = kubernetes_object("Service", "registry")["spec"]["ports"][0]
+    assert container_port(container(registry_pod(), "retention"), service["targetPort"]) == (
+        gate.port
+    )
+    assert gate.host == "0.0.0.0"
+    addr = registry_config()["http"]["addr"]
+    assert addr.startswith("127.0.0.1:")
+    assert gate.upstream == sidecar_policy().registry.base_url == f"http://{addr}"
+    assert "ports" not in container(registry_pod(), "registry")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -226,6 +227,14 @@ async def test_blobs_and_manifests_uploaded_by_the_client_are_served_back(
     assert await client.blob_exists("app", layer) is True
     assert await client.blob_exists("app", "sha256:" + "0" * 64) is False
     assert backend.seeder.blob_status("app", config) == 200
+
+
+async def test_a_layer_larger_than_any_manifest_is_found_by_head(
+    backend: Backend, client: RegistryClient
+) -> None:
+    layer, _ = backend.seeder.blob("app", os.urandom(5 * 1024 * 1024))
+
+    assert await client.blob_exists("app", layer) is True
 
 
 # Real registry only: what cannot be reproduced by pushing through the API.

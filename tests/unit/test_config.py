@@ -266,6 +266,28 @@ VALIDATION_CASES = [
         "policies.yml:6 rules[0].pulled_within: must be longer than 0s",
         id="pulled_within of zero",
     ),
+    pytest.param(
+        REGISTRY + "gate:\n  listen: 0.0.0.0\n  upstream: http://127.0.0.1:5001\n",
+        "policies.yml:4 gate.listen: '0.0.0.0' is not host:port (e.g. 0.0.0.0:5000)",
+        id="gate listen without a port",
+    ),
+    pytest.param(
+        REGISTRY + "gate:\n  listen: 0.0.0.0:5000\n  upstream: 127.0.0.1:5001\n",
+        "policies.yml:5 gate.upstream: '127.0.0.1:5001' is not a registry URL "
+        "(use http://host:port or https://host)",
+        id="gate upstream without a scheme",
+    ),
+    pytest.param(
+        REGISTRY + "gate:\n  upstream: http://127.0.0.1:5001\n",
+        "policies.yml:3 gate.listen: is required",
+        id="gate without listen",
+    ),
+    pytest.param(
+        REGISTRY + "server:\n  listen: 127.0.0.1:9090\n"
+        "gate:\n  listen: 0.0.0.0:9090\n  upstream: http://127.0.0.1:5001\n",
+        "policies.yml:6 gate: gate.listen and server.listen use the same port 9090",
+        id="gate on the daemon's port",
+    ),
 ]
 
 
@@ -274,6 +296,16 @@ def test_each_validation_error_becomes_one_line_with_file_line_and_key_path(
     text: str, expected: str
 ) -> None:
     assert problems(text) == [expected]
+
+
+def test_every_mistake_in_the_gate_section_is_reported_at_once() -> None:
+    text = REGISTRY + "gate:\n  listen: :5000\n  upstream: registry\n  drain_timeout: 5\n"
+    assert problems(text) == [
+        "policies.yml:4 gate.listen: ':5000' is not host:port (e.g. 0.0.0.0:5000)",
+        "policies.yml:5 gate.upstream: 'registry' is not a registry URL "
+        "(use http://host:port or https://host)",
+        "policies.yml:6 gate.drain_timeout: 5 is not a duration (use 30d, 12h, 2w)",
+    ]
 
 
 def test_a_bad_cron_line_and_a_bad_time_zone_are_reported_together() -> None:

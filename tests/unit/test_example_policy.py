@@ -10,6 +10,7 @@ from retention.config.load import load_policy, load_policy_with_warnings
 from retention.core.policy import (
     Audit,
     GarbageCollection,
+    Gate,
     InUseSource,
     KubernetesSource,
     Notifications,
@@ -54,6 +55,7 @@ SECTIONS: list[type[BaseModel]] = [
     Server,
     NotifyTarget,
     Audit,
+    Gate,
 ]
 
 

@@ -27,9 +27,15 @@ def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+GATE = "gate:\n  listen: 0.0.0.0:5000\n  upstream: http://127.0.0.1:5001\n"
+
+
 def gc_errors(gc_lines: str) -> list[str]:
     """The problems of a policy whose ``gc:`` section is ``gc_lines`` (from line 5 on)."""
-    FILE.write_text(HEAD + textwrap.indent(textwrap.dedent(gc_lines), "  "))
+    text = HEAD + textwrap.indent(textwrap.dedent(gc_lines), "  ")
+    if "writes: gate" in gc_lines:  # which needs the gate: section, after gc: (lines stay)
+        text += GATE
+    FILE.write_text(text)
     try:
         load_policy(FILE, {})
     except ConfigError as exc:

@@ -1,0 +1,452 @@
+"""The write gate: a reverse proxy in front of the registry that holds writes off during GC.
+
+Why it exists: ``garbage-collect`` beside a registry that accepts pushes can sweep a blob
+uploaded during its mark phase whose manifest arrives afterwards (distribution#3045).
+Distribution's answer is read-only mode, which needs a restart to switch on and off. The
+gate gives the same effect without touching the registry: clients talk to the gate
+(``gate.listen``), the registry listens on loopback (``gate.upstream``), and around GC the
+gate answers writes itself, exactly as a read-only registry does.
+
+Owns: forwarding (streamed both ways, never a whole body in memory), the write window, and
+the bookkeeping of upload sessions. Must not: change a read, retry anything, or know about
+passes (the runner sees it only as a ``WriteWindow``).
+
+**Reads** (everything but POST, PUT, PATCH, DELETE on ``/v2/``) pass untouched: status,
+reason, headers (minus hop-by-hop ones) and body, streamed chunk by chunk with back-pressure
+both ways, so Range, HEAD and multi-GB blobs behave as they do direct. The one rewrite is
+``Location``: the registry builds it from the upstream origin, and a client must keep
+talking to the gate, so an absolute ``Location`` on the upstream origin is moved to the
+origin the client used.
+
+**The window** has three states:
+
+- *open*: writes pass. Upload sessions are tracked by their UUID from ``POST
+  .../blobs/uploads/`` (202, ``Docker-Upload-UUID``/``Location``) and from any later request
+  on ``.../blobs/uploads/<uuid>``; a session is finished by its final PUT or a DELETE
+  (whatever they answer short of a 5xx), or a 404 (the registry no longer knows it).
+- *draining* (``close`` waiting): POST, which starts an upload or mounts a blob, is refused;
+  every other write passes so that what was started can finish. The window closes at the
+  first moment no write is in flight and no tracked session is unfinished. If that does
+  not happen within the timeout, the gate goes back to open and ``close`` returns False:
+  GC is skipped this pass, never run under a live upload.
+- *closed*: every write gets the read-only answer until ``open``.
+
+**An abandoned session** (its client died between requests) would hold every drain up
+forever, so a session with no request in flight and none for ``gate.abandon_after`` no
+longer counts. That is safe for GC: an upload's data waits in the repository's
+``_uploads`` folder, which garbage-collect does not sweep, and its blob exists only once its
+final PUT commits it. If the client comes back while the window is closed, it is refused
+like any write; if it comes back later, it commits its blob after GC, so GC cannot have
+swept it. (Distribution purges stale ``_uploads`` on its own schedule, a week by default.)
+
+**The read-only answer**, measured on docker-registry 2.8.2 with
+``storage.maintenance.readonly.enabled: true`` (POST, PUT, PATCH, DELETE alike): ``405
+Method Not Allowed``, ``Allow: GET, HEAD``, ``Content-Type: text/plain; charset=utf-8``,
+``Docker-Distribution-Api-Version: registry/2.0``, ``X-Content-Type-Options: nosniff`` and
+the 19-byte body ``Method not allowed\\n`` (Go's ``http.Error``; not a JSON ``UNSUPPORTED``).
+Two differences remain, both only for requests that fail anyway: the registry checks
+credentials first, so an unauthenticated write gets its 401 there and the gate's 405 here;
+and a PATCH or PUT naming an upload the registry does not know gets its 404 there.
+
+Threads: the gate runs on an event loop of its own thread (``GateServer``); a pass, on
+another loop, calls ``close``/``open``, which hop onto the gate's loop. All state below is
+touched on the gate's loop only, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from enum import Enum
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from retention.core.policy import Gate
+from retention.errors import GateError
+from retention.logs import get_logger
+
+log = get_logger(__name__)
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 section 7.6.1, plus what a proxy must not pass on (Host is the upstream's).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "expect",
+    }
+)
+READ_ONLY_STATUS = 405
+READ_ONLY_BODY = b"Method not allowed\n"
+READ_ONLY_HEADERS = {
+    "Allow": "GET, HEAD",
+    "Content-Type": "text/plain; charset=utf-8",
+    "Docker-Distribution-Api-Version": "registry/2.0",
+    "X-Content-Type-Options": "nosniff",
+}
+BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
+# How much of a body the gate reads ahead of the client: at most about twice this per
+# stream is in memory (aiohttp pauses reading above it), whatever the blob's size.
+READ_BUFFER_BYTES = 256 * 1024
+DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
+CONNECT_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 15.0
+_UPLOAD_PATH = re.compile(r"/v2/.+/blobs/uploads/([^/]*)")
+
+
+class WindowState(Enum):
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+def is_write(method: str, path: str) -> bool:
+    """A request that changes the registry: what read-only mode refuses."""
+    return method in WRITE_METHODS and path.startswith("/v2/")
+
+
+def upload_id(path: str) -> str | None:
+    """The upload UUID a ``.../blobs/uploads/<uuid>`` path names ('' for the POST)."""
+    match = _UPLOAD_PATH.fullmatch(path)
+    return match.group(1) if match else None
+
+
+def end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """Headers a proxy passes on: all but hop-by-hop ones and those ``Connection`` names."""
+    named = {
+        token.strip().lower()
+        for value in _all(headers, "connection")
+        for token in value.split(",")
+        if token.strip()
+    }
+    dropped = HOP_BY_HOP | named
+    passed: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in dropped:
+            passed.add(name, value)
+    return passed
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        values: list[str] = getall(name, [])
+        return values
+    value = headers.get(name)
+    return [value] if value is not None else []
+
+
+def read_only_response() -> web.Response:
+    """What Distribution 2.8 in read-only mode answers to a write (see the module docstring)."""
+    return web.Response(status=READ_ONLY_STATUS, body=READ_ONLY_BODY, headers=READ_ONLY_HEADERS)
+
+
+class WriteGate:
+    """The proxy and its window; lives on one event loop (see ``GateServer`` for threads)."""
+
+    def __init__(self, settings: Gate, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.upstream = URL(settings.upstream.rstrip("/"))
+        self._clock = clock
+        self.state = WindowState.OPEN
+        self._writes = 0
+        self._sessions: dict[str, float] = {}  # upload UUID -> when a request of it last ended
+        self._changed = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- the window -------------------------------------------------------------------------
+
+    @property
+    def writes_in_flight(self) -> int:
+        return self._writes
+
+    def live_sessions(self) -> list[str]:
+        """Tracked uploads not yet finished and not abandoned."""
+        cutoff = self._clock() - self.settings.abandon_after.total_seconds()
+        return [uuid for uuid, seen in self._sessions.items() if seen > cutoff]
+
+    def drained(self) -> bool:
+        return self._writes == 0 and not self.live_sessions()
+
+    async def close(self, timeout_s: float) -> bool:
+        """Drain, then close; False (and open again) if writes did not drain in time."""
+        if self.state is WindowState.CLOSED:
+            return True
+        self.state = WindowState.DRAINING
+        deadline = self._clock() + timeout_s
+        log.info("gate draining", writes=self._writes, sessions=len(self.live_sessions()))
+        while not self.drained():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                self.state = WindowState.OPEN
+                log.warning(
+                    "gate drain timed out",
+                    timeout_s=timeout_s,
+                    writes=self._writes,
+                    sessions=self.live_sessions(),
+                )
+                return False
+            self._changed.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, DRAIN_POLL_S))
+        self.state = WindowState.CLOSED
+        self._forget_abandoned()
+        log.info("gate closed")
+        return True
+
+    async def open(self) -> None:
+        self.state = WindowState.OPEN
+        log.info("gate opened")
+
+    def _forget_abandoned(self) -> None:
+        live = set(self.live_sessions())
+        for uuid in [u for u in self._sessions if u not in live]:
+            log.info("upload session abandoned", upload=uuid)
+            del self._sessions[uuid]
+
+    def _refuses(self, method: str) -> bool:
+        if self.state is WindowState.CLOSED:
+            return True
+        return self.state is WindowState.DRAINING and method == "POST"
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not is_write(request.method, request.path):
+            return await self._forward(request)
+        if self._refuses(request.method):
+            return read_only_response()
+        return await self._write(request)
+
+    async def _write(self, request: web.Request) -> web.StreamResponse:
+        """Forward a write, counted while in flight, and keep the upload sessions up to date."""
+        session = upload_id(request.path)
+        self._writes += 1
+        if session:
+            self._sessions[session] = self._clock()
+
+        def note(status: int, headers: CIMultiDictProxy[str]) -> None:
+            self._note_upload(request.method, session, status, headers)
+
+        try:
+            return await self._forward(request, note)
+        finally:
+            self._writes -= 1
+            if session in self._sessions:
+                self._sessions[session] = self._clock()
+            self._changed.set()
+
+    def _note_upload(
+        self, method: str, session: str | None, status: int, headers: CIMultiDictProxy[str]
+    ) -> None:
+        if session is None:
+            return
+        if session == "" and method == "POST" and status == 202:
+            started = headers.get("Docker-Upload-UUID") or _location_upload(headers)
+            if started:
+                self._sessions[started] = self._clock()
+            return
+        # A final PUT ends the session whatever it answers, short of a server error: on a
+        # digest mismatch Distribution cancels the upload itself.
+        finished = status == 404 or (status < 500 and method in {"PUT", "DELETE"})
+        if session and finished:
+            self._sessions.pop(session, None)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        note: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
+    ) -> web.StreamResponse:
+        """Send the request upstream and stream its answer back, body for body."""
+        assert self._http is not None, "the gate is not started"
+        url = URL(str(self.upstream) + request.raw_path, encoded=True)
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await self._http.request(
+                request.method,
+                url,
+                headers=end_to_end(request.headers),
+                data=body,
+                allow_redirects=False,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("gate upstream failed", method=request.method, error=repr(exc))
+            return web.Response(status=502, body=BAD_GATEWAY_BODY, content_type="text/plain")
+        async with upstream:
+            if note is not None:
+                note(upstream.status, upstream.headers)
+            return await self._relay(request, upstream)
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(self._response_headers(request, upstream.headers))
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            await response.write_eof()
+        except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
+            # The client went away, or the registry broke off: the connection is dropped
+            # either way, and the response that was prepared is all the client gets.
+            log.info("gate stream ended early", path=request.path, error=repr(exc))
+        return response
+
+    def _response_headers(
+        self, request: web.Request, headers: CIMultiDictProxy[str]
+    ) -> CIMultiDict[str]:
+        passed = end_to_end(headers)
+        if "Location" in passed:
+            passed["Location"] = self._client_location(request, passed["Location"])
+        return passed
+
+    def _client_location(self, request: web.Request, location: str) -> str:
+        """An absolute Location on the upstream origin, moved to the origin the client used."""
+        origin = str(self.upstream.origin())
+        if location == origin or location.startswith(origin + "/"):
+            return f"{request.scheme}://{request.host}{location[len(origin) :]}"
+        return location
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> web.AppRunner:
+        """Open the upstream client and listen; the caller cleans the runner up."""
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+            auto_decompress=False,  # bytes pass as the registry sent them, gzip or not
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies of its own
+            read_bufsize=READ_BUFFER_BYTES,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            trust_env=False,
+        )
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self.handle)
+        app.on_response_prepare.append(_drop_own_server_header)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await self.stop(runner)
+            raise
+        return runner
+
+    async def stop(self, runner: web.AppRunner) -> None:
+        await runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+
+async def _drop_own_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp adds ``Server`` when none is set; the registry sends none, so neither do we."""
+    if response.headers.get("Server") == SERVER_SOFTWARE:
+        del response.headers["Server"]
+
+
+def _location_upload(headers: Mapping[str, str]) -> str | None:
+    location = headers.get("Location")
+    if not location:
+        return None
+    return upload_id(URL(location).path) or None
+
+
+class GateServer:
+    """The gate on its own thread and loop; a ``WriteWindow`` for passes on other loops."""
+
+    def __init__(self, settings: Gate) -> None:
+        self.settings = settings
+        self.gate: WriteGate | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="retention-gate", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.listen}"
+
+    def start(self) -> None:
+        """Listen, or raise ``GateError`` (the port is taken, say) before anything else runs."""
+        self._thread.start()
+        if not self._started.wait(START_TIMEOUT_S):
+            raise GateError(f"the write gate did not start on {self.settings.listen}")
+        if self._error is not None:
+            self._thread.join()
+            raise GateError(
+                f"the write gate cannot listen on gate.listen={self.settings.listen}: {self._error}"
+            )
+        log.info("gate listening", listen=self.settings.listen, upstream=self.settings.upstream)
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=START_TIMEOUT_S)
+
+    async def close(self, timeout_s: float) -> bool:
+        return bool(await self._on_gate_loop(lambda gate: gate.close(timeout_s)))
+
+    async def open(self) -> None:
+        await self._on_gate_loop(lambda gate: gate.open())
+
+    async def _on_gate_loop(self, call: Callable[[WriteGate], Any]) -> Any:
+        gate = self.gate
+        assert gate is not None, "the gate is not started"
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(gate), self._loop))
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self.gate = WriteGate(self.settings)
+        self._stop = asyncio.Event()
+        try:
+            runner = await self.gate.start()
+        except OSError as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.gate.stop(runner)
+
+
+@contextmanager
+def gating(settings: Gate | None) -> Iterator[GateServer | None]:
+    """The running gate for ``retention serve`` when the policy has one, else None."""
+    if settings is None:
+        yield None
+        return
+    server = GateServer(settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,325 @@
+"""The write gate in front of a real ``docker-registry``: reads untouched, writes held off.
+
+Every comparison is against the same registry asked directly, so what "untouched" means is
+measured, not assumed. Pushes go through the gate with the test seeder (sync httpx, its
+own upload code); the gate runs on its own thread exactly as ``retention serve`` runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import httpx
+import pytest
+from registry_server import RegistryServer, Seeder, free_port
+
+from retention.core.policy import Gate
+from retention.registry import media_types
+from retention.service.gate import READ_ONLY_BODY, GateServer, WindowState
+
+BLOB_BYTES = 5 * 1024 * 1024 + 123
+HEAD_NAMES = ("content-type", "content-length", "docker-content-digest", "etag")
+# Headers that may legitimately differ between two answers to the same request.
+VOLATILE = {"date", "x-docker-registry-request-id"}
+
+
+def gate_settings(upstream: str, **overrides: object) -> Gate:
+    values: dict[str, object] = {"listen": f"127.0.0.1:{free_port()}", "upstream": upstream}
+    values.update(overrides)
+    return Gate.model_validate(values)
+
+
+def start_gate(upstream: str, **overrides: object) -> GateServer:
+    server = GateServer(gate_settings(upstream, **overrides))
+    server.start()
+    return server
+
+
+@pytest.fixture
+def gate(registry_server: RegistryServer) -> Iterator[GateServer]:
+    server = start_gate(registry_server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def through_gate(gate: GateServer) -> Iterator[Seeder]:
+    seeder = Seeder(gate.url)
+    try:
+        yield seeder
+    finally:
+        seeder.close()
+
+
+def client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, timeout=30, trust_env=False)
+
+
+def comparable(response: httpx.Response) -> dict[str, list[str]]:
+    names = {name for name in response.headers if name not in VOLATILE}
+    return {name: response.headers.get_list(name) for name in sorted(names)}
+
+
+def close_window(gate: GateServer, timeout_s: float) -> bool:
+    return asyncio.run(gate.close(timeout_s))
+
+
+def open_window(gate: GateServer) -> None:
+    asyncio.run(gate.open())
+
+
+def state(gate: GateServer) -> WindowState:
+    assert gate.gate is not None
+    return gate.gate.state
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+def test_manifest_head_and_get_through_the_gate_equal_the_direct_answers(
+    registry_server: RegistryServer, through_gate: Seeder, gate: GateServer
+) -> None:
+    digest = through_gate.image("app", ["v1"], None, layers=2)
+    accept = {"Accept": media_types.MANIFEST_ACCEPT}
+
+    with client(registry_server.url) as direct, client(gate.url) as gated:
+        for method in ("HEAD", "GET"):
+            for reference in ("v1", digest):
+                path = f"/v2/app/manifests/{reference}"
+                want = direct.request(method, path, headers=accept)
+                got = gated.request(method, path, headers=accept)
+                assert (got.status_code, got.content) == (want.status_code, want.content)
+                assert comparable(got) == comparable(want)
+                assert got.headers["docker-content-digest"] == digest
+
+
+def test_a_multi_megabyte_blob_and_its_ranges_pass_byte_for_byte(
+    registry_server: RegistryServer, seeder: Seeder, gate: GateServer
+) -> None:
+    data = os.urandom(BLOB_BYTES)
+    digest, _ = seeder.blob("big", data)
+    path = f"/v2/big/blobs/{digest}"
+
+    with client(registry_server.url) as direct, client(gate.url) as gated:
+        whole = gated.get(path)
+        assert whole.status_code == 200
+        assert hashlib.sha256(whole.content).hexdigest() == digest.removeprefix("sha256:")
+        assert comparable(whole) == comparable(direct.get(path))
+        for span in ("bytes=0-0", "bytes=1000-2000999", f"bytes={BLOB_BYTES - 10}-"):
+            want = direct.get(path, headers={"Range": span})
+            got = gated.get(path, headers={"Range": span})
+            assert (got.status_code, got.content) == (want.status_code, want.content)
+            assert got.status_code == 206
+            assert comparable(got) == comparable(want)
+        assert comparable(gated.head(path)) == comparable(direct.head(path))
+
+
+def test_errors_and_listings_pass_unchanged(
+    registry_server: RegistryServer, through_gate: Seeder, gate: GateServer
+) -> None:
+    through_gate.image("listed", ["a", "b"], None)
+
+    with client(registry_server.url) as direct, client(gate.url) as gated:
+        for path in ("/v2/", "/v2/_catalog?n=1", "/v2/listed/tags/list", "/v2/nope/tags/list"):
+            want, got = direct.get(path), gated.get(path)
+            assert (got.status_code, got.content) == (want.status_code, want.content)
+            assert comparable(got) == comparable(want)
+
+
+def test_upload_locations_point_at_the_gate(gate: GateServer) -> None:
+    with client(gate.url) as gated:
+        started = gated.post("/v2/app/blobs/uploads/")
+
+    assert started.status_code == 202
+    assert started.headers["location"].startswith(f"{gate.url}/v2/app/blobs/uploads/")
+    assert "_state=" in started.headers["location"]
+
+
+def test_pushes_through_the_gate_are_stored_in_the_registry(
+    seeder: Seeder, through_gate: Seeder
+) -> None:
+    digest = through_gate.image("pushed", ["v1"], None, layers=3)
+
+    assert seeder.digest("pushed", "v1") == digest
+
+
+def test_a_chunked_upload_through_the_gate_is_stored_whole(
+    seeder: Seeder, gate: GateServer
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    with client(gate.url) as gated:
+        location = gated.post("/v2/chunked/blobs/uploads/").headers["location"]
+        for start in range(0, len(data), 1024 * 1024):
+            piece = data[start : start + 1024 * 1024]
+            end = start + len(piece) - 1
+            patched = gated.patch(
+                location,
+                content=iter([piece]),  # a generator: sent chunked, no Content-Length
+                headers={"Content-Range": f"{start}-{end}"},
+            )
+            assert patched.status_code == 202, patched.text
+            location = patched.headers["location"]
+        done = gated.put(httpx.URL(location).copy_merge_params({"digest": digest}))
+
+    assert done.status_code == 201, done.text
+    assert seeder.blob_status("chunked", digest) == 200
+
+
+# -- the window ------------------------------------------------------------------------------
+
+
+def test_writes_in_a_closed_window_get_the_read_only_answer_of_distribution(
+    gate: GateServer, through_gate: Seeder, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    digest = through_gate.image("app", ["v1"], None)
+    readonly = RegistryServer(
+        tmp_path_factory.mktemp("readonly"),
+        binary=gate_registry_binary(),
+        config={"storage": {"maintenance": {"readonly": {"enabled": True}}}},
+    )
+    readonly.start()
+    try:
+        assert close_window(gate, 5)
+        requests = [
+            ("POST", "/v2/app/blobs/uploads/"),
+            ("PUT", "/v2/app/manifests/v2"),
+            ("DELETE", f"/v2/app/manifests/{digest}"),
+            ("DELETE", f"/v2/app/blobs/{digest}"),
+        ]
+        with client(readonly.url) as measured, client(gate.url) as gated:
+            for method, path in requests:
+                want = measured.request(method, path, content=b"{}")
+                got = gated.request(method, path, content=b"{}")
+                assert (got.status_code, got.content) == (want.status_code, want.content)
+                assert comparable(got) == comparable(want)
+                assert got.content == READ_ONLY_BODY
+            assert gated.get(f"/v2/app/manifests/{digest}").status_code == 200  # reads go on
+    finally:
+        readonly.stop()
+        open_window(gate)
+
+    assert through_gate.image("app", ["v2"], None)  # open again: pushes work
+
+
+def gate_registry_binary() -> str:
+    from registry_server import registry_binary
+
+    binary = registry_binary()
+    assert binary is not None
+    return binary
+
+
+def test_a_push_during_the_window_fails_with_the_read_only_error_and_works_after(
+    gate: GateServer, through_gate: Seeder
+) -> None:
+    assert close_window(gate, 5)
+    with pytest.raises(AssertionError, match="answered 405"):
+        through_gate.image("app", ["v1"], None)
+    open_window(gate)
+
+    assert through_gate.image("app", ["v1"], None)
+
+
+def test_the_drain_waits_for_an_upload_in_flight_and_then_closes(
+    seeder: Seeder, gate: GateServer
+) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    release = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[:1024]
+        release.wait(10)
+        yield data[1024:]
+
+    with client(gate.url) as gated:
+        location = gated.post("/v2/slow/blobs/uploads/").headers["location"]
+        target = httpx.URL(location).copy_merge_params({"digest": digest})
+        result: dict[str, int] = {}
+        pusher = threading.Thread(
+            target=lambda: result.update(status=gated.put(target, content=slow_body()).status_code)
+        )
+        pusher.start()
+        closing = threading.Thread(target=lambda: result.update(closed=close_window(gate, 20)))
+        closing.start()
+        closing.join(0.5)
+        assert closing.is_alive() and state(gate) is WindowState.DRAINING
+        assert gated.post("/v2/other/blobs/uploads/").status_code == 405  # nothing new starts
+        release.set()
+        pusher.join(10)
+        closing.join(10)
+
+    assert result == {"status": 201, "closed": 1}
+    assert state(gate) is WindowState.CLOSED
+    assert seeder.blob_status("slow", digest) == 200
+    open_window(gate)
+
+
+def test_an_abandoned_upload_session_times_the_drain_out_and_the_window_stays_open(
+    gate: GateServer,
+) -> None:
+    with client(gate.url) as gated:
+        assert gated.post("/v2/abandoned/blobs/uploads/").status_code == 202
+
+        assert close_window(gate, 0.5) is False
+        assert state(gate) is WindowState.OPEN
+        assert gated.post("/v2/abandoned/blobs/uploads/").status_code == 202
+
+
+def test_a_finished_or_cancelled_session_no_longer_holds_the_drain(
+    gate: GateServer, through_gate: Seeder
+) -> None:
+    through_gate.image("done", ["v1"], None, layers=2)  # sessions finished by their PUT
+    with client(gate.url) as gated:
+        location = gated.post("/v2/cancelled/blobs/uploads/").headers["location"]
+        assert gated.delete(location).status_code == 204
+
+    assert close_window(gate, 2)
+    open_window(gate)
+
+
+def test_a_session_idle_beyond_abandon_after_stops_holding_the_drain(
+    registry_server: RegistryServer,
+) -> None:
+    gate = start_gate(registry_server.url, abandon_after=timedelta(seconds=1))
+    try:
+        with client(gate.url) as gated:
+            assert gated.post("/v2/abandoned/blobs/uploads/").status_code == 202
+        assert close_window(gate, 5)
+        open_window(gate)
+    finally:
+        gate.stop()
+
+
+def test_a_gate_that_cannot_listen_says_which_key(registry_server: RegistryServer) -> None:
+    from retention.errors import GateError
+
+    first = start_gate(registry_server.url)
+    try:
+        second = GateServer(first.settings)
+        with pytest.raises(GateError, match=r"gate\.listen=127\.0\.0\.1:\d+"):
+            second.start()
+    finally:
+        first.stop()
+
+
+def test_a_final_put_with_a_wrong_digest_ends_the_session_as_the_registry_does(
+    gate: GateServer,
+) -> None:
+    with client(gate.url) as gated:
+        location = gated.post("/v2/wrong/blobs/uploads/").headers["location"]
+        wrong = httpx.URL(location).copy_merge_params({"digest": "sha256:" + "0" * 64})
+        assert gated.put(wrong, content=b"data").status_code == 400
+        assert gated.get(location).status_code == 404  # Distribution cancelled the upload
+
+    assert close_window(gate, 2)
+    open_window(gate)
