@@ -22,6 +22,7 @@ import click
 from retention import logs
 from retention.clock import utc_now
 from retention.config.load import LoadedPolicy, load_policy_with_warnings
+from retention.core import plan_file
 from retention.core import render as report
 from retention.core.model import Outcome, Plan, RunResult
 from retention.core.policy import Policy, parse_duration
@@ -614,7 +615,7 @@ def _fail_for(exc: RetentionError) -> NoReturn:
 def _read_plan(path: Path) -> Plan:
     """A saved JSON plan; anything else is a usage error (exit 2)."""
     try:
-        return report.plan_from_dict(json.loads(path.read_text()))
+        return plan_file.plan_from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, PlanFileError) as exc:
         _fail(f"{path}: {exc}", EXIT_USAGE)
 

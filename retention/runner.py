@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from retention.apply import executor, probe
 from retention.apply.audit import AuditWriter
@@ -46,9 +44,10 @@ from retention.errors import (
     StorageError,
     TrashError,
 )
-from retention.gc import Collector, ReadyCheck, WriteWindow
-from retention.gc.command import CommandCollector
-from retention.gc.disk_usage import LocalStorage, StorageProbe
+from retention.gc import ReadyCheck, WriteWindow
+from retention.gc import mode as gc_mode
+from retention.gc.disk_usage import StorageProbe
+from retention.gc.mode import PassGc
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.scan import in_use as in_use_sources
@@ -236,15 +235,15 @@ async def _apply(
     if over is not None and not force:
         log.error("safety limit exceeded", reason=over)
         return RunResult(plan, dry_run=False, errors=(over,))
-    with docker_engine(policy) as engine:
-        return await _delete_and_collect(client, policy, plan, engine, clock, progress, window)
+    with gc_mode.for_pass(policy) as gc_means:
+        return await _delete_and_collect(client, policy, plan, gc_means, clock, progress, window)
 
 
 async def _delete_and_collect(
     client: RegistryClient,
     policy: Policy,
     plan: Plan,
-    engine: Any,
+    gc_means: PassGc,
     clock: Clock,
     progress: PhaseProgress | None,
     window: WriteWindow | None = None,
@@ -252,7 +251,7 @@ async def _delete_and_collect(
     now = clock()
     run_id = new_run_id(now)
     trash = Trash(policy.state_dir)
-    probe_storage = storage_probe(policy, engine)
+    probe_storage = gc_means.storage
     before = _measure(probe_storage, "before")
     trash_bin = trash.open_bin(run_id, plan.registry, now)
     try:
@@ -269,7 +268,7 @@ async def _delete_and_collect(
     deleted = any(a.outcome is Outcome.DELETED for a in applied)
     problems = await _verify(client, policy, plan, "after deletion", progress) if deleted else []
     gc, errors, canary = await _collect_garbage(
-        client, policy, trash, engine, clock(), progress, window
+        client, policy, trash, gc_means, clock(), progress, window
     )
     errors = (*bin_problems, *errors)
     if gc is not None and gc.ran:
@@ -335,7 +334,7 @@ async def _collect_garbage(
     client: RegistryClient,
     policy: Policy,
     trash: Trash,
-    engine: Any,
+    gc_means: PassGc,
     now: datetime,
     progress: PhaseProgress | None = None,
     window: WriteWindow | None = None,
@@ -356,7 +355,7 @@ async def _collect_garbage(
     canary = await _plant_canary(client, policy.gc.probe)
     if progress is not None:
         progress("gc", 0, 1)
-    result, errors = await _collect_behind_gate(client, policy, engine, window)
+    result, errors = await _collect_behind_gate(client, policy, gc_means, window)
     if progress is not None:
         progress("gc", 1, 1)
     if result.ran and result.error is None:
@@ -402,7 +401,7 @@ async def _probe_registry(
 
 
 async def _collect_behind_gate(
-    client: RegistryClient, policy: Policy, engine: Any, window: WriteWindow | None
+    client: RegistryClient, policy: Policy, gc_means: PassGc, window: WriteWindow | None
 ) -> tuple[GcResult, tuple[str, ...]]:
     """With ``gate:``, GC only inside the gate's closed window; without it, as configured.
 
@@ -413,7 +412,7 @@ async def _collect_behind_gate(
     skips GC by design, not as a failure: only ``retention serve`` runs the gate.
     """
     if policy.gate is None:
-        return await _run_collector(client, policy, engine)
+        return await _run_collector(client, policy, gc_means)
     if window is None:
         reason = "gate: is configured and only `retention serve` runs the write gate"
         log.warning("gc skipped", mode=policy.gc.mode, reason=reason)
@@ -429,17 +428,17 @@ async def _collect_behind_gate(
         return GcResult(policy.gc.mode, skipped=reason), (f"gc: {reason}",)
     log.info("write window closed")
     try:
-        return await _collect_then_wait(client, policy, engine)
+        return await _collect_then_wait(client, policy, gc_means)
     finally:
         await window.open()
         log.info("write window opened")
 
 
 async def _collect_then_wait(
-    client: RegistryClient, policy: Policy, engine: Any
+    client: RegistryClient, policy: Policy, gc_means: PassGc
 ) -> tuple[GcResult, tuple[str, ...]]:
     """GC, then wait for ``/v2/`` so writes resume only against a registry that answers."""
-    result, errors = await _run_collector(client, policy, engine)
+    result, errors = await _run_collector(client, policy, gc_means)
     try:
         await _wait_until_up(client, policy.gc.ready_timeout.total_seconds())
     except GarbageCollectionError as exc:
@@ -462,13 +461,13 @@ def _gc_deferred(pending: list[TrashBin], policy: Policy, now: datetime) -> str 
 
 
 async def _run_collector(
-    client: RegistryClient, policy: Policy, engine: Any
+    client: RegistryClient, policy: Policy, gc_means: PassGc
 ) -> tuple[GcResult, tuple[str, ...]]:
     ready = _ready_check(client, asyncio.get_running_loop())
     log.info("gc started", mode=policy.gc.mode)
     started = time.monotonic()
     try:
-        result = await asyncio.to_thread(lambda: make_collector(policy, ready, engine).collect())
+        result = await asyncio.to_thread(lambda: gc_means.collector(ready).collect())
     except GarbageCollectionError as exc:
         log.error("gc failed", mode=policy.gc.mode, error=str(exc))
         elapsed = time.monotonic() - started
@@ -481,32 +480,6 @@ async def _run_collector(
         duration_s=round(result.duration_s, 3),
     )
     return result, ()
-
-
-def make_collector(policy: Policy, ready: ReadyCheck, engine: Any) -> Collector:
-    if policy.gc.mode == "docker":
-        from retention.gc.docker import DockerCollector
-
-        return DockerCollector(policy.gc, ready, engine)
-    return CommandCollector(policy.gc, ready)
-
-
-@contextmanager
-def docker_engine(policy: Policy) -> Iterator[Any]:
-    """One Docker client per pass in docker mode (None otherwise), closed at the end.
-
-    Connecting first means an unreachable engine stops the pass before anything is deleted.
-    """
-    if policy.gc.mode != "docker":
-        yield None
-        return
-    from retention.gc.docker import docker_client
-
-    engine = docker_client(policy.gc)
-    try:
-        yield engine
-    finally:
-        engine.close()
 
 
 def _ready_check(client: RegistryClient, loop: asyncio.AbstractEventLoop) -> ReadyCheck:
@@ -528,16 +501,6 @@ async def _wait_until_up(client: RegistryClient, timeout_s: float) -> None:
 
 
 # -- storage --------------------------------------------------------------------------------
-
-
-def storage_probe(policy: Policy, engine: Any) -> StorageProbe | None:
-    if policy.storage.path is None:
-        return None
-    if engine is not None:
-        from retention.gc.docker import ContainerStorage
-
-        return ContainerStorage(engine, policy.gc.container, str(policy.storage.path))
-    return LocalStorage(policy.storage.path)
 
 
 def _measure(probe: StorageProbe | None, when: str) -> int | None:

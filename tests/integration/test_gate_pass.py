@@ -170,7 +170,8 @@ def gated_policy(tmp_path: Path, registry: RegistryServer, gate_port: int) -> Pa
         tmp_path / "policy.yml",
         registry.url,
         {"name": "builds", "repositories": "app", "match": r"build-\d+", "keep_last": 1},
-        gc={"mode": "command", "command": ["sh", "-c", collect]},
+        # The test registry has no in-memory blob cache (registry_server's default config).
+        gc={"mode": "command", "command": ["sh", "-c", collect], "blob_cache": "none"},
         storage={"path": str(registry.root)},
         schedule={"interval": "1h"},
         server={"listen": f"127.0.0.1:{free_port()}"},

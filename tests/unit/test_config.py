@@ -370,7 +370,7 @@ def test_several_errors_are_reported_at_once_sorted_by_line() -> None:
 
 
 def test_pydantic_prefixes_are_never_shown() -> None:
-    from retention.config.load import _message  # the only path to a plain ValueError today
+    from retention.config.validate import _message  # the only path to a plain ValueError
 
     error = {
         "type": "value_error",

@@ -20,7 +20,8 @@ from retention.core.model import (
     StorageUsage,
     TagDecision,
 )
-from retention.core.render import human_bytes, plan_from_dict, render
+from retention.core.plan_file import plan_from_dict
+from retention.core.render import human_bytes, render
 from retention.errors import PlanFileError
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
