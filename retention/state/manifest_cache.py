@@ -90,6 +90,21 @@ class ManifestCache:
             self._complain("entry unreadable, fetching it again", digest=digest)
         return manifest
 
+    def empty(self) -> bool:
+        """True when no entry is stored (or the cache cannot be used): a cold scan.
+
+        The scan then asks for whole manifests by tag instead of resolving tags first.
+        """
+        connection = self._open()
+        if connection is None:
+            return True
+        try:
+            row = connection.execute("SELECT 1 FROM manifests LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return True
+        return row is None
+
     def put(self, manifest: Manifest) -> None:
         """Remember a manifest the registry served; written by the next ``save()``."""
         self._new[manifest.digest] = manifest

@@ -41,7 +41,8 @@ def test_a_tiny_benchmark_run_reports_every_section_as_json() -> None:
     first, second = report["first_plan"], report["second_plan"]
     assert (first["tags"], first["failed_repositories"], first["undated"]) == (12, 0, 0)
     assert first["requests"]["GET manifest"] == first["requests"]["GET blob"] == 12
-    assert first["requests"]["HEAD manifest"] == second["requests"]["HEAD manifest"] == 12
+    assert "HEAD manifest" not in first["requests"]  # a cold scan GETs each tag once
+    assert second["requests"]["HEAD manifest"] == 12
     assert "GET manifest" not in second["requests"]
     assert "GET blob" not in second["requests"]
     assert first["peak_in_flight"] <= report["registry"]["concurrency"]

@@ -264,3 +264,20 @@ def test_every_field_of_a_manifest_is_cached() -> None:
     manifest_fields = {field.name for field in dataclasses.fields(Manifest)}
     assert manifest_fields - {"digest"} == set(json.loads(cache_module._encode(image(1))))
     assert [field.name for field in dataclasses.fields(Blob)] == ["digest", "size"]
+
+
+# Whether a scan is cold.
+
+
+def test_a_new_cache_is_empty_and_one_with_an_entry_is_not(tmp_path: Path) -> None:
+    assert cache_at(tmp_path).empty()
+    saved(tmp_path, image(1))
+    assert not cache_at(tmp_path).empty()
+
+
+def test_a_corrupt_cache_file_counts_as_empty(tmp_path: Path) -> None:
+    saved(tmp_path, image(1))
+    (tmp_path / "cache" / "manifests.sqlite3").write_bytes(b"garbage" * 4096)
+
+    with capture_logs():
+        assert cache_at(tmp_path).empty()
