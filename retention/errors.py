@@ -14,7 +14,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── SafetyLimitExceeded    the plan deletes more than the configured budget
     ├── LockError              another pass holds the lock
     ├── GarbageCollectionError a GC command or container failed
-    └── StorageError           storage could not be measured
+    ├── StorageError           storage could not be measured
+    └── StorageReadError       the registry's storage could not be read for a scan
 """
 
 from __future__ import annotations
@@ -95,3 +96,11 @@ class GarbageCollectionError(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class StorageReadError(RetentionError):
+    """A file of the registry's storage is missing, partial or not what its link says.
+
+    Inside one repository it fails that repository only (the scan fails closed); a storage
+    root that is not there at all fails the pass.
+    """

@@ -37,6 +37,7 @@ from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.scan.inventory import ProgressCallback, collect
 from retention.scan.push_times import with_push_times
+from retention.scan.storage_reader import read_storage
 from retention.scan.subjects import confirm_subjects
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
@@ -112,9 +113,15 @@ async def _scan_and_plan(
 async def _inventory(
     client: RegistryClient, policy: Policy, progress: ProgressCallback | None
 ) -> Inventory:
-    """The scan (manifests cached by digest), signed subjects and push times."""
-    cache = ManifestCache(policy.state_dir)
-    scanned = await collect(client, progress=progress, cache=cache)
+    """The scan (``scan: api`` with manifests cached by digest, or ``scan: storage``),
+    signed subjects and push times."""
+    if policy.scan == "storage" and policy.storage.path is not None:
+        await client.ping()  # deletions and subjects still need the API: fail early
+        scanned = await asyncio.to_thread(
+            read_storage, policy.storage.path, registry=client.url, progress=progress
+        )
+    else:
+        scanned = await collect(client, progress=progress, cache=ManifestCache(policy.state_dir))
     inventory = await confirm_subjects(client, scanned)
     if policy.storage.path is not None and policy.gc.mode != "docker":
         inventory = with_push_times(inventory, policy.storage.path)
