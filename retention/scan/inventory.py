@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from retention.core.model import Inventory, Manifest, Repository, Tag
+from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
 from retention.errors import NotFound, RegistryError
 from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
 from retention.state.manifest_cache import ManifestCache
@@ -60,11 +60,12 @@ async def collect(
         names = [name for name in await client.catalog() if repositories(name)]
         tally = _Tally(progress)
         odds = _Odds(cold=cache is None or cache.empty())
+        shared: dict[Blob, Blob] = {}  # equal layers as one object across the registry
         bound = asyncio.Semaphore(client.concurrency)
 
         async def scan(name: str) -> Repository:
             async with bound:
-                return await _RepositoryScan(client, name, tally, cache, odds).run()
+                return await _RepositoryScan(client, name, tally, cache, odds, shared).run()
 
         scanned = await asyncio.gather(*(scan(name) for name in names))
     finally:
@@ -127,9 +128,11 @@ class _RepositoryScan:
         tally: _Tally,
         cache: ManifestCache | None,
         odds: _Odds,
+        shared: dict[Blob, Blob],
     ) -> None:
         self._client = client
         self._odds = odds
+        self._shared = shared
         self._name = name
         self._tally = tally
         self._cache = cache
@@ -246,7 +249,7 @@ class _RepositoryScan:
         """Parse, then date it: an image by its config, an index by its newest child."""
         if fetched is None:
             fetched = await self._client.manifest(self._name, digest)
-        manifest, config = parse_manifest(fetched)
+        manifest, config = parse_manifest(fetched, self._shared)
         if config is not None:
             created = await self._created(config)
         else:

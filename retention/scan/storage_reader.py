@@ -25,7 +25,6 @@ lookup does.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -33,15 +32,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from retention.core.model import Inventory, Manifest, Repository, Tag
+from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
 from retention.errors import InvalidManifest, StorageReadError
-from retention.registry import FetchedManifest, media_types, parse_created, parse_manifest
+from retention.registry import FetchedManifest, parse_created, parse_manifest
 from retention.registry.client import MANIFEST_LIMIT_BYTES, digest_matches
 from retention.scan.inventory import ProgressCallback
 
 V2 = Path("docker/registry/v2")
 CONFIG_LIMIT_BYTES = 4 * 1024 * 1024
 _LINK_LIMIT_BYTES = 1024
+_CHUNK_BYTES = 64 * 1024
 _DIGEST = re.compile(r"(sha256|sha384|sha512):([0-9a-f]{64,128})")
 
 
@@ -72,8 +72,9 @@ def read_storage(
         raise StorageReadError(f"cannot scan the registry's storage: {problem}")
     v2 = str(root / V2)
     tally = _Tally(progress)
+    shared: dict[Blob, Blob] = {}
     scanned = tuple(
-        _RepositoryRead(v2, name, tally).run()
+        _RepositoryRead(v2, name, tally, shared).run()
         for name in _repository_names(v2 + "/repositories")
         if repositories(name)
     )
@@ -114,7 +115,7 @@ class _Tally:
 class _RepositoryRead:
     """One repository, keeping what it read so a failure can still report it."""
 
-    def __init__(self, v2: str, name: str, tally: _Tally) -> None:
+    def __init__(self, v2: str, name: str, tally: _Tally, shared: dict[Blob, Blob]) -> None:
         self._v2 = v2
         self._name = name
         self._repository = f"{v2}/repositories/{name}"
@@ -122,6 +123,7 @@ class _RepositoryRead:
         self._tags: list[Tag] = []
         self._manifests: dict[str, Manifest] = {}
         self._created: dict[str, datetime | None] = {}
+        self._shared = shared
 
     def run(self) -> Repository:
         names = self._tag_names()
@@ -159,7 +161,8 @@ class _RepositoryRead:
             return known
         self._linked("_manifests/revisions", digest, "manifest")
         body = self._blob(digest, MANIFEST_LIMIT_BYTES)
-        manifest, config = parse_manifest(FetchedManifest(digest, _media_type(body), body))
+        fetched = FetchedManifest(digest, "", body)  # no Content-Type: the parser infers it
+        manifest, config = parse_manifest(fetched, self._shared)
         if config is not None:
             created = self._config_created(config)
         else:
@@ -176,11 +179,20 @@ class _RepositoryRead:
         return self._created[config]
 
     def _linked(self, directory: str, digest: str, what: str) -> None:
-        """The repository's link to ``digest``: what makes it readable here over the API."""
+        """The repository's link to ``digest``: what makes it readable here over the API.
+
+        Its path already names the digest, and a link holds exactly the digest, so a stat
+        that finds the right size proves it as well as reading it would (a partial write
+        has another size), at a fraction of the cost of opening the file.
+        """
         algorithm, _, hex_digest = digest.partition(":")
         path = f"{self._repository}/{directory}/{algorithm}/{hex_digest}/link"
-        if self._link(path, f"{what} {digest}") != digest:
-            raise StorageReadError(f"{what} link {path} names another digest")
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise StorageReadError(f"{what} {digest}: cannot read {path}: {exc.strerror}") from exc
+        if size != len(digest):
+            raise StorageReadError(f"{what} {digest}: {path} holds {size} bytes, not a digest")
 
     def _link(self, path: str, what: str) -> str:
         """A link file's digest; a missing, partial or foreign one fails the repository."""
@@ -199,40 +211,26 @@ class _RepositoryRead:
 
 
 def _read(path: str, limit: int, what: str) -> bytes:
-    """The whole file, at most ``limit`` bytes; any OS error names the file and the reason."""
+    """The whole file, at most ``limit`` bytes; any OS error names the file and the reason.
+
+    One ``read`` of a small chunk for the usual few-KB file: asking for ``limit`` bytes at
+    once would allocate (and map) 4 MiB per file. A regular file returns less than asked
+    only at its end, so a short read is the whole file.
+    """
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
-        data = os.read(descriptor, limit + 1)
-        while data and len(data) <= limit and (more := os.read(descriptor, limit + 1 - len(data))):
-            data += more
+        chunks = [os.read(descriptor, _CHUNK_BYTES)]
+        received = len(chunks[0])
+        while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
+            chunks.append(os.read(descriptor, _CHUNK_BYTES))
+            received += len(chunks[-1])
     except OSError as exc:
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(descriptor)
-    if len(data) > limit:
+    if received > limit:
         raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
-    return data
-
-
-def _media_type(body: bytes) -> str:
-    """What Distribution would serve as Content-Type for these bytes.
-
-    The body's ``mediaType``; without one (optional in OCI), an OCI index when it has a
-    ``manifests`` list, else an OCI image manifest (``registry/storage/manifeststore.go``).
-    Bytes that are not a JSON object get no type: the parser then says what is wrong.
-    """
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return ""
-    if not isinstance(document, dict):
-        return ""
-    declared = document.get("mediaType")
-    if isinstance(declared, str) and declared:
-        return declared
-    return (
-        media_types.OCI_INDEX if document.get("manifests") is not None else media_types.OCI_MANIFEST
-    )
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

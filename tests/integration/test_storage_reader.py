@@ -109,6 +109,7 @@ async def test_a_blob_removed_mid_scan_fails_only_its_repository(
         "config blob missing",
         "tag link cut short",
         "revision link missing",
+        "revision link cut short",
         "config link missing",
         "tag link missing",
     ],
@@ -127,6 +128,8 @@ async def test_damaged_files_fail_their_repository_and_no_other(
         "config blob missing": blob_data(registry_server, config),
         "tag link cut short": tags / "v1/current/link",
         "revision link missing": repository_dir(registry_server, "web")
+        / f"_manifests/revisions/sha256/{hex_digest}/link",
+        "revision link cut short": repository_dir(registry_server, "web")
         / f"_manifests/revisions/sha256/{hex_digest}/link",
         "config link missing": repository_dir(registry_server, "web")
         / f"_layers/sha256/{config_hex}/link",
