@@ -2,7 +2,7 @@
 # Install everything the test suite needs on a fresh Debian machine: CNCF Distribution
 # (docker-registry), a Docker engine (docker.io) for the docker-mode GC tests, htpasswd
 # (apache2-utils) for basic-auth tests, docker-compose and systemd-analyze (systemd) to check
-# the files in deploy/, and this project with its test extras.
+# the files in deploy/, wrk for the benchmark's limit, and this project with its test extras.
 # The tests start every service themselves; nothing here is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ command -v dockerd >/dev/null || missing+=(docker.io)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v wrk >/dev/null || missing+=(wrk)  # benchmarks/limit.py: the registry's own limit
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   $sudo apt-get update -qq
