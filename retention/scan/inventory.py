@@ -222,7 +222,9 @@ class _RepositoryScan:
         self, digest: str, present: bool, fetched: FetchedManifest | None
     ) -> Manifest:
         """From the cache if it knows the digest, else from the registry (and then cached)."""
-        cached = self._cache.get(digest) if self._cache is not None else None
+        # An empty cache stays empty until save(): a cold scan need not ask it per digest.
+        cache = None if self._odds.cold else self._cache
+        cached = cache.get(digest) if cache is not None else None
         if present:
             self._odds.count(hit=cached is not None)
         if cached is not None:
