@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
 from retention.errors import NotFound, RegistryError
 from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
+from retention.registry.manifests import dated
 from retention.state.manifest_cache import ManifestCache
 
 TAG_WORKERS_PER_CONNECTION = 2
@@ -257,7 +258,7 @@ class _RepositoryScan:
         else:
             children = await asyncio.gather(*(self._manifest(c) for c in manifest.children))
             created = _newest(child.created for child in children)
-        return replace(manifest, created=created)
+        return dated(manifest, created)
 
     async def _fetch_created(self, config: str) -> datetime | None:
         return parse_created(await self._client.blob(self._name, config))

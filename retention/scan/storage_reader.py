@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
 from retention.errors import InvalidManifest, StorageReadError
 from retention.registry import FetchedManifest, parse_created, parse_manifest
 from retention.registry.client import MANIFEST_LIMIT_BYTES, digest_matches
+from retention.registry.manifests import dated
 from retention.scan.inventory import ProgressCallback
 
 V2 = Path("docker/registry/v2")
@@ -168,7 +169,7 @@ class _RepositoryRead:
         else:
             children = [self._manifest(child) for child in manifest.children]
             created = max((c.created for c in children if c.created is not None), default=None)
-        manifest = replace(manifest, created=created)
+        manifest = dated(manifest, created)
         self._manifests[digest] = manifest
         return manifest
 
