@@ -127,17 +127,20 @@ class _RepositoryRead:
         self._shared = shared
 
     def run(self) -> Repository:
-        names = self._tag_names()
-        self._tally.add(known=len(names))
+        names: list[str] = []
+        done = 0
         error = None
         try:
+            names = self._tag_names()
+            self._tally.add(known=len(names))
             for name in names:
                 self._tags.append(Tag(name=name, digest=self._tag_digest(name)))
                 self._manifest(self._tags[-1].digest)
+                done += 1
                 self._tally.add(done=1)
         except (StorageReadError, InvalidManifest) as exc:
             error = " ".join(f"{self._name}: {exc}".split())
-            self._tally.add(done=len(names) - len(self._tags) + 1)
+            self._tally.add(done=len(names) - done)  # a failed read finishes its tags
         return Repository(
             name=self._name,
             tags=tuple(sorted(self._tags, key=lambda tag: tag.name)),
@@ -147,10 +150,13 @@ class _RepositoryRead:
 
     def _tag_names(self) -> list[str]:
         """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN)."""
+        path = f"{self._repository}/_manifests/tags"
         try:
-            return [e.name for e in os.scandir(f"{self._repository}/_manifests/tags") if e.is_dir()]
+            return [entry.name for entry in os.scandir(path) if entry.is_dir()]
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise StorageReadError(f"cannot list the tags in {path}: {exc.strerror}") from exc
 
     def _tag_digest(self, tag: str) -> str:
         return self._link(f"{self._repository}/_manifests/tags/{tag}/current/link", f"tag {tag!r}")

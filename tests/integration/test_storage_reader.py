@@ -7,6 +7,7 @@ cut short on disk, a blob removed between two reads of the scan.
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -211,3 +212,27 @@ async def test_a_tag_moved_after_a_storage_scan_is_skipped_not_deleted(
         (old, Outcome.SKIPPED, f"tag 'a' moved to {moved_to} since the plan")
     ]
     assert seeder.manifest_status("app", old) == 200
+
+
+async def test_an_unlistable_tag_directory_fails_its_repository_and_progress_still_ends(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seeder.image("web", ["v1", "v2"], JANUARY)
+    seeder.image("api", ["v1", "v2", "v3"], JANUARY)
+    api_tags = repository_dir(registry_server, "api") / "_manifests/tags"
+    (api_tags / "v2/current/link").unlink()  # api fails at one of its three tags
+    web_tags = repository_dir(registry_server, "web") / "_manifests/tags"
+    shutil.rmtree(web_tags)
+    web_tags.write_bytes(b"not a directory")
+    seen: list[tuple[int, int]] = []
+
+    read = read_storage(
+        registry_server.root,
+        registry=registry_server.url,
+        progress=lambda done, known: seen.append((done, known)),
+    )
+
+    found = repositories(read)
+    assert found["web"].error is not None and "cannot list the tags" in found["web"].error
+    assert found["api"].error is not None and "v2" in found["api"].error
+    assert seen[-1] == (3, 3)
