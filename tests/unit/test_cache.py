@@ -281,3 +281,14 @@ def test_a_corrupt_cache_file_counts_as_empty(tmp_path: Path) -> None:
 
     with capture_logs():
         assert cache_at(tmp_path).empty()
+
+
+def test_a_layer_shared_by_cached_manifests_is_one_object_in_memory(tmp_path: Path) -> None:
+    saved(tmp_path, image(1), image(2))
+    cache = cache_at(tmp_path)
+
+    first, second = cache.get(digest(1)), cache.get(digest(2))
+
+    assert first is not None and second is not None
+    assert first.blobs[1] == second.blobs[1]
+    assert first.blobs[1] is second.blobs[1]  # digest(2000): the layer both images use
