@@ -1,32 +1,30 @@
 """How fast ``retention plan`` scans a registry, against what the registry itself can answer.
 
-    python benchmarks/plan_benchmark.py [--repositories 200 --tags 50 --concurrency 8 --json]
+    python benchmarks/plan_benchmark.py [--sizes 1000,10000,100000] [--concurrency 8] [--json]
+    python benchmarks/plan_benchmark.py --quick        # 12 tags: what the test runs
 
-Starts a real ``docker-registry`` on a free 127.0.0.1 port with temporary storage (on
-/dev/shm when there is one, so the disk is not what is measured), seeds R x T tags, and
-reports, on that one registry:
+For each size it starts a real ``docker-registry`` on a free 127.0.0.1 port with temporary
+storage (on /dev/shm when there is one, so the disk is not what is measured), seeds the
+tags (50 per repository, each its own manifest and config, written in the storage layout:
+see ``seed.py``), and measures on that one registry, in one run:
 
-* the limit: a minimal httpx loop sending exactly the requests a cold plan needs;
-* a first plan (cold manifest cache) and a second (warm cache, unchanged registry), each
-  in a fresh process for its own peak RSS, with its ratio to the limit;
-* scaling: the cold plan over 10%, 50% and 100% of the repositories.
+* the limit: ``wrk`` (C, epoll, keep-alive) sending exactly the requests a cold plan sends,
+  a GET of each manifest by tag and of each distinct config (``limit.py``), in two halves
+  that bracket the cold plan, so load drift on a shared machine hits both alike;
+* a cold plan (empty manifest cache), a warm plan (the cache it left, unchanged registry)
+  and a storage plan (``scan: storage``: the files, no requests), each in a fresh process
+  (``plan_pass.py``) so its peak RSS is its own.
 
-Then PASS or FAIL per target (the exit status stays 0: this measures, it does not gate).
-
-The limit is measured in two halves (the first half of the tags, in repository order, just
-before the first plan, the second half just after it), so it covers every request once and
-brackets the plan in time: on a shared machine whose load drifts over minutes, a limit
-taken long before or after the plan would compare two different machines. The CPU this
-process and the plan's process spend per request is printed too; unlike throughput, it
-hardly depends on the load, and shows what the client side costs.
+Then the ratios (cold plan / limit, warm speed-up, storage speed-up), the time per tag at
+each size, and PASS or FAIL per goal (the exit status stays 0: this measures, it does not
+gate). The load average before and after is printed: quote ratios from one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import json
+import math
 import os
 import platform
 import shutil
@@ -48,10 +46,15 @@ import limit  # noqa: E402
 from registry_server import RegistryServer, registry_binary  # noqa: E402
 from seed import SeededTag, seed  # noqa: E402
 
-FIRST_PLAN_MIN_RATIO = 0.7
-SECOND_PLAN_MIN_SPEEDUP = 2.0
+TAGS_PER_REPOSITORY = 50
+COLD_MIN_RATIO = 0.8
+WARM_MIN_SPEEDUP = 3.0
+LARGE = 100_000
+LARGE_COLD_MAX_SECONDS = 300.0
+LARGE_STORAGE_MAX_SECONDS = 10.0
 PEAK_RSS_MAX_MB = 200.0
-SCALING_FRACTIONS = (0.1, 0.5, 1.0)
+PER_TAG_DRIFT = 0.25
+QUICK = {"sizes": [12], "tags_per_repository": 4}
 
 
 @dataclass(frozen=True)
@@ -68,55 +71,69 @@ def main() -> int:
     if binary is None:
         print("docker-registry (CNCF Distribution) is not installed", file=sys.stderr)
         return 2
-    results = run(binary, options.repositories, options.tags, options.concurrency)
+    if limit.wrk_binary() is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    results = run(binary, options.sizes, options.tags_per_repository, options.concurrency)
     print(json.dumps(results, indent=2) if options.json else render(results))
     return 0
 
 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repositories", type=int, default=200)
-    parser.add_argument("--tags", type=int, default=50, help="tags per repository")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="tag counts, comma-separated")
+    parser.add_argument("--tags-per-repository", type=int, default=TAGS_PER_REPOSITORY)
     parser.add_argument("--concurrency", type=int, default=8, help="registry.concurrency")
+    parser.add_argument("--quick", action="store_true", help="12 tags in 3 repositories")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     options = parser.parse_args()
-    if min(options.repositories, options.tags, options.concurrency) < 1:
-        parser.error("--repositories, --tags and --concurrency must be at least 1")
+    if options.quick:
+        options.sizes, options.tags_per_repository = QUICK["sizes"], QUICK["tags_per_repository"]
+    else:
+        options.sizes = sorted({int(size) for size in options.sizes.split(",")})
+    if min(*options.sizes, options.tags_per_repository, options.concurrency) < 1:
+        parser.error("sizes, --tags-per-repository and --concurrency must be at least 1")
     return options
 
 
-def run(binary: str, repositories: int, tags: int, concurrency: int) -> dict[str, Any]:
-    """Seed, measure, stop; everything the report shows, as plain data."""
+def run(binary: str, sizes: list[int], per_repository: int, concurrency: int) -> dict[str, Any]:
+    """Every size on its own registry; everything the report shows, as plain data."""
     load_before = os.getloadavg()
-    with _registry(binary) as (server, workdir):
-        started = time.perf_counter()
-        seeded = seed(server.root, repositories=repositories, tags=tags)
-        seed_seconds = time.perf_counter() - started
-        server.start()
-        plan = functools.partial(_plan, server.url, seeded=seeded, concurrency=concurrency)
-        half = len(seeded) // 2
-        before = asyncio.run(limit.measure(server.url, seeded[:half], concurrency))
-        first = plan(workdir / "state", repositories)
-        after = asyncio.run(limit.measure(server.url, seeded[half:], concurrency))
-        second = plan(workdir / "state", repositories)
-        counts = _scaling_counts(repositories)[:-1]
-        scaling = [plan(workdir / f"state-{count}", count) for count in counts]
-    best = limit.LimitResult.combined(before, after)
+    runs = [_one_size(binary, size, per_repository, concurrency) for size in sizes]
     return {
         "machine": _machine(load_before),
-        "registry": {
-            "repositories": repositories,
-            "tags_per_repository": tags,
-            "tags": len(seeded),
-            "concurrency": concurrency,
-            "seed_seconds": round(seed_seconds, 2),
-        },
+        "concurrency": concurrency,
+        "runs": runs,
+        "targets": [asdict(target) for target in _targets(runs)],
+    }
+
+
+def _one_size(binary: str, size: int, per_repository: int, concurrency: int) -> dict[str, Any]:
+    repositories = math.ceil(size / per_repository)
+    with _registry(binary) as (server, workdir):
+        started = time.perf_counter()
+        seeded = seed(server.root, repositories=repositories, tags=per_repository)[:size]
+        seed_seconds = time.perf_counter() - started
+        server.start()
+        half = len(seeded) // 2
+        before = limit.measure(server.url, seeded[:half], concurrency)
+        cold = _plan(server.url, workdir / "state", repositories, seeded, concurrency)
+        after = limit.measure(server.url, seeded[half:], concurrency)
+        warm = _plan(server.url, workdir / "state", repositories, seeded, concurrency)
+        storage = _plan(
+            server.url, workdir / "state-storage", repositories, seeded, concurrency, server.root
+        )
+    best = limit.LimitResult.combined(before, after)
+    return {
+        "tags": len(seeded),
+        "repositories": repositories,
+        "seed_seconds": round(seed_seconds, 2),
         "limit": _limit_facts(best, (before, after)),
-        "first_plan": _with_ratio(first, best),
-        "second_plan": _with_ratio(second, best),
-        "scaling": [_scaling_point(p) for p in (*scaling, first)],
-        "memory_kib_per_tag": _memory_per_tag(scaling[0] if scaling else None, first),
-        "targets": [asdict(t) for t in _targets(first, second, best)],
+        "cold": _with_ratio(cold, best),
+        "warm": _with_ratio(warm, best),
+        "storage": _with_ratio(storage, best),
+        "warm_speedup": round(cold["seconds"] / warm["seconds"], 2),
+        "storage_speedup": round(cold["seconds"] / storage["seconds"], 1),
     }
 
 
@@ -134,14 +151,13 @@ def _registry(binary: str) -> Iterator[tuple[RegistryServer, Path]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _scaling_counts(repositories: int) -> list[int]:
-    """Repository counts for the scaling runs, ending with all of them."""
-    counts = {max(1, round(repositories * fraction)) for fraction in SCALING_FRACTIONS}
-    return sorted(counts)
-
-
 def _plan(
-    url: str, state_dir: Path, repositories: int, *, seeded: list[SeededTag], concurrency: int
+    url: str,
+    state_dir: Path,
+    repositories: int,
+    seeded: list[SeededTag],
+    concurrency: int,
+    storage: Path | None = None,
 ) -> dict[str, Any]:
     """One plan in a fresh process; refuses a result that did not see every seeded tag."""
     command = [
@@ -151,15 +167,15 @@ def _plan(
         str(state_dir),
         str(repositories),
         str(concurrency),
+        *([str(storage)] if storage is not None else []),
     ]
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
     if finished.returncode != 0:
         raise RuntimeError(f"plan process failed:\n{finished.stderr}")
     result: dict[str, Any] = json.loads(finished.stdout)
-    expected = len(seeded) * repositories // len({tag.repository for tag in seeded})
-    problems = (result["tags"] != expected, result["failed_repositories"], result["undated"])
+    problems = (result["tags"] != len(seeded), result["failed_repositories"], result["undated"])
     if any(problems):
-        raise RuntimeError(f"the plan did not see the seeded registry ({expected} tags): {result}")
+        raise RuntimeError(f"the plan did not see the seeded registry ({len(seeded)}): {result}")
     return result
 
 
@@ -169,11 +185,12 @@ def _with_ratio(plan: dict[str, Any], best: limit.LimitResult) -> dict[str, Any]
     return {
         **plan,
         "tags_per_second": round(tags_per_second, 1),
+        "ms_per_tag": round(1000 * plan["seconds"] / plan["tags"], 3),
         "requests_per_second": round(requests / plan["seconds"], 1),
         "ratio_to_limit": round(tags_per_second / best.tags_per_second, 3),
         "peak_rss_mb": round(plan["peak_rss_kib"] / 1024, 1),
         "requests_per_tag": round(requests / plan["tags"], 3),
-        "cpu_ms_per_request": round(1000 * plan["cpu_seconds"] / requests, 3),
+        "cpu_ms_per_request": round(1000 * plan["cpu_seconds"] / requests, 3) if requests else 0,
     }
 
 
@@ -183,48 +200,43 @@ def _limit_facts(best: limit.LimitResult, halves: tuple[limit.LimitResult, ...])
         "seconds": round(best.seconds, 3),
         "requests_per_second": round(best.requests_per_second, 1),
         "tags_per_second": round(best.tags_per_second, 1),
+        "ms_per_tag": round(1000 * best.seconds / best.tags, 3),
         "requests_per_tag": round(best.requests / best.tags, 3),
         "cpu_ms_per_request": round(best.cpu_ms_per_request, 3),
+        "ratio_to_limit": 1.0,
         "halves_tags_per_second": [round(half.tags_per_second, 1) for half in halves if half.tags],
     }
 
 
-def _scaling_point(plan: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "tags": plan["tags"],
-        "seconds": round(plan["seconds"], 3),
-        "tags_per_second": round(plan["tags"] / plan["seconds"], 1),
-        "peak_rss_mb": round(plan["peak_rss_kib"] / 1024, 1),
-    }
-
-
-def _memory_per_tag(small: dict[str, Any] | None, large: dict[str, Any]) -> float | None:
-    """The slope of peak RSS over tags between the smallest and the full cold plan.
-
-    What "flat per tag" means in numbers: the inventory's own values and no bodies. A slope
-    that jumped would mean something (bodies, a task per tag) grows with the registry.
-    """
-    if small is None or large["tags"] == small["tags"]:
-        return None
-    grown: int = large["peak_rss_kib"] - small["peak_rss_kib"]
-    more: int = large["tags"] - small["tags"]
-    return round(grown / more, 2)
-
-
-def _targets(
-    first: dict[str, Any], second: dict[str, Any], best: limit.LimitResult
-) -> list[Target]:
-    ratio = first["tags"] / first["seconds"] / best.tags_per_second
-    speedup = first["seconds"] / second["seconds"]
-    peak_mb = max(first["peak_rss_kib"], second["peak_rss_kib"]) / 1024
-    return [
-        Target("first plan / limit throughput", round(ratio, 3),
-               f">= {FIRST_PLAN_MIN_RATIO}", ratio >= FIRST_PLAN_MIN_RATIO),
-        Target("second plan speed-up over first", round(speedup, 2),
-               f">= {SECOND_PLAN_MIN_SPEEDUP}", speedup >= SECOND_PLAN_MIN_SPEEDUP),
-        Target("peak RSS of a plan (MB)", round(peak_mb, 1),
-               f"< {PEAK_RSS_MAX_MB:.0f}", peak_mb < PEAK_RSS_MAX_MB),
+def _targets(runs: list[dict[str, Any]]) -> list[Target]:
+    """The issue's goals, each from one run; the size-bound ones only when that size ran."""
+    largest = runs[-1]
+    ratio, speedup = largest["cold"]["ratio_to_limit"], largest["warm_speedup"]
+    peak = max(largest[kind]["peak_rss_mb"] for kind in ("cold", "warm", "storage"))
+    targets = [
+        Target(f"cold plan / limit at {largest['tags']} tags", ratio,
+               f">= {COLD_MIN_RATIO}", ratio >= COLD_MIN_RATIO),
+        Target(f"warm plan speed-up at {largest['tags']} tags", speedup,
+               f">= {WARM_MIN_SPEEDUP}", speedup >= WARM_MIN_SPEEDUP),
+        Target(f"peak RSS of a plan at {largest['tags']} tags (MB)", peak,
+               f"< {PEAK_RSS_MAX_MB:.0f}", peak < PEAK_RSS_MAX_MB),
     ]  # fmt: skip
+    if largest["tags"] >= LARGE:
+        cold, storage = largest["cold"]["seconds"], largest["storage"]["seconds"]
+        targets += [
+            Target("cold API plan at 100k tags (s)", round(cold, 1),
+                   f"< {LARGE_COLD_MAX_SECONDS:.0f}", cold < LARGE_COLD_MAX_SECONDS),
+            Target("storage plan at 100k tags (s)", round(storage, 2),
+                   f"< {LARGE_STORAGE_MAX_SECONDS:.0f}", storage < LARGE_STORAGE_MAX_SECONDS),
+        ]  # fmt: skip
+    if len(runs) > 1:
+        first, last = runs[0]["cold"]["ms_per_tag"], largest["cold"]["ms_per_tag"]
+        drift = round(last / first - 1, 3)
+        targets.append(
+            Target(f"cold per-tag time, {runs[0]['tags']} -> {largest['tags']} tags", drift,
+                   f"within ±{PER_TAG_DRIFT:.0%}", abs(drift) <= PER_TAG_DRIFT)
+        )  # fmt: skip
+    return targets
 
 
 def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
@@ -248,39 +260,34 @@ def _cpu_model() -> str:
 
 
 def render(results: dict[str, Any]) -> str:
-    """The report as a person reads it: limit and plans, scaling, details, targets."""
-    machine, registry = results["machine"], results["registry"]
+    """The report as a person reads it: one block per size, then the goals."""
+    machine = results["machine"]
     lines = [
         f"machine   {machine['cpus']} CPUs, {machine['cpu_model']}, Python {machine['python']},"
         f" load average {machine['load_average_before'][0]} -> {machine['load_average_after'][0]}",
-        f"registry  {registry['repositories']} repositories x {registry['tags_per_repository']}"
-        f" tags = {registry['tags']} tags, concurrency {registry['concurrency']}"
-        f" (seeded in {registry['seed_seconds']} s)",
-        "",
-        f"{'run':<26}{'seconds':>9}{'tags/s':>9}{'req/s':>9}{'req/tag':>9}"
-        f"{'x limit':>9}{'CPU ms/req':>11}{'RSS MB':>8}",
-        _row("limit (minimal httpx)", {**results["limit"], "ratio_to_limit": 1.0}),
-        _row("first plan (cold cache)", results["first_plan"]),
-        _row("second plan (warm cache)", results["second_plan"]),
-        "",
-        f"{'scaling (cold), tags':<26}{'seconds':>9}{'tags/s':>9}{'RSS MB':>8}",
-        *(
-            f"{p['tags']:<26}{p['seconds']:>9.2f}{p['tags_per_second']:>9.1f}"
-            f"{p['peak_rss_mb']:>8.1f}"
-            for p in results["scaling"]
-        ),
-        f"peak RSS grows {results['memory_kib_per_tag']} KiB per tag",
-        "",
-        f"limit halves (before, after the first plan): "
-        f"{results['limit']['halves_tags_per_second']} tags/s",
-        _detail("first plan", results["first_plan"]),
-        _detail("second plan", results["second_plan"]),
-        "",
-        *(
-            f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {t['measured']}"
-            f" (want {t['wanted']})"
-            for t in results["targets"]
-        ),
+        f"concurrency {results['concurrency']}; limit = wrk sending a cold plan's requests",
+    ]
+    header = (
+        f"{'run':<16}{'seconds':>9}{'tags/s':>9}{'ms/tag':>8}{'req/s':>8}{'req/tag':>8}"
+        f"{'x limit':>8}{'CPU ms/req':>11}{'RSS MB':>8}"
+    )
+    for size in results["runs"]:
+        lines += [
+            "",
+            f"{size['tags']} tags in {size['repositories']} repositories"
+            f" (seeded in {size['seed_seconds']} s)",
+            header,
+            _row("limit (wrk)", size["limit"]),
+            _row("cold plan", size["cold"]),
+            _row("warm plan", size["warm"]),
+            _row("storage plan", size["storage"]),
+            f"warm speed-up {size['warm_speedup']}x, storage speed-up {size['storage_speedup']}x;"
+            f" limit halves {size['limit']['halves_tags_per_second']} tags/s",
+        ]
+    lines.append("")
+    lines += [
+        f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {t['measured']} (want {t['wanted']})"
+        for t in results["targets"]
     ]
     return "\n".join(lines)
 
@@ -288,17 +295,9 @@ def render(results: dict[str, Any]) -> str:
 def _row(label: str, run: dict[str, Any]) -> str:
     rss = f"{run['peak_rss_mb']:>8.1f}" if "peak_rss_mb" in run else ""
     return (
-        f"{label:<26}{run['seconds']:>9.2f}{run['tags_per_second']:>9.1f}"
-        f"{run['requests_per_second']:>9.1f}{run['requests_per_tag']:>9.2f}"
-        f"{run['ratio_to_limit']:>9.2f}{run['cpu_ms_per_request']:>11.2f}{rss}"
-    )
-
-
-def _detail(label: str, plan: dict[str, Any]) -> str:
-    requests = ", ".join(f"{kind} {count}" for kind, count in plan["requests"].items())
-    return (
-        f"{label}: {requests}; {plan['connections']} connections opened;"
-        f" in flight mean {plan['mean_in_flight']:.2f}, peak {plan['peak_in_flight']}"
+        f"{label:<16}{run['seconds']:>9.2f}{run['tags_per_second']:>9.1f}{run['ms_per_tag']:>8.3f}"
+        f"{run['requests_per_second']:>8.1f}{run['requests_per_tag']:>8.2f}"
+        f"{run['ratio_to_limit']:>8.2f}{run['cpu_ms_per_request']:>11.2f}{rss}"
     )
 
 

@@ -1,13 +1,15 @@
 """One ``retention plan`` in a process of its own, so its peak memory is its own.
 
 Run by ``plan_benchmark.py`` as ``python plan_pass.py URL STATE_DIR REPOSITORIES
-CONCURRENCY``; prints one JSON object. It does what ``runner.run_pass(dry_run=True)`` does
-(a ``RegistryClient`` from the policy, ``inventory.collect`` with the manifest cache in
-``state_dir``, ``planner.plan``) but scans only the first REPOSITORIES repositories (the
-scaling runs) and meters the client's transport:
+CONCURRENCY [STORAGE_ROOT]``; prints one JSON object. It does what
+``runner.run_pass(dry_run=True)`` does (a ``RegistryClient`` from the policy,
+``inventory.collect`` with the manifest cache in ``state_dir``, ``planner.plan``), or with
+STORAGE_ROOT what ``scan: storage`` does (``read_storage``, then ``planner.plan``), but
+scans only the first REPOSITORIES repositories and meters the client's transport (the same
+httpx-aiohttp transport ``RegistryClient`` uses by default):
 
-* requests by kind, to show one HEAD per tag and one GET per distinct manifest and config;
-* TCP connections opened, to show keep-alive reuse (one per concurrency slot);
+* requests by kind, to show two requests per tag cold (GET by tag, GET config) and one
+  warm (HEAD by tag);
 * requests in flight over time (from sending to the body closed), to show that the pool is
   kept full rather than starved by the per-repository fan-out.
 
@@ -33,6 +35,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 import httpx  # noqa: E402
+from httpx_aiohttp import AiohttpTransport  # noqa: E402
 from seed import repository_name  # noqa: E402
 
 from retention.core import planner  # noqa: E402
@@ -40,6 +43,7 @@ from retention.core.model import Inventory  # noqa: E402
 from retention.core.policy import Policy, policy_from_mapping  # noqa: E402
 from retention.registry import RegistryClient  # noqa: E402
 from retention.scan import inventory  # noqa: E402
+from retention.scan.storage_reader import read_storage  # noqa: E402
 from retention.state.manifest_cache import ManifestCache  # noqa: E402
 
 
@@ -66,9 +70,8 @@ class Meter(httpx.AsyncBaseTransport):
 
     def __init__(self, concurrency: int) -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._inner = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        self._inner = AiohttpTransport(limits=limits, trust_env=False)
         self.requests: Counter[str] = Counter()
-        self.connections = 0
         self.peak_in_flight = 0
         self._in_flight = 0
         self._area = 0.0
@@ -76,7 +79,6 @@ class Meter(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests[_kind(request)] += 1
-        request.extensions["trace"] = self._trace
         self._change(+1)
         try:
             response = await self._inner.handle_async_request(request)
@@ -104,10 +106,6 @@ class Meter(httpx.AsyncBaseTransport):
         self._changed = now
         self._in_flight += delta
         self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
-
-    async def _trace(self, name: str, info: dict[str, Any]) -> None:
-        if name == "connection.connect_tcp.complete":
-            self.connections += 1
 
 
 def _kind(request: httpx.Request) -> str:
@@ -151,7 +149,6 @@ async def plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
         **_inventory_facts(scanned),
         "tags_to_delete": plan.summary.tags_to_delete,
         "requests": dict(sorted(meter.requests.items())),
-        "connections": meter.connections,
         "peak_in_flight": meter.peak_in_flight,
         "mean_in_flight": mean_in_flight,
         "rss_before_kib": rss_before,
@@ -182,10 +179,32 @@ def _rss_kib(field: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def storage_plan_once(policy: Policy, repositories: int, root: Path) -> dict[str, Any]:
+    """What ``scan: storage`` does in ``run_pass(dry_run=True)``: read the files, plan."""
+    wanted = {repository_name(index) for index in range(repositories)}
+    rss_before = _rss_kib("VmRSS")
+    started, cpu_started = time.perf_counter(), time.process_time()
+    scanned = read_storage(root, registry=policy.registry.url, repositories=wanted.__contains__)
+    plan = planner.plan(policy, scanned, datetime.now(UTC))
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        **_inventory_facts(scanned),
+        "tags_to_delete": plan.summary.tags_to_delete,
+        "requests": {},
+        "rss_before_kib": rss_before,
+        "peak_rss_kib": _rss_kib("VmHWM"),
+    }
+
+
 def main(argv: list[str]) -> None:
-    url, state_dir, repositories, concurrency = argv
+    url, state_dir, repositories, concurrency, *storage = argv
     policy = benchmark_policy(url, Path(state_dir), int(concurrency))
-    print(json.dumps(asyncio.run(plan_once(policy, int(repositories)))))
+    if storage:
+        result = storage_plan_once(policy, int(repositories), Path(storage[0]))
+    else:
+        result = asyncio.run(plan_once(policy, int(repositories)))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

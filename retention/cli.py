@@ -28,6 +28,7 @@ from retention.core.model import Outcome, Plan, RunResult
 from retention.core.policy import Policy, parse_duration
 from retention.errors import ConfigError, PassInterrupted, PlanFileError, RetentionError
 from retention.runner import Scope, apply_plan, run_pass
+from retention.scan.storage_reader import storage_root_problem
 from retention.state import atomic
 
 if TYPE_CHECKING:
@@ -161,9 +162,32 @@ def check(config_path: Path) -> None:
     missing = missing_programs(policy.gc) if policy.gc.mode == "command" else []
     for warning in (*loaded.warnings, *(f"{m} on this host" for m in missing)):
         click.echo(f"warning: {warning}", err=True)
+    scan_note = _storage_scan_note(policy)
+    if scan_note is not None:
+        click.echo(scan_note, err=True)
     click.echo(
         f"{config_path}: ok ({len(policy.rules)} rules, {len(policy.protect)} protected patterns, "
         f"gc mode {policy.gc.mode})"
+    )
+
+
+def _storage_scan_note(policy: Policy) -> str | None:
+    """Whether ``scan: storage`` can read ``storage.path`` here; reads the disk, no network.
+
+    A note when the API scan could be replaced (the storage is here and readable), a
+    warning when ``scan: storage`` is chosen but the pass would fail to read it.
+    """
+    path = policy.storage.path
+    if path is None or policy.gc.mode == "docker":
+        return None
+    problem = storage_root_problem(path)
+    if policy.scan == "storage":
+        return None if problem is None else f"warning: scan: storage cannot read it: {problem}"
+    if problem is not None:
+        return None
+    return (
+        f"note: {path} holds the registry's storage, so scan: storage can read tags and "
+        "manifests from it instead of the API (much faster; deletions still use the API)"
     )
 
 

@@ -19,6 +19,7 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── GarbageCollectionError a GC command or container failed
     ├── ProbeFailed            the registry did not take a test push back whole after GC
     ├── StorageError           storage could not be measured
+    ├── StorageReadError       the registry's storage could not be read for a scan
     ├── SecretError            a token file or variable named in the policy cannot be read
     ├── AuditError             the audit log cannot be written or read
     ├── EventStoreError        the notification event store cannot be read or written
@@ -126,6 +127,14 @@ class ProbeFailed(RetentionError):
 
 class StorageError(RetentionError):
     """Storage size could not be measured."""
+
+
+class StorageReadError(RetentionError):
+    """A file of the registry's storage is missing, partial or not what its link says.
+
+    Inside one repository it fails that repository only (the scan fails closed); a storage
+    root that is not there at all fails the pass.
+    """
 
 
 class SecretError(RetentionError):

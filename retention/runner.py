@@ -53,6 +53,7 @@ from retention.registry.client import RegistryClient
 from retention.scan import in_use as in_use_sources
 from retention.scan.inventory import collect
 from retention.scan.push_times import with_event_times, with_push_times
+from retention.scan.storage_reader import read_storage
 from retention.scan.subjects import confirm_subjects
 from retention.state.holds import HoldStore
 from retention.state.lock import exclusive
@@ -182,16 +183,32 @@ def _log_decisions(plan: Plan) -> None:
 async def _inventory(
     client: RegistryClient, policy: Policy, progress: PhaseProgress | None, scope: Scope
 ) -> Inventory:
-    """The scan (manifests cached by digest), signed subjects, push and pull times."""
-    cache = ManifestCache(policy.state_dir)
-    # The probe repository holds only the probe's own short-lived test images: never
-    # scanned, so no rule can plan them and a probe in flight cannot be deleted under it.
-    scanned = await collect(
-        client,
-        repositories=lambda name: name != policy.gc.probe and scope.includes(name),
-        progress=_phase(progress, "scan"),
-        cache=cache,
-    )
+    """The scan (``scan: api`` with manifests cached by digest, or ``scan: storage``),
+    signed subjects, push and pull times.
+
+    The probe repository holds only the probe's own short-lived test images: never
+    scanned, so no rule can plan them and a probe in flight cannot be deleted under it.
+    """
+
+    def wanted(name: str) -> bool:
+        return name != policy.gc.probe and scope.includes(name)
+
+    if policy.scan == "storage" and policy.storage.path is not None:
+        await client.ping()  # deletions and subjects still need the API: fail early
+        scanned = await asyncio.to_thread(
+            read_storage,
+            policy.storage.path,
+            registry=client.url,
+            progress=_phase(progress, "scan"),
+            repositories=wanted,
+        )
+    else:
+        scanned = await collect(
+            client,
+            repositories=wanted,
+            progress=_phase(progress, "scan"),
+            cache=ManifestCache(policy.state_dir),
+        )
     inventory = await confirm_subjects(client, scanned)
     inventory = with_event_times(inventory, policy.state_dir, policy.notifications)
     if policy.storage.path is not None and policy.gc.mode != "docker":

@@ -2,8 +2,8 @@
 # Install everything the test suite needs on a fresh Debian machine: CNCF Distribution
 # (docker-registry), a Docker engine (docker.io) for the docker-mode GC tests, htpasswd
 # (apache2-utils) for basic-auth tests, docker-compose and systemd-analyze (systemd) to check
-# the files in deploy/, promtool (prometheus) to lint the /metrics output, python3-venv,
-# and this project with its test extras in ./.venv.
+# the files in deploy/, promtool (prometheus) to lint the /metrics output, wrk for the
+# benchmark's limit, python3-venv, and this project with its test extras in ./.venv.
 #
 # Debian's python3 is "externally managed" (PEP 668): pip refuses to install into it, and a
 # fresh Debian has no pip at all. So the project goes into a virtual environment made from
@@ -31,6 +31,7 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v "$python" >/dev/null || missing+=(python3)
 # Debian splits venv's pip bootstrap (ensurepip) into python3-venv.
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v wrk >/dev/null || missing+=(wrk)  # benchmarks/limit.py: the registry's own limit
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}" >&2
   $sudo apt-get update -qq

@@ -14,7 +14,9 @@ from enum import StrEnum
 from typing import Literal
 
 
-@dataclass(frozen=True)
+# Blob, Manifest and Tag have slots: an inventory holds one of each per tag, and without a
+# __dict__ each is about a third of the size (a 100,000-tag scan is tens of MB smaller).
+@dataclass(frozen=True, slots=True)
 class Blob:
     """A config or layer blob a manifest references."""
 
@@ -22,7 +24,7 @@ class Blob:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """One stored manifest: an image manifest (blobs) or an index (children)."""
 
@@ -39,7 +41,7 @@ class Manifest:
         return bool(self.children) or self.media_type.endswith(("list.v2+json", "index.v1+json"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tag:
     """A tag and the digest it points at; when it was last pushed and pulled, if known.
 

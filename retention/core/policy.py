@@ -763,6 +763,9 @@ class Policy(_Strict):
     trash: Trash = Trash()
     verify: Verify = Verify()
     storage: Storage = Storage()
+    # Where tags and manifests are read: the registry's API, or its filesystem storage
+    # (storage.path, on this host) when the registry's volume is mounted here.
+    scan: Literal["api", "storage"] = "api"
     schedule: Schedule = Schedule()
     server: Server = Server()
     gate: Gate | None = None
@@ -771,6 +774,16 @@ class Policy(_Strict):
     notify: tuple[NotifyTarget, ...] = ()
     audit: Audit = Audit()
     state_dir: Path = Path("/var/lib/retention")
+
+    @model_validator(mode="after")
+    def _storage_scan_needs_a_local_path(self) -> Policy:
+        if self.scan == "storage" and (self.storage.path is None or self.gc.mode == "docker"):
+            raise PydanticCustomError(
+                "storage_scan",
+                "scan: storage reads storage.path on this host; set storage.path to the "
+                "registry's rootdirectory (with gc.mode docker it is a path in the container)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Policy:

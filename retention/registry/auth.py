@@ -136,6 +136,7 @@ class RegistryAuth(httpx.Auth):
         self._tokens: dict[str, _Token] = {}
         self._scopes: dict[str, tuple[str, ...]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._basic: str | None = None
 
     def sync_auth_flow(
         self, request: httpx.Request
@@ -277,9 +278,12 @@ class RegistryAuth(httpx.Auth):
         )
 
     def _basic_header(self) -> str:
+        """Built once: an htpasswd registry needs it on every request."""
         assert self._credentials is not None
-        pair = f"{self._credentials.username}:{self._credentials.password}".encode()
-        return "Basic " + base64.b64encode(pair).decode("ascii")
+        if self._basic is None:
+            pair = f"{self._credentials.username}:{self._credentials.password}".encode()
+            self._basic = "Basic " + base64.b64encode(pair).decode("ascii")
+        return self._basic
 
     def _who(self) -> str:
         return f"user {self._credentials.username!r}" if self._credentials else "anonymous requests"

@@ -5,10 +5,16 @@ digests reach (children of indexes included) with a creation time. Each distinct
 and config is fetched once, however many tags share it, and bodies are dropped as soon as
 they are parsed so memory grows with the number of manifests, not with their size.
 
-With a ``ManifestCache`` a digest seen in an earlier pass is not fetched again (a digest
-names immutable bytes), so an unchanged registry costs its tag listings and one HEAD per
-tag. Existence is still checked in every repository, every pass: by the HEAD of the tag,
-and for the children of an index that came from the cache, by a HEAD of each child.
+Requests per tag: a cold scan sends a GET of the manifest by tag (the answer carries the
+digest and the body, checked against each other) and a GET of its config, once per
+distinct config. With a ``ManifestCache`` that knows digests, a tag costs one HEAD (its
+digest), and a digest seen in an earlier pass is not fetched again (a digest names
+immutable bytes), so an unchanged registry costs its tag listings and one HEAD per tag.
+Which of the two a tag gets is decided as the scan goes (``_Odds``): HEAD while the cache
+answers at least as often as it misses, GET by tag otherwise, so a mostly new registry
+with an old cache still costs two requests per tag, not three. Existence is checked in
+every repository, every pass: by the request for the tag, and for the children of an
+index that came from the cache, by a HEAD of each child.
 
 Fail closed: anything that goes wrong inside a repository is recorded on that repository
 (the planner deletes nothing there) and the others carry on. Only a registry we cannot
@@ -19,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from retention.core.model import Inventory, Manifest, Repository, Tag
+from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
 from retention.errors import NotFound, RegistryError
-from retention.registry import RegistryClient, parse_created, parse_manifest
+from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
+from retention.registry.manifests import dated
 from retention.state.manifest_cache import ManifestCache
 
 TAG_WORKERS_PER_CONNECTION = 2
@@ -54,11 +61,13 @@ async def collect(
         await client.ping()
         names = [name for name in await client.catalog() if repositories(name)]
         tally = _Tally(progress, total=len(names))
+        odds = _Odds(cold=cache is None or cache.empty())
+        shared: dict[Blob, Blob] = {}  # equal layers as one object across the registry
         bound = asyncio.Semaphore(client.concurrency)
 
         async def scan(name: str) -> Repository:
             async with bound:
-                scanned = await _RepositoryScan(client, name, cache).run()
+                scanned = await _RepositoryScan(client, name, cache, odds, shared).run()
             tally.repository_done()
             return scanned
 
@@ -83,6 +92,29 @@ class _Tally:
             self.callback(self.done, self.total)
 
 
+@dataclass
+class _Odds:
+    """Whether the next tag should be fetched whole (GET by tag) or only resolved (HEAD).
+
+    On a hit, a HEAD is a lighter answer than a GET whose body would be thrown away; on a
+    miss, it costs a third request (the GET by digest). So: GET while the cache is empty or
+    misses more often than it hits, counted over all repositories of this pass.
+    """
+
+    cold: bool
+    hits: int = 0
+    misses: int = 0
+
+    def fetch_whole(self) -> bool:
+        return self.cold or self.misses > self.hits
+
+    def count(self, *, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+
 class _RepositoryScan:
     """One repository's scan, keeping what it learnt so a failure can still report it.
 
@@ -90,8 +122,17 @@ class _RepositoryScan:
     (and indexes sharing children) wait for one request instead of sending their own.
     """
 
-    def __init__(self, client: RegistryClient, name: str, cache: ManifestCache | None) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        name: str,
+        cache: ManifestCache | None,
+        odds: _Odds,
+        shared: dict[Blob, Blob],
+    ) -> None:
         self._client = client
+        self._odds = odds
+        self._shared = shared
         self._name = name
         self._cache = cache
         self._tags: list[Tag] = []
@@ -139,14 +180,26 @@ class _RepositoryScan:
             await self._scan_tag(tag)
 
     async def _scan_tag(self, tag: str) -> None:
-        digest, _ = await self._client.resolve(self._name, tag)
+        """One request for the tag: a GET that brings the body along, or a HEAD."""
+        fetched: FetchedManifest | None = None
+        if self._odds.fetch_whole():
+            fetched = await self._client.manifest(self._name, tag)
+            digest = fetched.digest
+        else:
+            digest, _ = await self._client.resolve(self._name, tag)
         self._tags.append(Tag(name=tag, digest=digest))
-        await self._manifest(digest, present=True)
+        await self._manifest(digest, present=True, fetched=fetched)
 
-    def _manifest(self, digest: str, *, present: bool = False) -> Awaitable[Manifest]:
-        """The manifest, loaded once; ``present`` when a HEAD just found it here."""
+    def _manifest(
+        self, digest: str, *, present: bool = False, fetched: FetchedManifest | None = None
+    ) -> Awaitable[Manifest]:
+        """The manifest, loaded once; ``present`` when a request for a tag just found it here.
+
+        ``fetched`` is its body when the tag's GET brought it; a digest already loading (a
+        shared digest, a child of an index) drops it: the body is the same.
+        """
         if digest not in self._manifest_tasks:
-            task = self._group.create_task(self._load_manifest(digest, present))
+            task = self._group.create_task(self._load_manifest(digest, present, fetched))
             self._manifest_tasks[digest] = task
         return self._manifest_tasks[digest]
 
@@ -156,13 +209,19 @@ class _RepositoryScan:
             self._created_tasks[config] = task
         return self._created_tasks[config]
 
-    async def _load_manifest(self, digest: str, present: bool) -> Manifest:
+    async def _load_manifest(
+        self, digest: str, present: bool, fetched: FetchedManifest | None
+    ) -> Manifest:
         """From the cache if it knows the digest, else from the registry (and then cached)."""
-        cached = self._cache.get(digest) if self._cache is not None else None
+        # An empty cache stays empty until save(): a cold scan need not ask it per digest.
+        cache = None if self._odds.cold else self._cache
+        cached = cache.get(digest) if cache is not None else None
+        if present:
+            self._odds.count(hit=cached is not None)
         if cached is not None:
             manifest = await self._confirm(cached, present)
         else:
-            manifest = await self._fetch_manifest(digest)
+            manifest = await self._fetch_manifest(digest, fetched)
             if self._cache is not None:
                 self._cache.put(manifest)
         self._manifests[digest] = manifest
@@ -179,15 +238,17 @@ class _RepositoryScan:
         await asyncio.gather(*(self._manifest(child) for child in cached.children))
         return cached
 
-    async def _fetch_manifest(self, digest: str) -> Manifest:
+    async def _fetch_manifest(self, digest: str, fetched: FetchedManifest | None) -> Manifest:
         """Parse, then date it: an image by its config, an index by its newest child."""
-        manifest, config = parse_manifest(await self._client.manifest(self._name, digest))
+        if fetched is None:
+            fetched = await self._client.manifest(self._name, digest)
+        manifest, config = parse_manifest(fetched, self._shared)
         if config is not None:
             created = await self._created(config)
         else:
             children = await asyncio.gather(*(self._manifest(c) for c in manifest.children))
             created = _newest(child.created for child in children)
-        return replace(manifest, created=created)
+        return dated(manifest, created)
 
     async def _fetch_created(self, config: str) -> datetime | None:
         return parse_created(await self._client.blob(self._name, config))

@@ -142,3 +142,27 @@ async def test_a_corrupt_cache_file_gives_the_same_inventory_as_a_fresh_pass(
     assert second == first == third
     assert gets(recording, "manifests")  # nothing came from the corrupt file
     assert gets(third_recording, "manifests") == []  # and it was rebuilt by the second pass
+
+
+async def test_a_warm_cache_that_misses_more_than_it_hits_switches_to_one_get_per_tag(
+    registry_server: RegistryServer, seeder: Seeder, tmp_path: Path
+) -> None:
+    seeder.image("old", ["v1"], JANUARY)
+    await collect(registry_server, tmp_path)
+    fresh = [f"b{number:02d}" for number in range(24)]
+    for tag in fresh:
+        seeder.image("new", [tag], MARCH, unique=tag)
+    recording = RecordingTransport()
+
+    settings = RegistrySettings(url=registry_server.url, retries=0, concurrency=1)
+    async with RegistryClient(settings, transport=recording) as client:
+        second = await inventory.collect(client, cache=ManifestCache(tmp_path))
+
+    new = next(r for r in second.repositories if r.name == "new")
+    assert [tag.name for tag in new.tags] == fresh and new.error is None
+    heads = [r for r in recording.requests if r.method == "HEAD" and "/v2/new/" in r.url.path]
+    by_tag = [tag for tag in fresh if recording.count("GET", f"/v2/new/manifests/{tag}")]
+    # HEADs only until the misses outnumber the hits (two workers at concurrency 1)...
+    assert 1 <= len(heads) <= 4
+    # ...then every other tag costs one GET that brings its manifest along.
+    assert len(heads) + len(by_tag) == len(fresh)

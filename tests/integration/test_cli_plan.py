@@ -244,3 +244,50 @@ def test_a_corrupt_manifest_skips_its_repository_and_the_others_go_on(
     assert by_name["broken"]["error"]
     assert len(by_name["fine"]["delete"]) == 3
     assert any(line.startswith("error: broken:") for line in result.error_lines)
+
+
+def test_plan_with_scan_storage_reads_the_files_and_decides_as_the_api_scan_does(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    digests = seed_builds(seeder)
+    seeder.tag("app/web", "latest", digests[0])
+    storage = {"path": str(registry_server.root)}
+    by_api = write_policy(tmp_path / "api.yml", registry_server.url, BUILDS, storage=storage)
+    by_files = write_policy(
+        tmp_path / "files.yml", registry_server.url, BUILDS, storage=storage, scan="storage"
+    )
+
+    from_api = retention("plan", "-c", str(by_api), "--format", "json")
+    from_files = retention("plan", "-c", str(by_files), "--format", "json")
+
+    assert from_files.code == 0, from_files.stderr
+    assert from_files.json()["repositories"] == from_api.json()["repositories"]
+    assert actions(from_files.json(), "app/web")["build-1"] == "delete"
+
+
+def test_check_says_when_scan_storage_is_possible_and_when_it_cannot_read(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seed_builds(seeder, count=1)  # a registry that never stored anything has no layout yet
+    here = {"path": str(registry_server.root)}
+    elsewhere = {"path": str(tmp_path / "nothing")}
+    possible = write_policy(tmp_path / "a.yml", registry_server.url, BUILDS, storage=here)
+    broken = write_policy(
+        tmp_path / "b.yml", registry_server.url, BUILDS, storage=elsewhere, scan="storage"
+    )
+    silent = write_policy(tmp_path / "c.yml", registry_server.url, BUILDS, storage=elsewhere)
+
+    assert "scan: storage can read" in retention("check", "-c", str(possible)).stderr
+    result = retention("check", "-c", str(broken))
+    assert result.code == 0 and "warning: scan: storage cannot read it" in result.stderr
+    assert "scan: storage" not in retention("check", "-c", str(silent)).stderr
+
+
+def test_scan_storage_without_a_storage_path_is_a_policy_error(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path / "p.yml", "http://127.0.0.1:1", BUILDS, scan="storage")
+
+    result = retention("check", "-c", str(policy))
+
+    assert result.code == 2
+    assert "scan: storage reads storage.path" in result.stderr
+    no_traceback(result)

@@ -264,3 +264,31 @@ def test_every_field_of_a_manifest_is_cached() -> None:
     manifest_fields = {field.name for field in dataclasses.fields(Manifest)}
     assert manifest_fields - {"digest"} == set(json.loads(cache_module._encode(image(1))))
     assert [field.name for field in dataclasses.fields(Blob)] == ["digest", "size"]
+
+
+# Whether a scan is cold.
+
+
+def test_a_new_cache_is_empty_and_one_with_an_entry_is_not(tmp_path: Path) -> None:
+    assert cache_at(tmp_path).empty()
+    saved(tmp_path, image(1))
+    assert not cache_at(tmp_path).empty()
+
+
+def test_a_corrupt_cache_file_counts_as_empty(tmp_path: Path) -> None:
+    saved(tmp_path, image(1))
+    (tmp_path / "cache" / "manifests.sqlite3").write_bytes(b"garbage" * 4096)
+
+    with capture_logs():
+        assert cache_at(tmp_path).empty()
+
+
+def test_a_layer_shared_by_cached_manifests_is_one_object_in_memory(tmp_path: Path) -> None:
+    saved(tmp_path, image(1), image(2))
+    cache = cache_at(tmp_path)
+
+    first, second = cache.get(digest(1)), cache.get(digest(2))
+
+    assert first is not None and second is not None
+    assert first.blobs[1] == second.blobs[1]
+    assert first.blobs[1] is second.blobs[1]  # digest(2000): the layer both images use

@@ -1,0 +1,175 @@
+"""Peak RSS of a storage plan at sizes the disk cannot hold: the files' bytes generated.
+
+    python benchmarks/storage_memory.py [--tags 1000000] [--tags-per-repository 50]
+
+The real layout of 1,000,000 tags (each its own manifest and config, as ``seed.py`` writes
+them) needs about 16 million inodes, more than this machine's disk or /dev/shm has. So this
+runs ``read_storage`` and ``planner.plan`` unchanged, in this process, over a file system
+that exists only as answers: listing a directory, stat'ing a link and reading a file are
+answered with exactly the bytes ``seed.py`` would have written there (the same configs,
+manifests and digests), generated when the reader asks. Only the tag being read is held,
+so what the peak RSS shows is the reader's and the planner's memory, not the generator's.
+What it cannot show is time: it measures memory only (``plan_benchmark.py`` times the
+real files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+sys.path[1:1] = [str(_HERE.parent), str(_HERE)]
+
+import seed  # noqa: E402
+from plan_pass import benchmark_policy  # noqa: E402
+
+from retention.core import planner  # noqa: E402
+from retention.scan import storage_reader  # noqa: E402
+
+ROOT = "/generated"
+V2 = f"{ROOT}/docker/registry/v2"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+
+    def is_dir(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class _Stat:
+    st_size: int
+
+
+class GeneratedStorage:
+    """The answers ``storage_reader`` gets from ``os`` and ``_read``, for R x T seeded tags."""
+
+    def __init__(self, repositories: int, tags: int) -> None:
+        self._repositories, self._tags = repositories, tags
+        self._layers = [self._descriptor(data, seed.DOCKER_LAYER) for data in seed.LAYERS]
+        self._blobs: dict[str, bytes] = {}  # the current tag's config and manifest only
+
+    def scandir(self, path: str) -> Iterator[_Entry]:
+        relative = path.removeprefix(f"{V2}/repositories").strip("/")
+        parts = relative.split("/") if relative else []
+        if not parts:
+            names = ["bench"]
+        elif parts == ["bench"]:
+            names = [seed.repository_name(i).split("/")[1] for i in range(self._repositories)]
+        elif parts[-2:] == ["_manifests", "tags"]:
+            names = [f"build-{number:04d}" for number in range(self._tags)]
+        else:
+            names = ["_layers", "_manifests"]
+        return iter([_Entry(name) for name in names])
+
+    def stat(self, path: str) -> _Stat:
+        return _Stat(len("sha256:") + 64)  # every link the reader stats holds one digest
+
+    def read(self, path: str, limit: int, what: str) -> bytes:
+        if path.endswith("/current/link"):
+            repository = path.split("/repositories/", 1)[1].split("/_manifests/", 1)[0]
+            tag = path.split("/tags/", 1)[1].split("/", 1)[0]
+            return self._image(repository, int(tag.removeprefix("build-"))).encode()
+        return self._blobs[path.rsplit("/", 2)[1]]
+
+    def _image(self, name: str, number: int) -> str:
+        """The manifest digest of this tag; its config and manifest bytes kept until next."""
+        tag = f"build-{number:04d}"
+        created = seed.NEWEST - timedelta(hours=number)
+        config_bytes = seed._config(name, tag, created)
+        config = self._descriptor(config_bytes, seed.DOCKER_CONFIG)
+        body = seed._dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": seed.DOCKER_MANIFEST,
+                "config": config,
+                "layers": self._layers,
+            }
+        )
+        digest = seed.digest_of(body)
+        self._blobs = {_hex(config["digest"]): config_bytes, _hex(digest): body}
+        return digest
+
+    @staticmethod
+    def _descriptor(data: bytes, media_type: str) -> dict[str, Any]:
+        return {"mediaType": media_type, "digest": seed.digest_of(data), "size": len(data)}
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:")
+
+
+class _OsShim:
+    """``os`` for the reader: listing and stat generated, everything else the real thing."""
+
+    def __init__(self, storage: GeneratedStorage) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def scandir(self, path: str) -> Iterator[_Entry]:
+        return self._storage.scandir(path)
+
+    def stat(self, path: str) -> _Stat:
+        return self._storage.stat(path)
+
+
+def measure(tags: int, per_repository: int) -> dict[str, Any]:
+    repositories = math.ceil(tags / per_repository)
+    storage = GeneratedStorage(repositories, per_repository)
+    storage_reader.os = _OsShim(storage)  # type: ignore[assignment,attr-defined]
+    storage_reader._read = storage.read
+    storage_reader.storage_root_problem = lambda root: None
+    policy = benchmark_policy("http://127.0.0.1:5000", Path("/nonexistent"), 8)
+    rss_before = _rss_kib("VmRSS")
+    started = time.perf_counter()
+    scanned = storage_reader.read_storage(Path(ROOT), registry=policy.registry.url)
+    scanned_rss = _rss_kib("VmRSS")
+    plan = planner.plan(policy, scanned, datetime.now(UTC))
+    found = sum(len(repository.tags) for repository in scanned.repositories)
+    if found != repositories * per_repository or any(r.error for r in scanned.repositories):
+        raise RuntimeError(f"the reader did not see every generated tag ({found})")
+    return {
+        "tags": found,
+        "repositories": repositories,
+        "seconds_with_generation": round(time.perf_counter() - started, 1),
+        "tags_to_delete": plan.summary.tags_to_delete,
+        "rss_before_mb": round(rss_before / 1024, 1),
+        "rss_after_scan_mb": round(scanned_rss / 1024, 1),
+        "peak_rss_mb": round(_rss_kib("VmHWM") / 1024, 1),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tags", type=int, default=1_000_000)
+    parser.add_argument("--tags-per-repository", type=int, default=50)
+    options = parser.parse_args()
+    print(json.dumps(measure(options.tags, options.tags_per_repository)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Read the inventory straight from the registry's filesystem storage; reads only.
+
+For the sidecar that already mounts the registry's volume: instead of two requests per tag,
+the files the registry itself would read, under ``<root>/docker/registry/v2`` (the layout of
+Distribution's filesystem driver, which ``registry garbage-collect`` walks the same way):
+
+* a repository is a directory under ``repositories/`` holding ``_layers`` (walked depth
+  first in sorted order, as the catalog is), its tags the directories of
+  ``_manifests/tags/``, a tag's digest the content of ``<tag>/current/link``;
+* a manifest is readable in a repository when ``_manifests/revisions/<alg>/<hex>/link``
+  names it, a config when ``_layers/<alg>/<hex>/link`` does; the bytes of either are
+  ``blobs/<alg>/<hex[:2]>/<hex>/data``.
+
+The result is the same ``Inventory`` the API scan gives (a test checks equality on one
+registry), because the same parser reads the same bytes. The same rules fail closed: a
+file that disappears mid-scan, a partial write (bytes that do not hash to their digest, a
+link that is not a digest) or a link to a missing blob fails that repository, so nothing
+is deleted there; the others go on.
+
+Why this cannot delete a moved tag: it only reads. Deletions go through the API, and the
+executor re-resolves every tag over the API right before deleting, so a tag moved after
+this read is skipped. It uses no cache: reading two small files costs about what a cache
+lookup does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
+from retention.errors import InvalidManifest, StorageReadError
+from retention.registry import FetchedManifest, parse_created, parse_manifest
+from retention.registry.client import MANIFEST_LIMIT_BYTES, digest_matches
+from retention.registry.manifests import dated
+from retention.scan.inventory import ProgressCallback
+
+V2 = Path("docker/registry/v2")
+CONFIG_LIMIT_BYTES = 4 * 1024 * 1024
+_LINK_LIMIT_BYTES = 1024
+_CHUNK_BYTES = 64 * 1024
+_DIGEST = re.compile(r"(sha256|sha384|sha512):([0-9a-f]{64,128})")
+
+
+def storage_root_problem(root: Path) -> str | None:
+    """Why ``root`` cannot be scanned (None when it can): for ``retention check`` and the pass."""
+    repositories = root / V2 / "repositories"
+    if not repositories.is_dir():
+        return f"{repositories} is not a directory (is storage.path the registry's rootdirectory?)"
+    if not os.access(repositories, os.R_OK | os.X_OK):
+        return f"{repositories} is not readable by this user"
+    return None
+
+
+def read_storage(
+    root: Path,
+    *,
+    registry: str,
+    repositories: Callable[[str], bool] = lambda _: True,
+    progress: ProgressCallback | None = None,
+) -> Inventory:
+    """Every repository ``repositories`` accepts, read from the filesystem under ``root``.
+
+    ``registry`` is the API URL the inventory is for: plans name it, and deletions go there.
+    Raises ``StorageReadError`` only when the storage root itself cannot be read.
+    """
+    problem = storage_root_problem(root)
+    if problem is not None:
+        raise StorageReadError(f"cannot scan the registry's storage: {problem}")
+    v2 = str(root / V2)
+    shared: dict[Blob, Blob] = {}
+    names = [n for n in _repository_names(v2 + "/repositories") if repositories(n)]
+    scanned = []
+    for name in names:  # listed first, so the progress total never grows
+        scanned.append(_RepositoryRead(v2, name, shared).run())
+        if progress is not None:
+            progress(len(scanned), len(names))
+    return Inventory(registry=registry, repositories=tuple(scanned))
+
+
+def _repository_names(base: str, prefix: str = "") -> Iterator[str]:
+    """Depth first in sorted order, like Distribution's catalog walk.
+
+    A directory holding ``_layers`` is a repository, as the 2.8 catalog has it (so a push
+    interrupted before its manifest is listed, with no tags), and may hold more
+    repositories (``a`` and ``a/b``); directories starting with ``_`` are the registry's own.
+    """
+    try:
+        entries = sorted(entry.name for entry in os.scandir(base) if entry.is_dir())
+    except OSError:
+        return  # vanished mid-walk: the catalog would not list it either
+    if prefix and "_layers" in entries:
+        yield prefix.rstrip("/")
+    for name in entries:
+        if not name.startswith("_"):
+            yield from _repository_names(f"{base}/{name}", f"{prefix}{name}/")
+
+
+class _RepositoryRead:
+    """One repository, keeping what it read so a failure can still report it."""
+
+    def __init__(self, v2: str, name: str, shared: dict[Blob, Blob]) -> None:
+        self._v2 = v2
+        self._name = name
+        self._repository = f"{v2}/repositories/{name}"
+        self._tags: list[Tag] = []
+        self._manifests: dict[str, Manifest] = {}
+        self._created: dict[str, datetime | None] = {}
+        self._shared = shared
+
+    def run(self) -> Repository:
+        error = None
+        try:
+            for name in self._tag_names():
+                self._tags.append(Tag(name=name, digest=self._tag_digest(name)))
+                self._manifest(self._tags[-1].digest)
+        except (StorageReadError, InvalidManifest) as exc:
+            error = " ".join(f"{self._name}: {exc}".split())
+        return Repository(
+            name=self._name,
+            tags=tuple(sorted(self._tags, key=lambda tag: tag.name)),
+            manifests=self._manifests,
+            error=error,
+        )
+
+    def _tag_names(self) -> list[str]:
+        """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN)."""
+        path = f"{self._repository}/_manifests/tags"
+        try:
+            return [entry.name for entry in os.scandir(path) if entry.is_dir()]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StorageReadError(f"cannot list the tags in {path}: {exc.strerror}") from exc
+
+    def _tag_digest(self, tag: str) -> str:
+        return self._link(f"{self._repository}/_manifests/tags/{tag}/current/link", f"tag {tag!r}")
+
+    def _manifest(self, digest: str) -> Manifest:
+        """Read, parse and date a manifest once; an index's children too."""
+        known = self._manifests.get(digest)
+        if known is not None:
+            return known
+        self._linked("_manifests/revisions", digest, "manifest")
+        body = self._blob(digest, MANIFEST_LIMIT_BYTES)
+        fetched = FetchedManifest(digest, "", body)  # no Content-Type: the parser infers it
+        manifest, config = parse_manifest(fetched, self._shared)
+        if config is not None:
+            created = self._config_created(config)
+        else:
+            children = [self._manifest(child) for child in manifest.children]
+            created = max((c.created for c in children if c.created is not None), default=None)
+        manifest = dated(manifest, created)
+        self._manifests[digest] = manifest
+        return manifest
+
+    def _config_created(self, config: str) -> datetime | None:
+        if config not in self._created:
+            self._linked("_layers", config, "config")
+            self._created[config] = parse_created(self._blob(config, CONFIG_LIMIT_BYTES))
+        return self._created[config]
+
+    def _linked(self, directory: str, digest: str, what: str) -> None:
+        """The repository's link to ``digest``: what makes it readable here over the API.
+
+        Its path already names the digest, and a link holds exactly the digest, so a stat
+        that finds the right size proves it as well as reading it would (a partial write
+        has another size), at a fraction of the cost of opening the file.
+        """
+        algorithm, _, hex_digest = digest.partition(":")
+        path = f"{self._repository}/{directory}/{algorithm}/{hex_digest}/link"
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise StorageReadError(f"{what} {digest}: cannot read {path}: {exc.strerror}") from exc
+        if size != len(digest):
+            raise StorageReadError(f"{what} {digest}: {path} holds {size} bytes, not a digest")
+
+    def _link(self, path: str, what: str) -> str:
+        """A link file's digest; a missing, partial or foreign one fails the repository."""
+        content = _read(path, _LINK_LIMIT_BYTES, what).decode("ascii", "replace")
+        if _DIGEST.fullmatch(content) is None:
+            raise StorageReadError(f"{what}: {path} holds {content[:80]!r}, not a digest")
+        return content
+
+    def _blob(self, digest: str, limit: int) -> bytes:
+        algorithm, _, hex_digest = digest.partition(":")
+        path = f"{self._v2}/blobs/{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
+        data = _read(path, limit, f"blob {digest}")
+        if not digest_matches(digest, data):
+            raise StorageReadError(f"blob {digest}: {path} does not match its digest")
+        return data
+
+
+def _read(path: str, limit: int, what: str) -> bytes:
+    """The whole file, at most ``limit`` bytes; any OS error names the file and the reason.
+
+    One ``read`` of a small chunk for the usual few-KB file: asking for ``limit`` bytes at
+    once would allocate (and map) 4 MiB per file. A regular file returns less than asked
+    only at its end, so a short read is the whole file.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    try:
+        chunks = [os.read(descriptor, _CHUNK_BYTES)]
+        received = len(chunks[0])
+        while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
+            chunks.append(os.read(descriptor, _CHUNK_BYTES))
+            received += len(chunks[-1])
+    except OSError as exc:
+        raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(descriptor)
+    if received > limit:
+        raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,238 @@
+"""scan: storage against the real registry's files: the same inventory, the same failures.
+
+Every registry here is filled by pushing over the real API, so the files read are the ones
+Distribution 2.8 wrote. Damage is done the way it happens in the field: a file removed or
+cut short on disk, a blob removed between two reads of the scan.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from registry_server import RegistryServer, Seeder
+
+from retention.apply import executor
+from retention.core import planner
+from retention.core.model import Inventory, Outcome, Repository, Tag
+from retention.core.policy import RegistrySettings, policy_from_mapping
+from retention.errors import StorageReadError
+from retention.registry import RegistryClient
+from retention.scan import inventory
+from retention.scan.storage_reader import read_storage, storage_root_problem
+
+JANUARY = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
+MARCH = datetime(2024, 3, 15, 10, 0, tzinfo=UTC)
+
+
+async def over_api(server: RegistryServer) -> Inventory:
+    async with RegistryClient(RegistrySettings(url=server.url, retries=0)) as client:
+        return await inventory.collect(client)
+
+
+def from_storage(server: RegistryServer) -> Inventory:
+    return read_storage(server.root, registry=server.url)
+
+
+def repositories(collected: Inventory) -> dict[str, Repository]:
+    return {repository.name: repository for repository in collected.repositories}
+
+
+def blob_data(server: RegistryServer, digest: str) -> Path:
+    hex_digest = digest.removeprefix("sha256:")
+    return server.root / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data"
+
+
+def repository_dir(server: RegistryServer, name: str) -> Path:
+    return server.root / "docker/registry/v2/repositories" / name
+
+
+def seed_everything(seeder: Seeder) -> dict[str, str]:
+    """Shared digests, an index and its children, OCI, no created time, nested names."""
+    old = seeder.image("team/web", ["v1", "stable"], JANUARY, layers=2)
+    seeder.image("team/web", ["v2"], MARCH)
+    seeder.image("team", ["undated"], None)
+    amd64 = seeder.image("app", [], MARCH, media="oci")
+    arm64 = seeder.image("app", [], JANUARY, media="oci")
+    index = seeder.index("app", ["multi", "latest"], [amd64, arm64], media="oci")
+    seeder.image("app-docker", ["x"], JANUARY, unique="x")
+    seeder.blob("half-pushed", b"a layer whose manifest never came")
+    return {"old": old, "amd64": amd64, "arm64": arm64, "index": index}
+
+
+async def test_the_storage_scan_gives_the_same_inventory_as_the_api_scan(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seed_everything(seeder)
+
+    from_api = await over_api(registry_server)
+    read = from_storage(registry_server)
+
+    assert read == from_api
+    names = [r.name for r in read.repositories]
+    assert names == ["app", "app-docker", "half-pushed", "team", "team/web"]
+    assert all(r.error is None for r in read.repositories)
+
+
+async def test_a_blob_removed_mid_scan_fails_only_its_repository(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seeder.image("web", ["v1"], JANUARY, unique="1")
+    second = seeder.image("web", ["v2"], MARCH, unique="2")
+    api = seeder.image("api", ["v1"], JANUARY)
+    removed: list[Path] = []
+
+    def remove_once_web_is_listed(done: int, total: int) -> None:
+        """Called after each repository: once api is read (web comes next), a blob goes."""
+        if (done, total) == (1, 2) and not removed:
+            removed.append(blob_data(registry_server, second))
+            removed[0].unlink()
+
+    read = read_storage(
+        registry_server.root, registry=registry_server.url, progress=remove_once_web_is_listed
+    )
+
+    found = repositories(read)
+    assert found["api"].tags == (Tag("v1", api),) and found["api"].error is None
+    assert removed, "the scan never got as far as the first tag"
+    assert found["web"].error is not None
+    assert second.removeprefix("sha256:") in found["web"].error
+    assert "No such file" in found["web"].error
+    assert "\n" not in found["web"].error
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "manifest blob cut short",
+        "config blob missing",
+        "tag link cut short",
+        "revision link missing",
+        "revision link cut short",
+        "config link missing",
+        "tag link missing",
+    ],
+)
+async def test_damaged_files_fail_their_repository_and_no_other(
+    registry_server: RegistryServer, seeder: Seeder, damage: str
+) -> None:
+    digest = seeder.image("web", ["v1"], JANUARY, unique="web")
+    api = seeder.image("api", ["v1"], JANUARY)
+    web = repositories(from_storage(registry_server))["web"]
+    config = web.manifests[digest].blobs[0].digest
+    hex_digest, config_hex = digest.removeprefix("sha256:"), config.removeprefix("sha256:")
+    tags = repository_dir(registry_server, "web") / "_manifests/tags"
+    paths = {
+        "manifest blob cut short": blob_data(registry_server, digest),
+        "config blob missing": blob_data(registry_server, config),
+        "tag link cut short": tags / "v1/current/link",
+        "revision link missing": repository_dir(registry_server, "web")
+        / f"_manifests/revisions/sha256/{hex_digest}/link",
+        "revision link cut short": repository_dir(registry_server, "web")
+        / f"_manifests/revisions/sha256/{hex_digest}/link",
+        "config link missing": repository_dir(registry_server, "web")
+        / f"_layers/sha256/{config_hex}/link",
+        "tag link missing": tags / "v1/current/link",
+    }
+    path = paths[damage]
+    if damage.endswith("cut short"):
+        path.write_bytes(path.read_bytes()[:20])
+    else:
+        path.unlink()
+
+    found = repositories(from_storage(registry_server))
+
+    assert found["web"].error is not None
+    assert found["web"].error.startswith("web: ")
+    assert found["api"].error is None and found["api"].tags == (Tag("v1", api),)
+
+
+async def test_an_index_whose_child_was_deleted_fails_its_repository(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    digests = seed_everything(seeder)
+    async with RegistryClient(RegistrySettings(url=registry_server.url)) as client:
+        await client.delete_manifest("app", digests["arm64"])
+
+    found = repositories(from_storage(registry_server))
+
+    assert found["app"].error is not None
+    assert digests["arm64"] in found["app"].error
+    assert found["team/web"].error is None
+
+
+def test_a_storage_root_that_is_not_a_registry_fails_the_scan_in_one_line(tmp_path: Path) -> None:
+    assert storage_root_problem(tmp_path) is not None
+
+    with pytest.raises(StorageReadError) as raised:
+        read_storage(tmp_path, registry="http://127.0.0.1:5000")
+
+    assert str(tmp_path) in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+async def test_only_repositories_the_filter_accepts_are_read(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seed_everything(seeder)
+
+    read = read_storage(
+        registry_server.root,
+        registry=registry_server.url,
+        repositories=lambda name: name.startswith("team"),
+    )
+
+    assert [r.name for r in read.repositories] == ["team", "team/web"]
+
+
+async def test_a_tag_moved_after_a_storage_scan_is_skipped_not_deleted(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    now = datetime.now(UTC)
+    old = seeder.image("app", ["a"], now - timedelta(days=5), unique="old")
+    seeder.image("app", ["b"], now - timedelta(days=1), unique="new")
+    policy = policy_from_mapping(
+        {
+            "registry": {"url": registry_server.url, "retries": 0},
+            "rules": [{"name": "builds", "keep_last": 1}],
+            "safety": {"max_delete_fraction": 1.0},
+            "storage": {"path": str(registry_server.root)},
+            "scan": "storage",
+        }
+    )
+    plan = planner.plan(policy, from_storage(registry_server), now)
+    moved_to = seeder.image("app", ["a"], now, unique="pushed-later")
+
+    async with RegistryClient(policy.registry) as client:
+        results = await executor.apply(client, plan)
+
+    assert [(r.digest, r.outcome, r.detail) for r in results] == [
+        (old, Outcome.SKIPPED, f"tag 'a' moved to {moved_to} since the plan")
+    ]
+    assert seeder.manifest_status("app", old) == 200
+
+
+async def test_an_unlistable_tag_directory_fails_its_repository_and_progress_still_ends(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seeder.image("web", ["v1", "v2"], JANUARY)
+    seeder.image("api", ["v1", "v2", "v3"], JANUARY)
+    api_tags = repository_dir(registry_server, "api") / "_manifests/tags"
+    (api_tags / "v2/current/link").unlink()  # api fails at one of its three tags
+    web_tags = repository_dir(registry_server, "web") / "_manifests/tags"
+    shutil.rmtree(web_tags)
+    web_tags.write_bytes(b"not a directory")
+    seen: list[tuple[int, int]] = []
+
+    read = read_storage(
+        registry_server.root,
+        registry=registry_server.url,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+
+    found = repositories(read)
+    assert found["web"].error is not None and "cannot list the tags" in found["web"].error
+    assert found["api"].error is not None and "v2" in found["api"].error
+    assert seen == [(1, 2), (2, 2)]  # repositories read of listed: failures count as read
