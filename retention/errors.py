@@ -35,6 +35,8 @@ Every module raises these and nothing defines its own, so this drawing is the wh
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class RetentionError(Exception):
     """Base of every expected failure; ``str()`` is the one-line message."""
@@ -181,3 +183,23 @@ class GateError(RetentionError):
 
 class DemoError(RetentionError):
     """The demo registry could not be started."""
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def first_in(group: BaseExceptionGroup[BaseException], kind: type[E]) -> E | None:
+    """The first ``kind`` in a (possibly nested) exception group, for a one-line message.
+
+    Found by hand rather than with ``except*``: before Python 3.11.4 (Debian 12 has 3.11.2)
+    an exception raised inside ``except*`` comes out wrapped in a new ExceptionGroup
+    (CPython gh-103590), so the caller would miss it.
+    """
+    for found in group.exceptions:
+        if isinstance(found, kind):
+            return found
+        if isinstance(found, BaseExceptionGroup):
+            nested = first_in(found, kind)
+            if nested is not None:
+                return nested
+    return None

@@ -31,6 +31,7 @@ from retention.errors import (
     RegistryError,
     RegistryUnreachable,
     TrashError,
+    first_in,
 )
 from retention.logs import get_logger
 from retention.registry import FetchedManifest, RegistryClient, parse_manifest
@@ -72,8 +73,8 @@ async def _apply_everywhere(
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(_apply_repository(client, r, state)) for r in work]
-    except BaseExceptionGroup as failed:  # not except*: see _first
-        disabled = _first(failed)
+    except BaseExceptionGroup as failed:  # not except*: see errors.first_in
+        disabled = first_in(failed, DeleteDisabled)
         if disabled is None:
             raise
         if state.trash is not None:
@@ -81,23 +82,6 @@ async def _apply_everywhere(
             state.trash.settle_in_flight(deleted=False)
         raise disabled from None
     return tuple(result for task in tasks for result in task.result())
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> DeleteDisabled | None:
-    """The first DeleteDisabled of a (possibly nested) group: one line for the operator.
-
-    Found by hand rather than with ``except*``: before Python 3.11.4 (Debian 12 has 3.11.2)
-    an exception raised inside ``except*`` comes out wrapped in a new ExceptionGroup
-    (CPython gh-103590), and the runner would miss it.
-    """
-    for found in group.exceptions:
-        if isinstance(found, DeleteDisabled):
-            return found
-        if isinstance(found, BaseExceptionGroup):
-            nested = _first(found)
-            if nested is not None:
-                return nested
-    return None
 
 
 @dataclass

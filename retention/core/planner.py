@@ -709,24 +709,22 @@ def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:
 
 
 def _keep(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
-    return TagDecision(
-        tag=tag.name,
-        digest=tag.digest,
-        created=created,
-        action=Action.KEEP,
-        rule=rule,
-        reason=reason,
-        pushed=tag.pushed,
-        pulled=tag.pulled,
-    )
+    return _decision(tag, created, Action.KEEP, rule, reason)
 
 
 def _delete(tag: Tag, created: datetime | None, rule: str | None, reason: str) -> TagDecision:
+    return _decision(tag, created, Action.DELETE, rule, reason)
+
+
+def _decision(
+    tag: Tag, created: datetime | None, action: Action, rule: str | None, reason: str
+) -> TagDecision:
+    """A tag's fate, carrying the times it was scanned with (the report shows them)."""
     return TagDecision(
         tag=tag.name,
         digest=tag.digest,
         created=created,
-        action=Action.DELETE,
+        action=action,
         rule=rule,
         reason=reason,
         pushed=tag.pushed,

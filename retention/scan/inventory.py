@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
-from retention.errors import NotFound, RegistryError
+from retention.errors import NotFound, RegistryError, first_in
 from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
 from retention.registry.manifests import dated
 from retention.state.manifest_cache import ManifestCache
@@ -277,22 +277,10 @@ async def _all_or_first_error(
             for call in calls:
                 group.create_task(call)
     except BaseExceptionGroup as failures:
-        first = _first(failures)
+        first = first_in(failures, RegistryError)
         if first is None:
             raise
         raise first from None
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> RegistryError | None:
-    """The first RegistryError in a (possibly nested) group, if there is one."""
-    for found in group.exceptions:
-        if isinstance(found, RegistryError):
-            return found
-        if isinstance(found, BaseExceptionGroup):
-            nested = _first(found)
-            if nested is not None:
-                return nested
-    return None
 
 
 def _newest(times: Iterable[datetime | None]) -> datetime | None:
