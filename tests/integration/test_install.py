@@ -115,11 +115,11 @@ def test_the_readme_test_command_installs_into_the_venv_and_runs_pytest_from_it(
 
     installed = run_shell(install, checkout)
     collected = run_shell(
-        f"{shlex.join(runner)} --collect-only -q tests/unit/test_report.py", checkout
+        f"{shlex.join(runner)} --collect-only -q tests/unit/core/test_render.py", checkout
     )
 
     assert installed.returncode == 0, installed.stderr[-4000:]
     assert collected.returncode == 0, collected.stdout[-2000:] + collected.stderr[-2000:]
-    assert "test_report.py::" in collected.stdout
+    assert "test_render.py::" in collected.stdout
     base = run_shell(".venv/bin/python -c 'import sys; print(sys.base_prefix)'", checkout)
     assert base.stdout.strip() == "/usr", "the venv is made from Debian's own python3"

@@ -23,7 +23,7 @@ from retention.core.policy import (
     Storage,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "policies.example.yml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "policies.example.yml"
 
 
 def test_the_example_policy_loads_without_any_environment_variable() -> None:

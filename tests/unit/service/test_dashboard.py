@@ -15,7 +15,7 @@ from retention.core.model import GcResult, Plan, RunResult, StorageUsage
 from retention.service.event_receiver import Answer
 from retention.service.metrics import Metrics
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "retention-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "retention-dashboard.json"
 NOW = datetime(2026, 1, 15, tzinfo=UTC)
 METRIC = re.compile(r"\bretention_[a-z_]+\b")
 
