@@ -34,7 +34,8 @@ from pathlib import Path
 from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
 from retention.errors import InvalidManifest, StorageReadError
 from retention.registry import FetchedManifest, parse_created, parse_manifest
-from retention.registry.client import MANIFEST_LIMIT_BYTES, digest_matches
+from retention.registry.client import MANIFEST_LIMIT_BYTES
+from retention.registry.digests import digest_matches
 from retention.registry.manifests import dated
 from retention.scan.inventory import ProgressCallback
 

@@ -31,7 +31,7 @@ from retention.errors import (
     WriteRefused,
 )
 from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
-from retention.registry.client import backoff_seconds
+from retention.registry.retry import backoff_seconds
 
 ACCEPT = (
     "application/vnd.docker.distribution.manifest.v2+json, "

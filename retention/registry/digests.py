@@ -1,0 +1,25 @@
+"""Digests: how a body is named and checked (``sha256:<hex>``), nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_DIGEST = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+
+
+def sha256_digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def is_digest(reference: str) -> bool:
+    """True for ``algorithm:hex`` references; tags cannot contain a colon."""
+    return _DIGEST.fullmatch(reference) is not None
+
+
+def digest_matches(digest: str, data: bytes) -> bool:
+    """Whether ``data`` hashes to ``digest``; unknown algorithms never match (fail closed)."""
+    algorithm, _, expected = digest.partition(":")
+    if algorithm not in ("sha256", "sha384", "sha512"):
+        return False
+    return hashlib.new(algorithm, data).hexdigest() == expected
