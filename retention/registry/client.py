@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import httpx
-import structlog
 from httpx_aiohttp import AiohttpTransport
 
 from retention import __version__
@@ -50,8 +49,6 @@ from retention.registry.retry import RETRY_STATUSES, backoff_seconds
 from retention.registry.tls import tls_context, tls_failure
 
 Sleep = Callable[[float], Awaitable[None]]
-# retention.logs sits above this package in .importlinter's layers; structlog is the same.
-log = structlog.get_logger(__name__)
 
 # Dropped or stalled connections are worth another try; a bad URL or a proxy refusing us is not.
 _RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
