@@ -25,6 +25,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── EventStoreError        the notification event store cannot be read or written
     ├── MalformedEnvelope      a notification body that is not Distribution's envelope
     ├── InUseError             an in_use source could not be read: the pass deletes nothing
+    ├── NotAReference          text in an in_use source that is not an image reference
+    ├── DeliveryError          one attempt to deliver a notify: message failed (retried)
     ├── HoldsError             the file of restored tags' holds cannot be read or written
     ├── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
     ├── GateError              the write gate could not start (gate.listen taken, say)
@@ -157,6 +159,15 @@ class MalformedEnvelope(RetentionError):
 
 class InUseError(RetentionError):
     """An ``in_use`` source failed; the message names it. Nothing is deleted in that pass."""
+
+
+class NotAReference(RetentionError):
+    """Text that is not an image reference; the message says what is wrong with it."""
+
+
+class DeliveryError(RetentionError):
+    """One attempt to deliver a notification failed; the notifier retries it, and it never
+    leaves ``service/notify.py`` (a pass is never failed by a notification)."""
 
 
 class HoldsError(RetentionError):

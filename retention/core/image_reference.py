@@ -14,16 +14,14 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from retention.errors import NotAReference
+
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d+)?|\[[0-9a-fA-F:]+\](?::\d+)?")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
-
-
-class NotAReference(ValueError):
-    """Text that is not an image reference; the message says what is wrong with it."""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from retention.core import image_reference
-from retention.core.image_reference import ImageReference, NotAReference
+from retention.core.image_reference import ImageReference
 from retention.core.policy import InUseSource, KubernetesSource
-from retention.errors import InUseError
+from retention.errors import InUseError, NotAReference
 
 # Pod templates of these (API group method, kind) pairs: a Deployment scaled to zero has no
 # pods, yet scaling it up pulls its image. Old ReplicaSets are what `kubectl rollout undo`

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from retention.core import planner
 from retention.core.model import Outcome, RunResult
 from retention.core.policy import NotifyEvent, NotifyTarget, Policy
+from retention.errors import DeliveryError
 from retention.logs import get_logger
 
 log = get_logger(__name__)
@@ -194,10 +195,6 @@ def redact(url: str) -> str:
 
 
 # -- delivery -------------------------------------------------------------------------------
-
-
-class DeliveryError(Exception):
-    """One attempt failed; caught in the worker and retried (never leaves this module)."""
 
 
 def deliver(target: NotifyTarget, notice: Notice) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from retention.core.image_reference import NotAReference, parse, registry_host
+from retention.core.image_reference import parse, registry_host
+from retention.errors import NotAReference
 
 HOST = registry_host("http://127.0.0.1:5000")
 DIGEST = "sha256:" + "ab" * 32
