@@ -8,37 +8,15 @@ figures were measured on both paths, no request failed, and the registry and the
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "gate_benchmark.py"
-
-
-def workdirs() -> set[Path]:
-    parents = (Path("/dev/shm"), Path(tempfile.gettempdir()))
-    return {path for parent in parents for path in parent.glob("retention-gate-benchmark-*")}
+from benchmark_support import run_quick
 
 
 def test_a_quick_gate_benchmark_compares_blobs_and_heads_through_the_gate_and_direct() -> None:
-    existing = workdirs()
+    report = run_quick("gate_benchmark.py", "retention-gate-benchmark-")
 
-    finished = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-    assert finished.returncode == 0, finished.stderr
-    report = json.loads(finished.stdout)
     assert [c["name"] for c in report["comparisons"]] == ["1 MB blob GET", "manifest HEAD"]
     for comparison in report["comparisons"]:
         assert comparison["failed_requests"] == 0
         assert comparison["direct"] > 0 and comparison["gated"] > 0
         assert comparison["ratio"] == comparison["gated"] / comparison["direct"]
         assert comparison["gate_cpu_ms_per_request"] > 0  # the requests did cross the gate
-    assert workdirs() <= existing

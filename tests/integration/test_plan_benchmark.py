@@ -10,34 +10,12 @@ blob, and the registry it started is gone.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "plan_benchmark.py"
-
-
-def workdirs() -> set[Path]:
-    """Benchmark storage directories that exist now, wherever the benchmark puts them."""
-    parents = (Path("/dev/shm"), Path(tempfile.gettempdir()))
-    return {path for parent in parents for path in parent.glob("retention-benchmark-*")}
+from benchmark_support import run_quick
 
 
 def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
-    existing = workdirs()
+    report = run_quick("plan_benchmark.py", "retention-benchmark-")
 
-    finished = subprocess.run(
-        [sys.executable, str(BENCHMARK), "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-    assert finished.returncode == 0, finished.stderr
-    report = json.loads(finished.stdout)
     (run,) = report["runs"]
     assert (run["tags"], run["repositories"]) == (12, 3)
     assert run["limit"]["requests"] == 24  # a GET by tag and a GET of its config, per tag
@@ -55,4 +33,3 @@ def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
         "warm plan speed-up",
         "peak RSS of a plan",
     }
-    assert workdirs() <= existing  # storage removed, so the registry was stopped first
