@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from retention.core import artifacts, semver
+from retention.core import artifacts, semver, untagged
 from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
@@ -122,17 +122,40 @@ def plan_repository(
     fates = _fates(images, repository)
     attached = artifacts.decide(repository, found, fates, policy.artifacts.delete_orphans)
     decisions = _hold_needed_digests((*images, *attached), repository.manifests)
+    grace = policy.safety.grace_period
+    loose = untagged.decide(policy.untagged, repository, decisions, now, grace)
     if repository.error is not None or held:
+        loose = _held_back(loose, repository.error, held or None)
         return RepositoryPlan(
             name=repository.name,
-            decisions=_report_order(_described(decisions, repository)),
+            decisions=_rows(decisions, loose, repository),
             error=repository.error,
             held=held or None,
         )
+    also_kept = untagged.kept_closure(loose, repository.manifests)
     return RepositoryPlan(
         name=repository.name,
-        decisions=_report_order(_described(decisions, repository)),
-        deletions=_deletions(decisions, repository.manifests),
+        decisions=_rows(decisions, loose, repository),
+        deletions=(
+            *_deletions(decisions, repository.manifests, also_kept),
+            *untagged.deletions(loose, repository.manifests),
+        ),
+    )
+
+
+def _rows(
+    decisions: Sequence[TagDecision], loose: Sequence[TagDecision], repository: Repository
+) -> tuple[TagDecision, ...]:
+    """Tags in report order, then the manifests no tag points at (sized, by digest)."""
+    sized = [
+        replace(r, size=_size(repository.manifests[r.digest], repository.manifests))
+        if r.digest in repository.manifests
+        else r
+        for r in loose
+    ]
+    return (
+        *_report_order(_described(decisions, repository)),
+        *sorted(sized, key=lambda r: r.digest),
     )
 
 
@@ -539,14 +562,20 @@ def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]
 
 
 def _deletions(
-    decisions: Sequence[TagDecision], manifests: Mapping[str, Manifest]
+    decisions: Sequence[TagDecision],
+    manifests: Mapping[str, Manifest],
+    also_kept: set[str] | None = None,
 ) -> tuple[ManifestDeletion, ...]:
-    """Images, artifacts, then orphaned index children; each names what must go first."""
+    """Images, artifacts, then orphaned index children; each names what must go first.
+
+    ``also_kept``: what kept untagged manifests need (an untagged index kept may share a
+    child with a tagged index that goes).
+    """
     tags_by_digest: dict[str, list[str]] = {}
     for decision in decisions:
         if decision.action is Action.DELETE:
             tags_by_digest.setdefault(decision.digest, []).append(decision.tag)
-    kept = _kept_closure(decisions, manifests)
+    kept = _kept_closure(decisions, manifests) | (also_kept or set())
     parents: dict[str, list[str]] = {}
     for digest in sorted(tags_by_digest):
         for child in _descendants(digest, manifests):

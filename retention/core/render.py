@@ -18,10 +18,12 @@ from retention.core.model import (
     Plan,
     RepositoryPlan,
     RunResult,
+    Summary,
     TagDecision,
 )
 
 FORMATS = ("table", "wide", "json", "markdown")
+UNTAGGED_CELL = "<untagged>"
 
 
 def render(subject: Plan | RunResult, fmt: str, *, only_delete: bool = False) -> str:
@@ -189,11 +191,16 @@ def _headline(result: RunResult) -> str:
 
 
 def _repository_title(repository: RepositoryPlan) -> str:
-    deleting = len(repository.tags_to_delete)
+    tags = repository.tag_decisions
+    deleting = sum(1 for d in tags if d.action is Action.DELETE)
     title = (
-        f"{repository.name}: {_count(len(repository.decisions), 'tag')}, {deleting} to delete, "
+        f"{repository.name}: {_count(len(tags), 'tag')}, {deleting} to delete, "
         f"{_count(len(repository.deletions), 'manifest')}"
     )
+    loose = repository.untagged_decisions
+    if loose:
+        going = sum(1 for d in loose if d.action is Action.DELETE)
+        title = title.replace(", ", f" (+{len(loose)} untagged, {going} to delete), ", 1)
     if repository.error:
         return f"{title} — SKIPPED, not fully read: {repository.error}"
     if repository.held:
@@ -231,7 +238,7 @@ def _row(
         pushed = timestamp(decision.pushed) if decision.pushed else "unknown"
         extra = (decision.kind, size, pushed)
     return (
-        f"└ {decision.tag}" if decision.is_artifact else decision.tag,
+        _tag_cell(decision),
         _action(decision, outcomes),
         decision.rule or "-",
         *extra,
@@ -241,11 +248,19 @@ def _row(
     )
 
 
+def _tag_cell(decision: TagDecision) -> str:
+    """Artifacts hang under their subject; a manifest no tag points at reads ``<untagged>``."""
+    if decision.is_untagged:
+        return UNTAGGED_CELL
+    return f"└ {decision.tag}" if decision.is_artifact else decision.tag
+
+
 def _footer(result: RunResult) -> list[str]:
     s = result.plan.summary
     lines = [
         f"total: {_count(s.repositories, 'repository')}, {_count(s.tags, 'tag')}, "
         f"{_count(s.tags_to_delete, 'tag')} to delete, "
+        f"{_untagged_counts(s)}"
         f"{_count(s.manifests_to_delete, 'manifest')} to delete, "
         f"~{human_bytes(s.reclaimable_bytes)} reclaimable",
     ]
@@ -255,6 +270,12 @@ def _footer(result: RunResult) -> list[str]:
     lines.extend(f"error: {e}" for e in result.errors)
     lines.extend(f"broken: {problem}" for problem in result.verification)
     return lines
+
+
+def _untagged_counts(summary: Summary) -> str:
+    if not summary.untagged:
+        return ""
+    return f"{summary.untagged} untagged ({summary.untagged_to_delete} to delete), "
 
 
 def _refusals(result: RunResult) -> list[str]:
