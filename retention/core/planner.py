@@ -123,7 +123,7 @@ def plan_repository(
     attached = artifacts.decide(repository, found, fates, policy.artifacts.delete_orphans)
     decisions = _hold_needed_digests((*images, *attached), repository.manifests)
     grace = policy.safety.grace_period
-    loose = untagged.decide(policy.untagged, repository, decisions, now, grace)
+    loose = untagged.decide(policy.untagged, repository, decisions, now, grace, in_use)
     if repository.error is not None or held:
         loose = _held_back(loose, repository.error, held or None)
         return RepositoryPlan(

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
     DeletionKind,
@@ -42,11 +43,15 @@ def decide(
     decisions: Sequence[TagDecision],
     now: datetime,
     grace: timedelta,
+    in_use: Sequence[ImageReference] = (),
 ) -> tuple[TagDecision, ...]:
-    """One row per untagged manifest of ``repository``, given the tags' final ``decisions``."""
+    """One row per untagged manifest of ``repository``, given the tags' final ``decisions``.
+
+    ``in_use``: a workload pinned by digest to an image whose tag moved on still runs it.
+    """
     if not repository.untagged:
         return ()
-    needed = _needed_by_tags(decisions, repository.manifests)
+    needed = _needed_by_tags(decisions, repository.manifests) | _in_use(repository, in_use)
     rows = {
         u.digest: _row(u, repository.manifests, _verdict(settings, repository.name, u, now, grace))
         for u in repository.untagged
@@ -105,6 +110,19 @@ def _verdict(
     if age > settings.max_age:
         return Action.DELETE, f"untagged for {_age(age, settings.max_age)}, older than {limit}"
     return Action.KEEP, f"untagged for {_age(age, settings.max_age)}, newer than {limit}"
+
+
+def _in_use(repository: Repository, in_use: Sequence[ImageReference]) -> dict[str, str]:
+    """digest -> ``in use (origin)``: named by digest, or an index of a platform in use."""
+    used = {r.digest: r.origin for r in sorted(in_use, key=lambda r: r.origin) if r.digest}
+    found: dict[str, str] = {}
+    for untagged in repository.untagged:
+        below = [untagged.digest, *_descendants(untagged.digest, repository.manifests)]
+        origins = sorted({used[d] for d in below if d in used})
+        if origins:
+            more = f" and {len(origins) - 1} more" if len(origins) > 1 else ""
+            found[untagged.digest] = f"in use ({origins[0]}{more})"
+    return found
 
 
 def _needed_by_tags(

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
     DeletionKind,
@@ -239,3 +240,22 @@ def test_a_saved_plan_with_untagged_rows_reads_back_the_same() -> None:
     again = plan_from_dict(to_dict(RunResult(result, dry_run=True)))
     assert again.repositories[0].deletions == result.repositories[0].deletions
     assert again.repositories[0].decisions == result.repositories[0].decisions
+
+
+def test_an_untagged_manifest_in_use_by_digest_is_kept_and_so_is_an_index_of_one() -> None:
+    """A workload pinned to app@sha256:... keeps running it after the tag moved on."""
+    pinned, amd = image("pinned"), image("amd64")
+    parent = index("list", amd)
+    untagged = [(pinned, loose(pinned, 30)), (parent, loose(parent, 30)), (amd, loose(amd, 30))]
+    used = [
+        ImageReference("app", None, pinned.digest, "kubernetes: prod/api"),
+        ImageReference("app", None, amd.digest, "file: /etc/in-use.txt"),
+    ]
+    inventory = Inventory("http://127.0.0.1:5000", (repository({}, untagged),))
+    result = plan(policy(), inventory, NOW, used)
+    assert rows(result) == {
+        pinned.digest: (Action.KEEP, "in use (kubernetes: prod/api)"),
+        parent.digest: (Action.KEEP, "in use (file: /etc/in-use.txt)"),
+        amd.digest: (Action.KEEP, "in use (file: /etc/in-use.txt)"),
+    }
+    assert result.repositories[0].deletions == ()
