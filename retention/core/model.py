@@ -145,7 +145,7 @@ class TagDecision:
     reason: str
     subject: str | None = None
     kind: str = "image"
-    """image, index, platform (a tag on a child of an index) or signature; for reports."""
+    """image, index, platform (a child of an index), signature or untagged; for reports."""
     size: int | None = None
     """Bytes of the manifest and every blob it (or its platforms) references."""
     pushed: datetime | None = None
@@ -160,7 +160,8 @@ class TagDecision:
 
     @property
     def is_untagged(self) -> bool:
-        """A row for a manifest no tag points at (``tag`` is empty): decided by digest."""
+        """A row for a manifest no tag points at (``tag`` is empty): an untagged manifest
+        (kind ``untagged``) or a platform of a tagged index (kind ``platform``)."""
         return not self.tag
 
 
@@ -221,7 +222,8 @@ class RepositoryPlan:
 
     @property
     def untagged_decisions(self) -> tuple[TagDecision, ...]:
-        return tuple(d for d in self.decisions if d.is_untagged)
+        """Manifests no tag reaches (not the platforms of tagged indexes, also tagless)."""
+        return tuple(d for d in self.decisions if d.is_untagged and d.kind == "untagged")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from retention.core import artifacts, semver, untagged
+from retention.core import artifacts, platforms, semver, untagged
 from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
@@ -128,35 +128,41 @@ def plan_repository(
         loose = _held_back(loose, repository.error, held or None)
         return RepositoryPlan(
             name=repository.name,
-            decisions=_rows(decisions, loose, repository),
+            decisions=_rows(decisions, loose, (), repository),
             error=repository.error,
             held=held or None,
         )
     also_kept = untagged.kept_closure(loose, repository.manifests)
+    deletions = (
+        *_deletions(decisions, repository.manifests, also_kept),
+        *untagged.deletions(loose, repository.manifests),
+    )
     return RepositoryPlan(
         name=repository.name,
-        decisions=_rows(decisions, loose, repository),
-        deletions=(
-            *_deletions(decisions, repository.manifests, also_kept),
-            *untagged.deletions(loose, repository.manifests),
-        ),
+        decisions=_rows(decisions, loose, deletions, repository),
+        deletions=deletions,
     )
 
 
 def _rows(
-    decisions: Sequence[TagDecision], loose: Sequence[TagDecision], repository: Repository
+    decisions: Sequence[TagDecision],
+    loose: Sequence[TagDecision],
+    deletions: Sequence[ManifestDeletion],
+    repository: Repository,
 ) -> tuple[TagDecision, ...]:
-    """Tags in report order, then the manifests no tag points at (sized, by digest)."""
+    """Tags in report order, each index's platforms under it, then the untagged manifests."""
+    children = platforms.rows(decisions, deletions, repository.manifests)
+    ordered: list[TagDecision] = []
+    for row in _report_order(_described(decisions, repository)):
+        ordered.append(row)
+        ordered.extend(children.pop(row.digest, []))
     sized = [
         replace(r, size=_size(repository.manifests[r.digest], repository.manifests))
         if r.digest in repository.manifests
         else r
         for r in loose
     ]
-    return (
-        *_report_order(_described(decisions, repository)),
-        *sorted(sized, key=lambda r: r.digest),
-    )
+    return (*ordered, *sorted(sized, key=lambda r: r.digest))
 
 
 def only_rule(plan: Plan, rule: str) -> Plan:

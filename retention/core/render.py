@@ -24,6 +24,7 @@ from retention.core.model import (
 
 FORMATS = ("table", "wide", "json", "markdown")
 UNTAGGED_CELL = "<untagged>"
+PLATFORM_CELL = "└ <platform>"
 
 
 def render(subject: Plan | RunResult, fmt: str, *, only_delete: bool = False) -> str:
@@ -81,7 +82,9 @@ def to_dict(result: RunResult) -> dict[str, Any]:
 def _repository_dict(repository: RepositoryPlan) -> dict[str, Any]:
     return {
         "name": repository.name,
-        "tags": [_decision_dict(d) for d in repository.decisions],
+        "tags": [_decision_dict(d) for d in repository.decisions if not d.is_untagged],
+        # Rows by digest: untagged manifests and the platforms of tagged indexes.
+        "manifests": [_decision_dict(d) for d in repository.decisions if d.is_untagged],
         "delete": [d.digest for d in repository.deletions],
         "deletions": [
             {
@@ -150,7 +153,7 @@ def render_table(result: RunResult, wide: bool = False, only_delete: bool = Fals
     outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines.append(_repository_title(repository))
-        shown = _shown(repository, only_delete)
+        shown = _shown(repository, only_delete, wide)
         rows = (_row(d, wide, outcomes.get(repository.name)) for d in shown)
         lines.extend(_aligned([columns, *rows], "  "))
         lines.append("")
@@ -163,8 +166,20 @@ def render_wide(result: RunResult) -> str:
     return render_table(result, wide=True)
 
 
-def _shown(repository: RepositoryPlan, only_delete: bool) -> Sequence[TagDecision]:
-    return repository.tags_to_delete if only_delete else repository.decisions
+def _shown(
+    repository: RepositoryPlan, only_delete: bool, wide: bool = False
+) -> Sequence[TagDecision]:
+    """Every row; kept platforms of indexes only in the wide table (there are many)."""
+    if only_delete:
+        return repository.tags_to_delete
+    if wide:
+        return repository.decisions
+    return tuple(d for d in repository.decisions if not _kept_platform(d))
+
+
+def _kept_platform(decision: TagDecision) -> bool:
+    untagged_platform = decision.is_untagged and decision.kind == "platform"
+    return untagged_platform and decision.action is Action.KEEP
 
 
 def render_markdown(result: RunResult, only_delete: bool = False) -> str:
@@ -249,9 +264,10 @@ def _row(
 
 
 def _tag_cell(decision: TagDecision) -> str:
-    """Artifacts hang under their subject; a manifest no tag points at reads ``<untagged>``."""
+    """Artifacts and platforms hang under their image; a manifest no tag reaches reads
+    ``<untagged>``."""
     if decision.is_untagged:
-        return UNTAGGED_CELL
+        return UNTAGGED_CELL if decision.kind == "untagged" else PLATFORM_CELL
     return f"└ {decision.tag}" if decision.is_artifact else decision.tag
 
 

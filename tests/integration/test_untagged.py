@@ -50,7 +50,7 @@ def untagged_rows(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {
         row["digest"]: (row["action"], row["reason"])
         for repository in report["repositories"]
-        for row in repository["tags"]
+        for row in repository["manifests"]
         if row["kind"] == "untagged"
     }
 

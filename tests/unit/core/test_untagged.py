@@ -239,7 +239,7 @@ def test_a_saved_plan_with_untagged_rows_reads_back_the_same() -> None:
     result = run(policy(), repository({"latest": image("new")}, untagged))
     again = plan_from_dict(to_dict(RunResult(result, dry_run=True)))
     assert again.repositories[0].deletions == result.repositories[0].deletions
-    assert again.repositories[0].decisions == result.repositories[0].decisions
+    assert set(again.repositories[0].decisions) == set(result.repositories[0].decisions)
 
 
 def test_an_untagged_manifest_in_use_by_digest_is_kept_and_so_is_an_index_of_one() -> None:
