@@ -33,6 +33,7 @@ from retention.core.model import (
     UntaggedManifest,
 )
 from retention.core.policy import UntaggedManifests, format_duration
+from retention.core.tag_times import describe_age
 
 KIND = "untagged"
 
@@ -103,13 +104,14 @@ def _verdict(
     linked = now - untagged.linked
     if linked < grace:
         return Action.KEEP, (
-            f"pushed {_age(linked)} ago, within safety.grace_period={format_duration(grace)} "
-            "(an index may be about to reference it)"
+            f"pushed {describe_age(linked)} ago, within safety.grace_period="
+            f"{format_duration(grace)} (an index may be about to reference it)"
         )
     age, limit = now - untagged.since, format_duration(settings.max_age)
+    untagged_for = f"untagged for {describe_age(age, settings.max_age)}"
     if age > settings.max_age:
-        return Action.DELETE, f"untagged for {_age(age, settings.max_age)}, older than {limit}"
-    return Action.KEEP, f"untagged for {_age(age, settings.max_age)}, newer than {limit}"
+        return Action.DELETE, f"{untagged_for}, older than {limit}"
+    return Action.KEEP, f"{untagged_for}, newer than {limit}"
 
 
 def _in_use(repository: Repository, in_use: Sequence[ImageReference]) -> dict[str, str]:
@@ -190,10 +192,3 @@ def _descendants(digest: str, manifests: Mapping[str, Manifest]) -> list[str]:
 def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]:
     manifest = manifests.get(digest)
     return manifest.children if manifest is not None else ()
-
-
-def _age(age: timedelta, limit: timedelta | None = None) -> str:
-    """Said as the planner says ages (``9d``, ``14d 5h`` beside a 14d limit)."""
-    from retention.core.planner import describe_age  # the planner imports this module
-
-    return describe_age(age, limit)
