@@ -37,23 +37,47 @@ def with_untagged(inventory: Inventory, policy: Policy, now: datetime) -> Invent
     Without ``untagged:`` in the policy, the inventory as it was. A storage root that cannot
     be read fails every covered repository (nothing deleted there) rather than the pass.
     """
-    settings, root = policy.untagged, policy.storage.path
-    if settings is None or root is None:
-        return inventory
-    problem = storage_root_problem(root)
-    listed: dict[str, tuple[Repository, dict[str, datetime]]] = {}
-    for repository in inventory.repositories:
-        if settings.covers(repository.name) and repository.error is None:
-            listed[repository.name] = _listed(root, repository, problem)
-    read = {name: linked for name, (r, linked) in listed.items() if r.error is None}
-    seen = UntaggedSince(policy.state_dir).record(read, now)  # a failed read forgets nothing
-    return replace(
-        inventory,
-        repositories=tuple(
-            _dated(*listed[r.name], seen.get(r.name, {}), now) if r.name in listed else r
-            for r in inventory.repositories
-        ),
-    )
+    listing = UntaggedListing(policy, now)
+    repositories = tuple(listing.add(r) for r in inventory.repositories)
+    listing.save()
+    return replace(inventory, repositories=repositories)
+
+
+class UntaggedListing:
+    """One pass's listing, a repository at a time (a pass that plans each repository as it
+    reads it calls ``add`` for each, then ``save`` once).
+
+    The first-seen times are read once; ``save`` records what this pass saw, so a pass
+    that stops early records nothing and every age stays where it was.
+    """
+
+    def __init__(self, policy: Policy, now: datetime) -> None:
+        self._settings, self._root = policy.untagged, policy.storage.path
+        self._now = now
+        self._store = UntaggedSince(policy.state_dir)
+        self._seen = self._store.load() if self._enabled else {}
+        self._problem = storage_root_problem(self._root) if self._root is not None else None
+        self._listed: dict[str, list[str]] = {}
+
+    @property
+    def _enabled(self) -> bool:
+        return self._settings is not None and self._root is not None
+
+    def add(self, repository: Repository) -> Repository:
+        """The repository with its untagged manifests, when the policy covers it."""
+        if self._settings is None or self._root is None or repository.error is not None:
+            return repository
+        if not self._settings.covers(repository.name):
+            return repository
+        listed, linked = _listed(self._root, repository, self._problem)
+        if listed.error is None:  # a failed read forgets nothing
+            self._listed[repository.name] = sorted(linked)
+        seen = self._seen.get(repository.name, {})
+        return _dated(listed, linked, seen, self._now)
+
+    def save(self) -> None:
+        if self._enabled:
+            self._store.record(self._listed, self._now)
 
 
 def _listed(

@@ -182,3 +182,24 @@ def test_check_refuses_untagged_without_a_readable_storage_path(
         assert result.code == 2, result.stderr
         assert len(result.error_lines) == 1, result.stderr
         assert says in result.error_lines[0]
+
+
+def test_a_damaged_revision_link_fails_only_its_repository_and_keeps_the_ages(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder, left_behind: dict[str, str]
+) -> None:
+    policy = untagged_policy(tmp_path, registry_server)
+    retention("plan", "-c", str(policy), "-o", "json")
+    age_untagged_times(policy, days=9)
+    revisions = registry_server.root / "docker/registry/v2/repositories/app/_manifests/revisions"
+    link = revisions / "sha256" / left_behind["app_old"].split(":", 1)[1] / "link"
+    link.write_text("not a digest")
+
+    report = retention("plan", "-c", str(policy), "-o", "json").json()
+
+    app = next(r for r in report["repositories"] if r["name"] == "app")
+    assert "untagged manifests" in app["error"] and "not its digest" in app["error"]
+    assert app["deletions"] == [] and report["ok"] is False
+    assert untagged_rows(report)[left_behind["index_old"]][0] == "delete"
+    state = json.loads(policy.read_text())["state_dir"]
+    seen = json.loads((Path(state) / "untagged-since.json").read_text())
+    assert left_behind["app_old"] in seen["app"]  # its age is not lost to the bad read
