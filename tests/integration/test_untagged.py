@@ -98,6 +98,9 @@ def test_untagged_manifests_are_planned_aged_and_deleted_by_digest_keeping_every
     report = result.json()
     assert {a["digest"]: a["outcome"] for a in report["applied"]} == dict.fromkeys(gone, "deleted")
     assert report["summary"]["untagged_to_delete"] == 3
+    audit = Path(json.loads(policy.read_text())["state_dir"]) / "audit.jsonl"
+    reasons = {r["digest"]: r["reason"] for r in map(json.loads, audit.read_text().splitlines())}
+    assert reasons == dict.fromkeys(gone, "untagged for 9d, older than 7d")
     assert report["gc"]["ran"] and report["verification"] == []
     for digest in gone:
         assert seeder.manifest_status("app" if digest == gone[0] else "multi", digest) == 404
