@@ -206,3 +206,25 @@ def test_a_damaged_revision_link_fails_only_its_repository_and_keeps_the_ages(
     state = json.loads(policy.read_text())["state_dir"]
     seen = json.loads((Path(state) / "untagged-since.json").read_text())
     assert left_behind["app_old"] in seen["app"]  # its age is not lost to the bad read
+
+
+def test_platforms_pushed_by_digest_moments_ago_are_kept_by_the_grace_period(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    """A multi-arch push uploads its platforms by digest before the index arrives by tag."""
+    seeder.image("multi", ["latest"], ago(1), unique="tagged")
+    waiting = [seeder.image("multi", [], ago(1), unique=f"platform-{i}") for i in range(2)]
+    policy = untagged_policy(tmp_path, registry_server, safety={"grace_period": "1h"})
+    retention("plan", "-c", str(policy), "-o", "json")
+    age_untagged_times(policy, days=30)
+
+    report = retention("plan", "-c", str(policy), "-o", "json").json()
+
+    rows = untagged_rows(report)
+    assert set(rows) == set(waiting)
+    for action, reason in rows.values():
+        assert action == "keep"
+        assert reason.startswith("pushed ") and reason.endswith(
+            " ago, within safety.grace_period=1h (an index may be about to reference it)"
+        )
+    assert report["summary"]["manifests_to_delete"] == 0
