@@ -215,7 +215,7 @@ def _repository_title(repository: RepositoryPlan) -> str:
     loose = repository.untagged_decisions
     if loose:
         going = sum(1 for d in loose if d.action is Action.DELETE)
-        title = title.replace(", ", f" (+{len(loose)} untagged, {going} to delete), ", 1)
+        title += f"; {len(loose)} untagged, {going} to delete"
     if repository.error:
         return f"{title} — SKIPPED, not fully read: {repository.error}"
     if repository.held:
