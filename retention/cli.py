@@ -165,10 +165,27 @@ def check(config_path: Path) -> None:
     scan_note = _storage_scan_note(policy)
     if scan_note is not None:
         click.echo(scan_note, err=True)
+    untagged_problem = _untagged_storage_problem(policy)
+    if untagged_problem is not None:
+        _fail(untagged_problem, EXIT_USAGE)
     click.echo(
         f"{config_path}: ok ({len(policy.rules)} rules, {len(policy.protect)} protected patterns, "
         f"gc mode {policy.gc.mode})"
     )
+
+
+def _untagged_storage_problem(policy: Policy) -> str | None:
+    """``untagged:`` lists manifests from storage.path: refused when this host cannot read it.
+
+    A pass would still run (each covered repository fails closed, deleting nothing), so
+    this is said where the operator sets the policy up.
+    """
+    if policy.untagged is None or policy.storage.path is None:
+        return None
+    problem = storage_root_problem(policy.storage.path)
+    if problem is None:
+        return None
+    return f"untagged: cannot list manifests no tag points at: {problem}"
 
 
 def _storage_scan_note(policy: Policy) -> str | None:

@@ -55,6 +55,7 @@ from retention.scan.inventory import collect
 from retention.scan.push_times import with_event_times, with_push_times
 from retention.scan.storage_reader import read_storage
 from retention.scan.subjects import confirm_subjects
+from retention.scan.untagged import with_untagged
 from retention.state.holds import HoldStore
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
@@ -143,9 +144,11 @@ async def _scan_and_plan(
     scope: Scope,
 ) -> Plan:
     inventory = await _inventory(client, policy, progress, scope)
+    now = clock()
+    inventory = await asyncio.to_thread(with_untagged, inventory, policy, now)
     in_use = await _in_use(policy)
     holds = HoldStore(policy.state_dir).load()
-    plan = planner.plan(policy, inventory, clock(), in_use, holds=holds)
+    plan = planner.plan(policy, inventory, now, in_use, holds=holds)
     if scope.rule is not None:
         plan = planner.only_rule(plan, scope.rule)
         plan = replace(plan, refused=planner.check_budget(plan, policy.safety))

@@ -74,7 +74,15 @@ class AuditWriter:
 
 
 def why(repository: RepositoryPlan, deletion: ManifestDeletion) -> tuple[str | None, str]:
-    """The rules and the planner's reasons for a deletion; untagged ones say what they were."""
+    """The rules and the planner's reasons for a deletion; untagged ones say what they were.
+
+    A deletion without tags takes the reason of its row by digest (an untagged manifest's
+    age, or the index a platform goes with), where the plan has one.
+    """
+    if not deletion.tags:
+        rows = [d for d in repository.decisions if d.is_untagged and d.digest == deletion.digest]
+        if rows:
+            return None, rows[0].reason
     decisions = [d for d in repository.decisions if d.tag in deletion.tags]
     rules = sorted({d.rule for d in decisions if d.rule})
     reasons = list(dict.fromkeys(d.reason for d in decisions))

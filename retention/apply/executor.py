@@ -347,7 +347,7 @@ async def _current_state(client: RegistryClient, repository: RepositoryPlan) -> 
     names = await client.tags(repository.name)
     resolved = await asyncio.gather(*(_resolve(client, repository.name, t) for t in names))
     now = {tag: digest for tag, digest in zip(names, resolved, strict=True) if digest}
-    planned = {d.tag: d.digest for d in repository.decisions}
+    planned = {d.tag: d.digest for d in repository.decisions if not d.is_untagged}
     tags_by_digest: dict[str, set[str]] = {}
     for tag, digest in now.items():
         tags_by_digest.setdefault(digest, set()).add(tag)

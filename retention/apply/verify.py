@@ -76,7 +76,7 @@ class _Counter:
 
 async def _walk_repository(client: RegistryClient, repository: RepositoryPlan) -> _Walk:
     walk = _Walk(repository.name)
-    kept = [d for d in repository.decisions if d.action is Action.KEEP]
+    kept = [d for d in repository.decisions if d.action is Action.KEEP and not d.is_untagged]
     await asyncio.gather(*(_walk_tag(client, walk, d.tag, d.digest) for d in kept))
     return walk
 

@@ -25,7 +25,7 @@ from retention.errors import ConfigError
 _OWN_ERROR_TYPES = frozenset(
     {"duration", "regex", "url", "rule_limit", "rule_name", "command", "schedule", "listen"}
     | {"token", "notify"}
-    | {"credentials", "tls", "in_use", "repository"}
+    | {"credentials", "tls", "in_use", "repository", "untagged"}
 )
 _EXPECTED = {
     "int_type": "an integer",

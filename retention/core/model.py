@@ -56,18 +56,36 @@ class Tag:
     pulled: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UntaggedManifest:
+    """A stored manifest that no tag reaches (left behind when its tag was pushed again).
+
+    Only the filesystem storage lists them (``scan/untagged.py``). ``linked`` is the mtime
+    of its revision link, rewritten by every push of this manifest (the grace period: a
+    multi-arch push uploads platforms by digest before the index arrives by tag);
+    ``since`` is when a pass first saw it untagged, or the event store's time its last
+    tag moved away: never its push time, which is earlier and would age it too soon.
+    """
+
+    digest: str
+    linked: datetime
+    since: datetime
+
+
 @dataclass(frozen=True)
 class Repository:
     """A repository as scanned: its tags and every manifest they reach (children included).
 
     ``error`` is set when the scan could not read the repository completely; the planner
-    then deletes nothing in it (fail closed).
+    then deletes nothing in it (fail closed). ``untagged`` lists manifests no tag reaches,
+    when the policy has ``untagged:`` (their bodies are in ``manifests`` too).
     """
 
     name: str
     tags: tuple[Tag, ...] = ()
     manifests: Mapping[str, Manifest] = field(default_factory=dict)
     error: str | None = None
+    untagged: tuple[UntaggedManifest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +145,7 @@ class TagDecision:
     reason: str
     subject: str | None = None
     kind: str = "image"
-    """image, index, platform (a tag on a child of an index) or signature; for reports."""
+    """image, index, platform (a child of an index), signature or untagged; for reports."""
     size: int | None = None
     """Bytes of the manifest and every blob it (or its platforms) references."""
     pushed: datetime | None = None
@@ -140,13 +158,24 @@ class TagDecision:
         """A signature, attestation or SBOM: it follows its subject and no rule."""
         return self.subject is not None
 
+    @property
+    def is_untagged(self) -> bool:
+        """A row for a manifest no tag points at (``tag`` is empty): an untagged manifest
+        (kind ``untagged``) or a platform of a tagged index (kind ``platform``)."""
+        return not self.tag
+
 
 class DeletionKind(StrEnum):
-    """Tagged digests go first; children and artifacts only after their parent went."""
+    """Tagged digests go first; children and artifacts only after their parent went.
+
+    An untagged manifest has no tag to re-check and no parent (an untagged index's
+    children are CHILD deletions naming it, so the index goes first).
+    """
 
     TAGGED = "tagged"
     CHILD = "child"
     ARTIFACT = "artifact"
+    UNTAGGED = "untagged"
 
 
 @dataclass(frozen=True)
@@ -184,7 +213,17 @@ class RepositoryPlan:
 
     @property
     def tags_to_delete(self) -> tuple[TagDecision, ...]:
+        """Rows to delete: tags, and manifests no tag points at (``--only delete``)."""
         return tuple(d for d in self.decisions if d.action is Action.DELETE)
+
+    @property
+    def tag_decisions(self) -> tuple[TagDecision, ...]:
+        return tuple(d for d in self.decisions if not d.is_untagged)
+
+    @property
+    def untagged_decisions(self) -> tuple[TagDecision, ...]:
+        """Manifests no tag reaches (not the platforms of tagged indexes, also tagless)."""
+        return tuple(d for d in self.decisions if d.is_untagged and d.kind == "untagged")
 
 
 @dataclass(frozen=True)
@@ -195,6 +234,9 @@ class Summary:
     manifests_to_delete: int
     reclaimable_bytes: int
     repositories_skipped: int
+    untagged: int = 0
+    """Rows for manifests no tag points at (not counted in ``tags``)."""
+    untagged_to_delete: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,12 +258,18 @@ class Plan:
     def summary(self) -> Summary:
         return Summary(
             repositories=len(self.repositories),
-            tags=sum(len(r.decisions) for r in self.repositories),
-            tags_to_delete=sum(len(r.tags_to_delete) for r in self.repositories),
+            tags=sum(len(r.tag_decisions) for r in self.repositories),
+            tags_to_delete=sum(_deleting(r.tag_decisions) for r in self.repositories),
             manifests_to_delete=self.manifests_to_delete,
             reclaimable_bytes=self.reclaimable_bytes,
             repositories_skipped=sum(1 for r in self.repositories if r.skipped),
+            untagged=sum(len(r.untagged_decisions) for r in self.repositories),
+            untagged_to_delete=sum(_deleting(r.untagged_decisions) for r in self.repositories),
         )
+
+
+def _deleting(decisions: tuple[TagDecision, ...]) -> int:
+    return sum(1 for d in decisions if d.action is Action.DELETE)
 
 
 class Outcome(StrEnum):

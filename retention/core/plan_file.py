@@ -38,7 +38,7 @@ def plan_from_dict(data: Any) -> Plan:
 def _repository_from(data: dict[str, Any]) -> RepositoryPlan:
     return RepositoryPlan(
         name=str(data["name"]),
-        decisions=tuple(_decision_from(t) for t in data["tags"]),
+        decisions=tuple(_decision_from(t) for t in [*data["tags"], *data.get("manifests", [])]),
         deletions=tuple(
             ManifestDeletion(
                 digest=str(d["digest"]),

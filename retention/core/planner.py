@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from retention.core import artifacts, semver
+from retention.core import artifacts, platforms, semver, untagged
 from retention.core.image_reference import ImageReference
 from retention.core.model import (
     Action,
@@ -39,6 +39,7 @@ from retention.core.tag_times import (
     WORDS,
     TagTimes,
     TimeSource,
+    describe_age,
     last_pull,
     pick,
     pull_history_start,
@@ -122,18 +123,47 @@ def plan_repository(
     fates = _fates(images, repository)
     attached = artifacts.decide(repository, found, fates, policy.artifacts.delete_orphans)
     decisions = _hold_needed_digests((*images, *attached), repository.manifests)
+    grace = policy.safety.grace_period
+    loose = untagged.decide(policy.untagged, repository, decisions, now, grace, in_use)
     if repository.error is not None or held:
+        loose = _held_back(loose, repository.error, held or None)
         return RepositoryPlan(
             name=repository.name,
-            decisions=_report_order(_described(decisions, repository)),
+            decisions=_rows(decisions, loose, (), repository),
             error=repository.error,
             held=held or None,
         )
+    also_kept = untagged.kept_closure(loose, repository.manifests)
+    deletions = (
+        *_deletions(decisions, repository.manifests, also_kept),
+        *untagged.deletions(loose, repository.manifests),
+    )
     return RepositoryPlan(
         name=repository.name,
-        decisions=_report_order(_described(decisions, repository)),
-        deletions=_deletions(decisions, repository.manifests),
+        decisions=_rows(decisions, loose, deletions, repository),
+        deletions=deletions,
     )
+
+
+def _rows(
+    decisions: Sequence[TagDecision],
+    loose: Sequence[TagDecision],
+    deletions: Sequence[ManifestDeletion],
+    repository: Repository,
+) -> tuple[TagDecision, ...]:
+    """Tags in report order, each index's platforms under it, then the untagged manifests."""
+    children = platforms.rows(decisions, deletions, repository.manifests)
+    ordered: list[TagDecision] = []
+    for row in _report_order(_described(decisions, repository)):
+        ordered.append(row)
+        ordered.extend(children.pop(row.digest, []))
+    sized = [
+        replace(r, size=_size(repository.manifests[r.digest], repository.manifests))
+        if r.digest in repository.manifests
+        else r
+        for r in loose
+    ]
+    return (*ordered, *sorted(sized, key=lambda r: r.digest))
 
 
 def only_rule(plan: Plan, rule: str) -> Plan:
@@ -539,14 +569,20 @@ def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]
 
 
 def _deletions(
-    decisions: Sequence[TagDecision], manifests: Mapping[str, Manifest]
+    decisions: Sequence[TagDecision],
+    manifests: Mapping[str, Manifest],
+    also_kept: set[str] | None = None,
 ) -> tuple[ManifestDeletion, ...]:
-    """Images, artifacts, then orphaned index children; each names what must go first."""
+    """Images, artifacts, then orphaned index children; each names what must go first.
+
+    ``also_kept``: what kept untagged manifests need (an untagged index kept may share a
+    child with a tagged index that goes).
+    """
     tags_by_digest: dict[str, list[str]] = {}
     for decision in decisions:
         if decision.action is Action.DELETE:
             tags_by_digest.setdefault(decision.digest, []).append(decision.tag)
-    kept = _kept_closure(decisions, manifests)
+    kept = _kept_closure(decisions, manifests) | (also_kept or set())
     parents: dict[str, list[str]] = {}
     for digest in sorted(tags_by_digest):
         for child in _descendants(digest, manifests):
@@ -680,27 +716,6 @@ def _stored_blobs(manifest: Manifest) -> list[tuple[str, int]]:
 
 
 # -- small helpers --------------------------------------------------------------------------
-
-
-def describe_age(age: timedelta, limit: timedelta | None = None) -> str:
-    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew.
-
-    Beside a ``limit`` it never reads like the limit itself: an age of 14d 5h against
-    ``max_age: 14d`` is ``14d 5h``, not ``older than 14d (14d)``.
-    """
-    seconds = int(age.total_seconds())
-    if seconds < 0:
-        return "in the future"
-    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-    first = next(i for i, (_, size) in enumerate(units) if seconds >= size or size == 1)
-    parts, shown = [], 0
-    for unit, size in units[first:]:
-        amount = (seconds - shown) // size
-        parts.append(f"{amount}{unit}")
-        shown += amount * size
-        if limit is None or shown != int(limit.total_seconds()) or shown == seconds:
-            break
-    return " ".join(parts)
 
 
 def _created(manifests: Mapping[str, Manifest], digest: str) -> datetime | None:

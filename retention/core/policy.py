@@ -223,6 +223,22 @@ class Rule(_Strict):
         return self.exclude is None or not self.exclude.fullmatch(tag)
 
 
+class UntaggedManifests(_Strict):
+    """``untagged:``: delete manifests no tag points at, by digest, once untagged long enough.
+
+    A tag pushed again to a new digest leaves the old manifest stored and untagged. The
+    registry API cannot list those, so this needs ``storage.path`` on this host (with
+    either ``scan``). ``max_age`` is how long a manifest must have been untagged: counted
+    from the first pass that saw it untagged, never from its push. Off when absent.
+    """
+
+    repositories: Regex = re.compile(".*")
+    max_age: PositiveDuration
+
+    def covers(self, repository: str) -> bool:
+        return self.repositories.fullmatch(repository) is not None
+
+
 class KubernetesSource(_Strict):
     """Where the cluster is: a kubeconfig file (and context), or the pod's service account."""
 
@@ -766,6 +782,7 @@ class Policy(_Strict):
     # Where tags and manifests are read: the registry's API, or its filesystem storage
     # (storage.path, on this host) when the registry's volume is mounted here.
     scan: Literal["api", "storage"] = "api"
+    untagged: UntaggedManifests | None = None
     schedule: Schedule = Schedule()
     server: Server = Server()
     gate: Gate | None = None
@@ -784,6 +801,23 @@ class Policy(_Strict):
                 "registry's rootdirectory (with gc.mode docker it is a path in the container)",
             )
         return self
+
+    @field_validator("untagged")
+    @classmethod
+    def _untagged_needs_a_local_path(
+        cls, value: UntaggedManifests | None, info: ValidationInfo
+    ) -> UntaggedManifests | None:
+        storage, gc = info.data.get("storage"), info.data.get("gc")
+        if value is None or not isinstance(storage, Storage):
+            return value
+        if storage.path is None or (isinstance(gc, GarbageCollection) and gc.mode == "docker"):
+            raise PydanticCustomError(
+                "untagged",
+                "untagged: needs storage.path on this host: the registry API cannot list "
+                "manifests no tag points at, only the filesystem storage can (with gc.mode "
+                "docker, storage.path is a path in the container)",
+            )
+        return value
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Policy:

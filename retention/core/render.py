@@ -18,10 +18,13 @@ from retention.core.model import (
     Plan,
     RepositoryPlan,
     RunResult,
+    Summary,
     TagDecision,
 )
 
 FORMATS = ("table", "wide", "json", "markdown")
+UNTAGGED_CELL = "<untagged>"
+PLATFORM_CELL = "└ <platform>"
 
 
 def render(subject: Plan | RunResult, fmt: str, *, only_delete: bool = False) -> str:
@@ -79,7 +82,9 @@ def to_dict(result: RunResult) -> dict[str, Any]:
 def _repository_dict(repository: RepositoryPlan) -> dict[str, Any]:
     return {
         "name": repository.name,
-        "tags": [_decision_dict(d) for d in repository.decisions],
+        "tags": [_decision_dict(d) for d in repository.decisions if not d.is_untagged],
+        # Rows by digest: untagged manifests and the platforms of tagged indexes.
+        "manifests": [_decision_dict(d) for d in repository.decisions if d.is_untagged],
         "delete": [d.digest for d in repository.deletions],
         "deletions": [
             {
@@ -148,7 +153,7 @@ def render_table(result: RunResult, wide: bool = False, only_delete: bool = Fals
     outcomes = _outcomes(result)
     for repository in result.plan.repositories:
         lines.append(_repository_title(repository))
-        shown = _shown(repository, only_delete)
+        shown = _shown(repository, only_delete, wide)
         rows = (_row(d, wide, outcomes.get(repository.name)) for d in shown)
         lines.extend(_aligned([columns, *rows], "  "))
         lines.append("")
@@ -161,8 +166,20 @@ def render_wide(result: RunResult) -> str:
     return render_table(result, wide=True)
 
 
-def _shown(repository: RepositoryPlan, only_delete: bool) -> Sequence[TagDecision]:
-    return repository.tags_to_delete if only_delete else repository.decisions
+def _shown(
+    repository: RepositoryPlan, only_delete: bool, wide: bool = False
+) -> Sequence[TagDecision]:
+    """Every row; kept platforms of indexes only in the wide table (there are many)."""
+    if only_delete:
+        return repository.tags_to_delete
+    if wide:
+        return repository.decisions
+    return tuple(d for d in repository.decisions if not _kept_platform(d))
+
+
+def _kept_platform(decision: TagDecision) -> bool:
+    untagged_platform = decision.is_untagged and decision.kind == "platform"
+    return untagged_platform and decision.action is Action.KEEP
 
 
 def render_markdown(result: RunResult, only_delete: bool = False) -> str:
@@ -189,11 +206,16 @@ def _headline(result: RunResult) -> str:
 
 
 def _repository_title(repository: RepositoryPlan) -> str:
-    deleting = len(repository.tags_to_delete)
+    tags = repository.tag_decisions
+    deleting = sum(1 for d in tags if d.action is Action.DELETE)
     title = (
-        f"{repository.name}: {_count(len(repository.decisions), 'tag')}, {deleting} to delete, "
+        f"{repository.name}: {_count(len(tags), 'tag')}, {deleting} to delete, "
         f"{_count(len(repository.deletions), 'manifest')}"
     )
+    loose = repository.untagged_decisions
+    if loose:
+        going = sum(1 for d in loose if d.action is Action.DELETE)
+        title += f"; {len(loose)} untagged, {going} to delete"
     if repository.error:
         return f"{title} — SKIPPED, not fully read: {repository.error}"
     if repository.held:
@@ -231,7 +253,7 @@ def _row(
         pushed = timestamp(decision.pushed) if decision.pushed else "unknown"
         extra = (decision.kind, size, pushed)
     return (
-        f"└ {decision.tag}" if decision.is_artifact else decision.tag,
+        _tag_cell(decision),
         _action(decision, outcomes),
         decision.rule or "-",
         *extra,
@@ -241,11 +263,20 @@ def _row(
     )
 
 
+def _tag_cell(decision: TagDecision) -> str:
+    """Artifacts and platforms hang under their image; a manifest no tag reaches reads
+    ``<untagged>``."""
+    if decision.is_untagged:
+        return UNTAGGED_CELL if decision.kind == "untagged" else PLATFORM_CELL
+    return f"└ {decision.tag}" if decision.is_artifact else decision.tag
+
+
 def _footer(result: RunResult) -> list[str]:
     s = result.plan.summary
     lines = [
         f"total: {_count(s.repositories, 'repository')}, {_count(s.tags, 'tag')}, "
         f"{_count(s.tags_to_delete, 'tag')} to delete, "
+        f"{_untagged_counts(s)}"
         f"{_count(s.manifests_to_delete, 'manifest')} to delete, "
         f"~{human_bytes(s.reclaimable_bytes)} reclaimable",
     ]
@@ -255,6 +286,12 @@ def _footer(result: RunResult) -> list[str]:
     lines.extend(f"error: {e}" for e in result.errors)
     lines.extend(f"broken: {problem}" for problem in result.verification)
     return lines
+
+
+def _untagged_counts(summary: Summary) -> str:
+    if not summary.untagged:
+        return ""
+    return f"{summary.untagged} untagged ({summary.untagged_to_delete} to delete), "
 
 
 def _refusals(result: RunResult) -> list[str]:

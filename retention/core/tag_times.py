@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from retention.core.model import Manifest, Tag
@@ -155,3 +155,24 @@ def _doubt(created: datetime | None, shared: Mapping[datetime, tuple[int, int]])
             f"of {total} images here (a fixed build date): unknown age"
         )
     return None
+
+
+def describe_age(age: timedelta, limit: timedelta | None = None) -> str:
+    """An age as people say it: ``41d``, ``5h``, ``12m``; negative ages are clock skew.
+
+    Beside a ``limit`` it never reads like the limit itself: an age of 14d 5h against
+    ``max_age: 14d`` is ``14d 5h``, not ``older than 14d (14d)``.
+    """
+    seconds = int(age.total_seconds())
+    if seconds < 0:
+        return "in the future"
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    first = next(i for i, (_, size) in enumerate(units) if seconds >= size or size == 1)
+    parts, shown = [], 0
+    for unit, size in units[first:]:
+        amount = (seconds - shown) // size
+        parts.append(f"{amount}{unit}")
+        shown += amount * size
+        if limit is None or shown != int(limit.total_seconds()) or shown == seconds:
+            break
+    return " ".join(parts)

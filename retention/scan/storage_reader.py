@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -80,6 +80,18 @@ def read_storage(
         if progress is not None:
             progress(len(scanned), len(names))
     return Inventory(registry=registry, repositories=tuple(scanned))
+
+
+def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[str, Manifest]:
+    """Manifests of ``repository`` by digest, their children included, read and checked as
+    the scan reads them (``scan/untagged.py`` reads manifests no tag reaches this way).
+
+    Raises ``StorageReadError`` or ``InvalidManifest``: the caller fails the repository.
+    """
+    reader = _RepositoryRead(str(root / V2), repository, {})
+    for digest in digests:
+        reader.manifest(digest)
+    return reader.manifests
 
 
 def _repository_names(base: str, prefix: str = "") -> Iterator[str]:
@@ -139,6 +151,13 @@ class _RepositoryRead:
 
     def _tag_digest(self, tag: str) -> str:
         return self._link(f"{self._repository}/_manifests/tags/{tag}/current/link", f"tag {tag!r}")
+
+    @property
+    def manifests(self) -> dict[str, Manifest]:
+        return self._manifests
+
+    def manifest(self, digest: str) -> Manifest:
+        return self._manifest(digest)
 
     def _manifest(self, digest: str) -> Manifest:
         """Read, parse and date a manifest once; an index's children too."""

@@ -175,7 +175,8 @@ class Metrics:
         )
         self._plan = Gauge(
             "retention_plan_deletions",
-            "What the last pass's plan deletes, dry run or not: tags and manifests.",
+            "What the last pass's plan deletes, dry run or not: tags, untagged manifests and "
+            "manifests (all of them).",
             ["kind"],
             registry=registry,
         )
@@ -266,6 +267,7 @@ class Metrics:
         """The plan's figures, so the dry-run weeks show what a real pass would do."""
         summary = result.plan.summary
         self._plan.labels("tags").set(summary.tags_to_delete)
+        self._plan.labels("untagged").set(summary.untagged_to_delete)
         self._plan.labels("manifests").set(summary.manifests_to_delete)
         self._reclaimable.set(summary.reclaimable_bytes)
 

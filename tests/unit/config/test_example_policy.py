@@ -21,6 +21,7 @@ from retention.core.policy import (
     Safety,
     Server,
     Storage,
+    UntaggedManifests,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "policies.example.yml"
@@ -56,6 +57,7 @@ SECTIONS: list[type[BaseModel]] = [
     NotifyTarget,
     Audit,
     Gate,
+    UntaggedManifests,
 ]
 
 

@@ -70,7 +70,7 @@ def repo(name: str, tags: dict[str, Manifest], *extra: Manifest) -> Repository:
 
 
 def decisions(result: Plan, repository: int = 0) -> dict[str, tuple[Action, str]]:
-    return {d.tag: (d.action, d.reason) for d in result.repositories[repository].decisions}
+    return {d.tag: (d.action, d.reason) for d in result.repositories[repository].decisions if d.tag}
 
 
 def actions(result: Plan, repository: int = 0) -> dict[str, str]:

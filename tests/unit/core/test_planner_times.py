@@ -61,7 +61,7 @@ def run(
 
 
 def by_tag(result: Plan) -> dict[str, TagDecision]:
-    return {d.tag: d for d in result.repositories[0].decisions}
+    return {d.tag: d for d in result.repositories[0].decisions if d.tag}
 
 
 def verdicts(result: Plan) -> dict[str, tuple[str, str]]:

@@ -84,6 +84,8 @@ def test_json_plan_has_the_public_shape() -> None:
         "manifests_to_delete": 1,
         "reclaimable_bytes": 3 * 1024 * 1024,
         "repositories_skipped": 1,
+        "untagged": 0,
+        "untagged_to_delete": 0,
         "refused": None,
     }
     assert data["errors"] == ["broken: GET /v2/broken/tags/list: 500"]

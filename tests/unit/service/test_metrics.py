@@ -130,11 +130,14 @@ def test_a_dry_run_exports_what_its_plan_would_delete_and_free(
     decisions = tuple(
         TagDecision(f"v{n}", f"sha256:{n:064x}", None, Action.DELETE, "r", "old") for n in (1, 2)
     )
-    repository = RepositoryPlan("app", decisions=decisions, deletions=deletions)
+    loose = TagDecision("", f"sha256:{3:064x}", None, Action.DELETE, None, "9d", kind="untagged")
+    deletions += (ManifestDeletion(loose.digest, DeletionKind.UNTAGGED),)
+    repository = RepositoryPlan("app", decisions=(*decisions, loose), deletions=deletions)
     plan = Plan(PLAN.registry, NOW, (repository,), reclaimable_bytes=5_000)
     metrics.record(RunResult(plan, dry_run=True), "dry_run", 1.0, finished_at=NOW)
-    assert value(registry, "retention_plan_deletions", kind="manifests") == 2
+    assert value(registry, "retention_plan_deletions", kind="manifests") == 3
     assert value(registry, "retention_plan_deletions", kind="tags") == 2
+    assert value(registry, "retention_plan_deletions", kind="untagged") == 1
     assert value(registry, "retention_plan_reclaimable_bytes") == 5_000
     assert value(registry, "retention_manifests_deleted_total") == 0
 
