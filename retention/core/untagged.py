@@ -9,7 +9,10 @@ by digest only when all of these hold:
   platform manifests by digest before the index arrives by tag, so a fresh untagged
   manifest may be about to be referenced;
 * no kept manifest needs it: not a child of a kept index (tagged, or untagged and kept),
-  not the subject of a kept signature or attestation.
+  not the subject of a kept signature or attestation;
+* it is not a referrer of a kept manifest: an OCI 1.1 signature, attestation or SBOM is
+  pushed untagged with a ``subject`` (notation, cosign's OCI mode), so "untagged" is its
+  normal state and it stays as long as what it signs stays.
 
 An untagged index that goes takes its untagged children with it as CHILD deletions naming
 it, so the executor deletes the index first. Rows have an empty ``tag`` and kind
@@ -60,7 +63,11 @@ def decide(
     for digest, why in needed.items():
         if digest in rows:
             rows[digest] = replace(rows[digest], action=Action.KEEP, reason=why)
-    return tuple(_keep_children_of_kept(rows, repository.manifests).values())
+    kept_tags = {d.digest for d in decisions if d.action is Action.KEEP}
+    kept_tags.update(
+        d for digest in set(kept_tags) for d in _descendants(digest, repository.manifests)
+    )
+    return tuple(_keep_what_kept_rows_need(rows, repository.manifests, kept_tags).values())
 
 
 def kept_closure(rows: Sequence[TagDecision], manifests: Mapping[str, Manifest]) -> set[str]:
@@ -142,22 +149,53 @@ def _needed_by_tags(
     return needed
 
 
-def _keep_children_of_kept(
-    rows: dict[str, TagDecision], manifests: Mapping[str, Manifest]
+def _keep_what_kept_rows_need(
+    rows: dict[str, TagDecision], manifests: Mapping[str, Manifest], kept_tags: set[str]
 ) -> dict[str, TagDecision]:
-    """A kept untagged index keeps its children, and so on down, until nothing changes."""
+    """Spread KEEP until nothing changes: down to the children of a kept untagged index,
+    to a referrer whose subject stays, and up to the subject of a kept untagged referrer."""
     changed = True
     while changed:
+        needs = _needs_of_kept_rows(rows, manifests)
         changed = False
         for digest in sorted(rows):
-            if rows[digest].action is not Action.KEEP:
+            if rows[digest].action is Action.KEEP:
                 continue
-            for child in _children(digest, manifests):
-                if child in rows and rows[child].action is Action.DELETE:
-                    why = f"child of kept index {digest} (untagged: {rows[digest].reason})"
-                    rows[child] = replace(rows[child], action=Action.KEEP, reason=why)
-                    changed = True
+            why = needs.get(digest) or _referrer_of_kept(digest, rows, manifests, kept_tags)
+            if why is not None:
+                rows[digest] = replace(rows[digest], action=Action.KEEP, reason=why)
+                changed = True
     return rows
+
+
+def _needs_of_kept_rows(
+    rows: Mapping[str, TagDecision], manifests: Mapping[str, Manifest]
+) -> dict[str, str]:
+    """digest -> why: a child of a kept untagged index, or the subject of a kept referrer."""
+    needs: dict[str, str] = {}
+    for digest in sorted(rows):
+        row = rows[digest]
+        if row.action is not Action.KEEP:
+            continue
+        for child in _children(digest, manifests):
+            needs.setdefault(child, f"child of kept index {digest} (untagged: {row.reason})")
+        manifest = manifests.get(digest)
+        if manifest is not None and manifest.subject is not None:
+            needs.setdefault(manifest.subject, f"subject of kept referrer {digest}")
+    return needs
+
+
+def _referrer_of_kept(
+    digest: str, rows: Mapping[str, TagDecision], manifests: Mapping[str, Manifest], kept: set[str]
+) -> str | None:
+    """A signature, attestation or SBOM pushed untagged stays while its subject stays."""
+    manifest = manifests.get(digest)
+    subject = manifest.subject if manifest is not None else None
+    if subject is None:
+        return None
+    if subject in kept or (subject in rows and rows[subject].action is Action.KEEP):
+        return f"referrer (signature, attestation or SBOM) of kept {subject}"
+    return None
 
 
 def _row(

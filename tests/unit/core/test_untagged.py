@@ -259,3 +259,50 @@ def test_an_untagged_manifest_in_use_by_digest_is_kept_and_so_is_an_index_of_one
         amd.digest: (Action.KEEP, "in use (file: /etc/in-use.txt)"),
     }
     assert result.repositories[0].deletions == ()
+
+
+def referrer(name: str, subject: Manifest) -> Manifest:
+    """An OCI 1.1 signature or SBOM: pushed by digest, untagged, naming its subject."""
+    return replace(image(name), subject=subject.digest)
+
+
+def test_an_untagged_referrer_of_a_kept_tag_is_kept_however_old() -> None:
+    kept = image("new")
+    signature = referrer("notation", kept)
+    result = run(policy(), repository({"latest": kept}, [(signature, loose(signature, 90))]))
+    assert rows(result)[signature.digest] == (
+        Action.KEEP,
+        f"referrer (signature, attestation or SBOM) of kept {kept.digest}",
+    )
+    assert result.repositories[0].deletions == ()
+
+
+def test_an_untagged_referrer_of_a_deleted_tag_goes_once_old_enough() -> None:
+    old, new = image("old"), image("new")
+    sbom = referrer("sbom", old)
+    tags = {"1.0": old, "2.0": new}
+    result = run(policy(), repository(tags, [(sbom, loose(sbom, 9))]))
+    assert rows(result)[sbom.digest] == (Action.DELETE, "untagged for 9d, older than 7d")
+
+
+def test_a_young_untagged_referrer_keeps_its_old_untagged_subject() -> None:
+    subject = image("old")
+    signature = referrer("sig", subject)
+    untagged = [(subject, loose(subject, 30)), (signature, loose(signature, 1))]
+    result = run(policy(), repository({"latest": image("new")}, untagged))
+    assert rows(result)[subject.digest] == (
+        Action.KEEP,
+        f"subject of kept referrer {signature.digest}",
+    )
+    assert rows(result)[signature.digest][0] is Action.KEEP
+
+
+def test_a_referrer_of_an_untagged_image_kept_for_its_age_is_kept_too() -> None:
+    subject = image("recent")
+    signature = referrer("sig", subject)
+    untagged = [(subject, loose(subject, 2)), (signature, loose(signature, 30))]
+    result = run(policy(), repository({"latest": image("new")}, untagged))
+    assert rows(result)[signature.digest] == (
+        Action.KEEP,
+        f"referrer (signature, attestation or SBOM) of kept {subject.digest}",
+    )
