@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from cli_support import command_gc, log_events, retention, write_policy
-from push_support import Pusher, fully_pullable
+from push_support import Pusher, fully_pullable, manifest_for
 from registry_server import RegistryServer, Seeder, registry_binary
 
 from retention.registry import media_types
@@ -375,3 +375,53 @@ def test_pushes_during_a_pass_with_read_only_hooks_either_succeed_whole_or_are_r
     with httpx.Client(base_url=supervised.url, trust_env=False, timeout=30) as http:
         assert retried.push(http, "after-the-window") == "ok"
     assert fully_pullable(supervised.url, "load", "after-the-window")
+
+
+def test_a_push_whose_blobs_went_up_before_the_window_and_manifest_after_is_refused_whole(
+    tmp_path: Path, supervised: Supervised
+) -> None:
+    """What dockerd's retry can do to a push cut by the read-only restart (see
+    test_docker_push.py): GC sweeps the blobs nothing referenced yet, and the restarted
+    registry refuses the late manifest with MANIFEST_BLOB_UNKNOWN instead of storing a
+    broken image. Pushed again, the image goes up whole."""
+    seeder = Seeder(supervised.url)
+    try:
+        seed_builds(seeder)
+    finally:
+        seeder.close()
+    gc = command_gc(
+        supervised.server,
+        writes="retention",
+        blob_cache="inmemory",
+        readonly_start=supervised.hook("readonly"),
+        readonly_stop=supervised.hook("writable"),
+    )
+    policy = write_policy(tmp_path / "p.yml", supervised.url, BUILDS, **gc)
+    pusher = Pusher(supervised.url, layers=2, layer_bytes=64 * 1024)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    with httpx.Client(base_url=supervised.url, trust_env=False, timeout=30) as http:
+        layers = [os.urandom(pusher.layer_bytes) for _ in range(pusher.layers)]
+        blobs = {pusher.upload(http, data): data for data in layers}
+        config_digest = pusher.upload(http, config)
+
+        result = retention("run", "-c", str(policy), "--format", "json")
+
+        assert result.code == 0, result.stderr
+        assert all(http.head(f"/v2/load/blobs/{d}").status_code == 404 for d in blobs)
+        late = http.put(
+            "/v2/load/manifests/late",
+            content=manifest_for(config_digest, config, blobs),
+            headers={"Content-Type": media_types.DOCKER_MANIFEST},
+        )
+        assert late.status_code == 400, late.text
+        assert late.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+        assert http.get("/v2/load/manifests/late").status_code == 404
+        for data in [*layers, config]:
+            pusher.upload(http, data)
+        stored = http.put(
+            "/v2/load/manifests/late",
+            content=manifest_for(config_digest, config, blobs),
+            headers={"Content-Type": media_types.DOCKER_MANIFEST},
+        )
+        assert stored.status_code == 201, stored.text
+    assert fully_pullable(supervised.url, "load", "late")
