@@ -153,9 +153,12 @@ class DockerPusher:
     """``docker push`` of local images in turn, each under a new tag, until stopped.
 
     The engine's push API is what the ``docker`` CLI calls, so this is ``docker push`` as
-    the registry sees it. A push refused by the window is tried again (same image, same
-    tag) until it is stored or the pusher stops; ``retried`` lists the tags stored that
-    way. ``pushed`` maps each stored tag to its image id (the config digest).
+    the registry sees it. Each image goes to each of ``repositories`` in turn: the second
+    push of an image is a cross-repository mount (a POST with ``mount=``), the first
+    uploads its layers. A push refused by the window is tried again (same image, same
+    tag) until it is stored or the pusher stops; ``retried`` lists the ``repository:tag``
+    stored that way. ``pushed`` maps each stored ``repository:tag`` to its image id (the
+    config's digest).
 
     With ``window_closed``, ``run`` pushes the first image once, starting as soon as that
     says the window is closed: refused for certain. A loop may never start a push in the
@@ -165,12 +168,13 @@ class DockerPusher:
     client: Any  # docker.DockerClient of the test engine
     registry: str  # host:port as docker names it, e.g. 127.0.0.1:5000
     images: list[str]
-    repository: str = "pushed"
+    repositories: tuple[str, ...] = ("pushed",)
     outcomes: list[tuple[str, str]] = field(default_factory=list)
     pushed: dict[str, str] = field(default_factory=dict)
     retried: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     progress: list[dict[str, Any]] = field(default_factory=list)  # of the push under way
+    mounted: int = 0  # layers dockerd reported "Mounted from" another repository
     window_closed: Callable[[], bool] | None = None
 
     def run(self) -> None:
@@ -179,8 +183,9 @@ class DockerPusher:
             return
         number = 0
         while not self.stop.is_set():
-            image = self.images[number % len(self.images)]
-            self.push_until_stored(image, f"docker-{number}")
+            turn, place = divmod(number, len(self.repositories))
+            image = self.images[turn % len(self.images)]
+            self.push_until_stored(image, self.repositories[place], f"docker-{number}")
             number += 1
 
     def push_in_the_window(self, window_closed: Callable[[], bool], image: str) -> None:
@@ -189,31 +194,33 @@ class DockerPusher:
             if self.stop.is_set():
                 return
             time.sleep(0.02)
-        self.push_until_stored(image, "in-the-window")
+        self.push_until_stored(image, self.repositories[0], "in-the-window")
 
-    def push_until_stored(self, image: str, tag: str) -> None:
+    def push_until_stored(self, image: str, repository: str, tag: str) -> None:
         refused = False
         while not self.stop.is_set():
-            outcome = self.push(image, tag)
-            self.outcomes.append((tag, outcome))
+            outcome = self.push(image, repository, tag)
+            self.outcomes.append((f"{repository}:{tag}", outcome))
             if outcome == "ok" and refused:
-                self.retried.append(tag)
+                self.retried.append(f"{repository}:{tag}")
             if outcome not in REFUSALS:
                 return
             refused = True
             time.sleep(0.2)
 
-    def push(self, image: str, tag: str) -> str:
+    def push(self, image: str, repository: str, tag: str) -> str:
         """'ok' once the registry stored it, else what ``push_outcome`` makes of the error."""
-        reference = f"{self.registry}/{self.repository}"
+        reference = f"{self.registry}/{repository}"
         self.client.api.tag(image, reference, tag)
         self.progress = []
         for message in self.client.api.push(reference, tag=tag, stream=True, decode=True):
             self.progress.append(message)
         errors = [str(message["error"]) for message in self.progress if "error" in message]
+        statuses = [str(message.get("status", "")) for message in self.progress]
+        self.mounted += sum(status.startswith("Mounted from") for status in statuses)
         if errors:
             return push_outcome(errors[-1])
-        self.pushed[tag] = image
+        self.pushed[f"{repository}:{tag}"] = image
         return "ok"
 
 
