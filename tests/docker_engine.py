@@ -279,6 +279,63 @@ def build_registry_image(client: Any) -> str:
     return image_id
 
 
+# --- images to push ---------------------------------------------------------------------
+
+
+PUSHED_BASE = "retention-test/push-base"
+PUSHED_FILE_BYTES = 1024 * 1024
+
+
+def file_tar(files: dict[str, bytes]) -> bytes:
+    """A tar of regular files (name -> content): a root filesystem or a build context."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def import_push_base(client: Any) -> str:
+    """A one-layer base of random bytes (``docker import``), shared by the pushed images.
+
+    Shared, so that a push finds that layer in the registry already and skips it, as most
+    real pushes do; random, so that no two test sessions share it. Returns its tag.
+    """
+    tag = f"{PUSHED_BASE}:{secrets.token_hex(3)}"
+    client.api.import_image_from_data(
+        file_tar({"base": os.urandom(PUSHED_FILE_BYTES)}),
+        repository=PUSHED_BASE,
+        tag=tag.rsplit(":", 1)[1],
+    )
+    return tag
+
+
+def build_pushed_image(client: Any, base: str, layers: int = 2) -> str:
+    """An image of ``base`` plus ``layers`` layers of random bytes, built offline; its id.
+
+    ``docker import`` makes one layer only, so the layers come from a build ``FROM`` the
+    local base (no pull; each COPY is a layer). The id is the config's digest.
+    """
+    names = [f"layer-{number}" for number in range(layers)]
+    dockerfile = f"FROM {base}\n" + "".join(f"COPY {name} /{name}\n" for name in names)
+    context = {"Dockerfile": dockerfile.encode()}
+    context.update({name: os.urandom(PUSHED_FILE_BYTES) for name in names})
+    image, _ = client.images.build(
+        fileobj=io.BytesIO(file_tar(context)), custom_context=True, rm=True, pull=False
+    )
+    image_id: str = image.id
+    return image_id
+
+
+def remove_images(client: Any, images: Iterable[str]) -> None:
+    """Every tag of each image and the image itself (a test's pushes add tags to them)."""
+    for image in images:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.images.remove(image, force=True)
+
+
 # --- a registry in a container ----------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 from cli_support import command_gc, log_events, retention, write_policy
-from registry_server import RegistryServer, Seeder, registry_binary, sha256_digest
+from push_support import Pusher, fully_pullable, manifest_for
+from registry_server import RegistryServer, Seeder, registry_binary
 
 from retention.registry import media_types
 
@@ -331,103 +332,6 @@ def test_readonly_stop_runs_when_readonly_start_fails_and_gc_does_not_run(
 # -- pushes during a full pass ----------------------------------------------------------------
 
 
-@dataclass
-class Pusher:
-    """Pushes images over the real API in a loop (blobs, then manifest) until stopped."""
-
-    url: str
-    layers: int = 3
-    layer_bytes: int = 1024 * 1024
-    outcomes: list[tuple[str, str]] = field(default_factory=list)
-    pushed: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, trust_env=False, timeout=30) as http:
-            number = 0
-            while not self.stop.is_set():
-                tag = f"load-{number}"
-                number += 1
-                self.outcomes.append((tag, self.push(http, tag)))
-
-    def push(self, http: httpx.Client, tag: str) -> str:
-        """'ok', 'read-only' (405), 'unavailable' (restarting) or the unexpected answer."""
-        blobs = {}
-        try:
-            for data in [os.urandom(self.layer_bytes) for _ in range(self.layers)]:
-                blobs[self.upload(http, data)] = data
-            config = json.dumps({"rootfs": {"diff_ids": list(blobs)}}).encode()
-            config_digest = self.upload(http, config)
-            answer = http.put(
-                f"/v2/load/manifests/{tag}",
-                content=manifest_for(config_digest, config, blobs),
-                headers={"Content-Type": media_types.DOCKER_MANIFEST},
-            )
-            expect(answer, 201)
-        except httpx.TransportError:
-            return "unavailable"
-        except Refused as refused:
-            return refused.outcome
-        self.pushed[tag] = {**blobs, config_digest: config}
-        return "ok"
-
-    def upload(self, http: httpx.Client, data: bytes) -> str:
-        digest = sha256_digest(data)
-        started = http.post("/v2/load/blobs/uploads/")
-        expect(started, 202)
-        target = started.url.join(started.headers["location"]).copy_merge_params({"digest": digest})
-        expect(http.put(target, content=data), 201)
-        return digest
-
-
-class Refused(Exception):
-    def __init__(self, outcome: str) -> None:
-        self.outcome = outcome
-
-
-def expect(answer: httpx.Response, status: int) -> None:
-    if answer.status_code == status:
-        return
-    if answer.status_code == 405:
-        raise Refused("read-only")
-    raise Refused(f"{answer.request.method} {answer.status_code}: {answer.text[:200]}")
-
-
-def manifest_for(config_digest: str, config: bytes, layers: dict[str, bytes]) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": media_types.DOCKER_MANIFEST,
-            "config": {
-                "mediaType": media_types.DOCKER_CONFIG,
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": media_types.DOCKER_LAYER, "digest": d, "size": len(b)}
-                for d, b in layers.items()
-            ],
-        }
-    ).encode()
-
-
-def fully_pullable(url: str, repository: str, tag: str) -> bool:
-    """Manifest by tag, then every blob by GET with the right sha256."""
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
-        served = http.get(
-            f"/v2/{repository}/manifests/{tag}",
-            headers={"Accept": media_types.MANIFEST_ACCEPT},
-        )
-        if served.status_code != 200:
-            return False
-        document = served.json()
-        for blob in [document["config"], *document["layers"]]:
-            answer = http.get(f"/v2/{repository}/blobs/{blob['digest']}")
-            if answer.status_code != 200 or sha256_digest(answer.content) != blob["digest"]:
-                return False
-    return True
-
-
 def test_pushes_during_a_pass_with_read_only_hooks_either_succeed_whole_or_are_refused(
     tmp_path: Path, supervised: Supervised
 ) -> None:
@@ -471,3 +375,53 @@ def test_pushes_during_a_pass_with_read_only_hooks_either_succeed_whole_or_are_r
     with httpx.Client(base_url=supervised.url, trust_env=False, timeout=30) as http:
         assert retried.push(http, "after-the-window") == "ok"
     assert fully_pullable(supervised.url, "load", "after-the-window")
+
+
+def test_a_push_whose_blobs_went_up_before_the_window_and_manifest_after_is_refused_whole(
+    tmp_path: Path, supervised: Supervised
+) -> None:
+    """What dockerd's retry can do to a push cut by the read-only restart (see
+    test_docker_push.py): GC sweeps the blobs nothing referenced yet, and the restarted
+    registry refuses the late manifest with MANIFEST_BLOB_UNKNOWN instead of storing a
+    broken image. Pushed again, the image goes up whole."""
+    seeder = Seeder(supervised.url)
+    try:
+        seed_builds(seeder)
+    finally:
+        seeder.close()
+    gc = command_gc(
+        supervised.server,
+        writes="retention",
+        blob_cache="inmemory",
+        readonly_start=supervised.hook("readonly"),
+        readonly_stop=supervised.hook("writable"),
+    )
+    policy = write_policy(tmp_path / "p.yml", supervised.url, BUILDS, **gc)
+    pusher = Pusher(supervised.url, layers=2, layer_bytes=64 * 1024)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    with httpx.Client(base_url=supervised.url, trust_env=False, timeout=30) as http:
+        layers = [os.urandom(pusher.layer_bytes) for _ in range(pusher.layers)]
+        blobs = {pusher.upload(http, data): data for data in layers}
+        config_digest = pusher.upload(http, config)
+
+        result = retention("run", "-c", str(policy), "--format", "json")
+
+        assert result.code == 0, result.stderr
+        assert all(http.head(f"/v2/load/blobs/{d}").status_code == 404 for d in blobs)
+        late = http.put(
+            "/v2/load/manifests/late",
+            content=manifest_for(config_digest, config, blobs),
+            headers={"Content-Type": media_types.DOCKER_MANIFEST},
+        )
+        assert late.status_code == 400, late.text
+        assert late.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+        assert http.get("/v2/load/manifests/late").status_code == 404
+        for data in [*layers, config]:
+            pusher.upload(http, data)
+        stored = http.put(
+            "/v2/load/manifests/late",
+            content=manifest_for(config_digest, config, blobs),
+            headers={"Content-Type": media_types.DOCKER_MANIFEST},
+        )
+        assert stored.status_code == 201, stored.text
+    assert fully_pullable(supervised.url, "load", "late")
