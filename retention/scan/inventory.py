@@ -24,7 +24,7 @@ reach or list at all raises, because then there is nothing to plan.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,6 +57,23 @@ async def collect(
     the pool full on average). ``cache`` is saved at the end, whatever happened, since
     everything in it was verified against its digest.
     """
+    found = each_repository(client, repositories=repositories, progress=progress, cache=cache)
+    return Inventory(registry=client.url, repositories=tuple([r async for r in found]))
+
+
+async def each_repository(
+    client: RegistryClient,
+    *,
+    repositories: Callable[[str], bool] = lambda _: True,
+    progress: ProgressCallback | None = None,
+    cache: ManifestCache | None = None,
+) -> AsyncIterator[Repository]:
+    """``collect`` one repository at a time, in catalog order, as each is scanned: for a
+    pass that plans each as it comes and so never holds the whole registry's manifests.
+
+    The next repositories are scanned while the caller works on one; a repository done
+    early waits for those before it (the scan starts them in order, so few wait).
+    """
     try:
         await client.ping()
         names = [name for name in await client.catalog() if repositories(name)]
@@ -71,11 +88,17 @@ async def collect(
             tally.repository_done()
             return scanned
 
-        scanned = await asyncio.gather(*(scan(name) for name in names))
+        tasks = [asyncio.ensure_future(scan(name)) for name in names]
+        try:
+            for task in tasks:
+                yield await task
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         if cache is not None:
             cache.save()
-    return Inventory(registry=client.url, repositories=tuple(scanned))
 
 
 @dataclass
