@@ -24,6 +24,7 @@ reach or list at all raises, because then there is nothing to plan.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -210,7 +211,8 @@ class _RepositoryScan:
             digest = fetched.digest
         else:
             digest, _ = await self._client.resolve(self._name, tag)
-        self._tags.append(Tag(name=tag, digest=digest))
+        # Interned: the plan keeps every tag's name, and names like ``latest`` repeat.
+        self._tags.append(Tag(name=sys.intern(tag), digest=digest))
         await self._manifest(digest, present=True, fetched=fetched)
 
     def _manifest(

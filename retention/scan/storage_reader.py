@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -145,10 +146,14 @@ class _RepositoryRead:
         )
 
     def _tag_names(self) -> list[str]:
-        """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN)."""
+        """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN).
+
+        Interned: the plan keeps every tag's name, and names like ``latest`` repeat in
+        every repository.
+        """
         path = f"{self._repository}/_manifests/tags"
         try:
-            return [entry.name for entry in os.scandir(path) if entry.is_dir()]
+            return [sys.intern(entry.name) for entry in os.scandir(path) if entry.is_dir()]
         except FileNotFoundError:
             return []
         except OSError as exc:
