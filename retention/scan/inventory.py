@@ -80,12 +80,11 @@ async def each_repository(
         names = [name for name in await client.catalog() if repositories(name)]
         tally = _Tally(progress, total=len(names))
         odds = _Odds(cold=cache is None or cache.empty())
-        shared: dict[Blob, Blob] = {}  # equal layers as one object across the registry
         bound = asyncio.Semaphore(client.concurrency)
 
         async def scan(name: str) -> Repository:
             async with bound:
-                scanned = await _RepositoryScan(client, name, cache, odds, shared).run()
+                scanned = await _RepositoryScan(client, name, cache, odds).run()
             tally.repository_done()
             return scanned
 
@@ -152,11 +151,12 @@ class _RepositoryScan:
         name: str,
         cache: ManifestCache | None,
         odds: _Odds,
-        shared: dict[Blob, Blob],
     ) -> None:
         self._client = client
         self._odds = odds
-        self._shared = shared
+        # Equal layers as one object in the repository; not registry-wide, or a pass that
+        # drops each repository once planned would still keep every config ever read.
+        self._shared: dict[Blob, Blob] = {}
         self._name = name
         self._cache = cache
         self._tags: list[Tag] = []
