@@ -146,8 +146,8 @@ async def _scan_and_plan(
     """Each repository planned as soon as it is scanned, then dropped: a pass holds one
     repository's manifests at a time (and the plan), not the whole registry's.
 
-    So what in use and what held is read before the scan; ``run`` reads in use again
-    before it deletes (``_apply``), so an image deployed during a long scan is spared.
+    So what is in use and what is held are read before the scan; ``run_pass`` reads in use
+    again before it deletes, so an image deployed during a long scan is spared too.
     """
     in_use = await _in_use(policy)
     holds = HoldStore(policy.state_dir).load()
