@@ -306,13 +306,13 @@ def _linearity(runs: list[dict[str, Any]]) -> list[str]:
     """ms per tag of every kind at every size, and its drift from the smallest size."""
     if len(runs) < 2:
         return []
-    lines = ["", f"{'per tag (ms)':<16}" + "".join(f"{run['tags']:>12}" for run in runs)]
+    lines = ["", f"{'per tag (ms)':<16}" + "".join(f"{run['tags']:>14}" for run in runs)]
     for kind in KINDS:
         cells = [
-            f"{run[kind]['ms_per_tag']:>6.3f}{drift:>+6.0%}"
+            f"{run[kind]['ms_per_tag']:.3f} {drift:>+5.0%}"
             for run, drift in zip(runs, _drift(runs, kind), strict=True)
         ]
-        lines.append(f"{kind + ' plan':<16}" + "".join(f"{cell:>12}" for cell in cells))
+        lines.append(f"{kind + ' plan':<16}" + "".join(f"{cell:>14}" for cell in cells))
     return lines
 
 
