@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -155,8 +156,10 @@ async def _scan_and_plan(
         planning = planner.Planning(
             policy, client.url, clock(), in_use, holds=holds, history_since=events.history_since
         )
-        async for scanned in _scanned(client, policy, progress, scope):
-            planning.add(await _completed(client, policy, events, scanned))
+        # Closed at once if planning stops (cancelled): the scan's tasks end, its cache saves.
+        async with aclosing(_scanned(client, policy, progress, scope)) as repositories:
+            async for scanned in repositories:
+                planning.add(await _completed(client, policy, events, scanned))
     plan = planning.finish()
     if scope.rule is not None:
         plan = planner.only_rule(plan, scope.rule)
@@ -194,7 +197,7 @@ def _log_decisions(plan: Plan) -> None:
 
 async def _scanned(
     client: RegistryClient, policy: Policy, progress: PhaseProgress | None, scope: Scope
-) -> AsyncIterator[Repository]:
+) -> AsyncGenerator[Repository, None]:
     """The scan, one repository at a time (``scan: api`` with manifests cached by digest,
     or ``scan: storage``), in catalog order.
 
@@ -217,8 +220,9 @@ async def _scanned(
     scanned = inventory.each_repository(
         client, repositories=wanted, progress=_phase(progress, "scan"), cache=cache
     )
-    async for repository in scanned:
-        yield repository
+    async with aclosing(scanned):
+        async for repository in scanned:
+            yield repository
 
 
 async def _completed(

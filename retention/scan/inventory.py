@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,7 +68,7 @@ async def each_repository(
     repositories: Callable[[str], bool] = lambda _: True,
     progress: ProgressCallback | None = None,
     cache: ManifestCache | None = None,
-) -> AsyncIterator[Repository]:
+) -> AsyncGenerator[Repository, None]:
     """``collect`` one repository at a time, in catalog order, as each is scanned: for a
     pass that plans each as it comes and so never holds the whole registry's manifests.
 
