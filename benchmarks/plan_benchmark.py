@@ -16,8 +16,10 @@ see ``seed.py``), and measures on that one registry, in one run:
   (``plan_pass.py``) so its peak RSS is its own.
 
 Then the ratios (cold plan / limit, warm speed-up, storage speed-up), the time per tag at
-each size, and PASS or FAIL per goal (the exit status stays 0: this measures, it does not
-gate). The load average before and after is printed: quote ratios from one run.
+each size with its drift from the smallest size (linear growth: within ±25 %, for the
+cold, warm and storage plans alike), and PASS or FAIL per goal (the exit status stays 0:
+this measures, it does not gate). The load average before and after is printed: quote
+ratios from one run.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ LARGE_STORAGE_MAX_SECONDS = 10.0
 PEAK_RSS_MAX_MB = 200.0
 PER_TAG_DRIFT = 0.25
 QUICK = {"sizes": [12], "tags_per_repository": 4}
+KINDS = ("cold", "warm", "storage")
 
 
 @dataclass(frozen=True)
@@ -230,13 +233,19 @@ def _targets(runs: list[dict[str, Any]]) -> list[Target]:
                    f"< {LARGE_STORAGE_MAX_SECONDS:.0f}", storage < LARGE_STORAGE_MAX_SECONDS),
         ]  # fmt: skip
     if len(runs) > 1:
-        first, last = runs[0]["cold"]["ms_per_tag"], largest["cold"]["ms_per_tag"]
-        drift = round(last / first - 1, 3)
-        targets.append(
-            Target(f"cold per-tag time, {runs[0]['tags']} -> {largest['tags']} tags", drift,
-                   f"within ±{PER_TAG_DRIFT:.0%}", abs(drift) <= PER_TAG_DRIFT)
-        )  # fmt: skip
+        for kind in KINDS:
+            drift = _drift(runs, kind)[-1]
+            targets.append(
+                Target(f"{kind} per-tag time, {runs[0]['tags']} -> {largest['tags']} tags",
+                       drift, f"within ±{PER_TAG_DRIFT:.0%}", abs(drift) <= PER_TAG_DRIFT)
+            )  # fmt: skip
     return targets
+
+
+def _drift(runs: list[dict[str, Any]], kind: str) -> list[float]:
+    """Per-tag time at each size against the smallest: 0.1 is 10 % slower per tag."""
+    first = runs[0][kind]["ms_per_tag"]
+    return [round(run[kind]["ms_per_tag"] / first - 1, 3) for run in runs]
 
 
 def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
@@ -284,12 +293,27 @@ def render(results: dict[str, Any]) -> str:
             f"warm speed-up {size['warm_speedup']}x, storage speed-up {size['storage_speedup']}x;"
             f" limit halves {size['limit']['halves_tags_per_second']} tags/s",
         ]
+    lines += _linearity(results["runs"])
     lines.append("")
     lines += [
         f"{'PASS' if t['passed'] else 'FAIL'}  {t['name']}: {t['measured']} (want {t['wanted']})"
         for t in results["targets"]
     ]
     return "\n".join(lines)
+
+
+def _linearity(runs: list[dict[str, Any]]) -> list[str]:
+    """ms per tag of every kind at every size, and its drift from the smallest size."""
+    if len(runs) < 2:
+        return []
+    lines = ["", f"{'per tag (ms)':<16}" + "".join(f"{run['tags']:>14}" for run in runs)]
+    for kind in KINDS:
+        cells = [
+            f"{run[kind]['ms_per_tag']:.3f} {drift:>+5.0%}"
+            for run, drift in zip(runs, _drift(runs, kind), strict=True)
+        ]
+        lines.append(f"{kind + ' plan':<16}" + "".join(f"{cell:>14}" for cell in cells))
+    return lines
 
 
 def _row(label: str, run: dict[str, Any]) -> str:

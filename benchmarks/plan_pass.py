@@ -3,8 +3,9 @@
 Run by ``plan_benchmark.py`` as ``python plan_pass.py URL STATE_DIR REPOSITORIES
 CONCURRENCY [STORAGE_ROOT]``; prints one JSON object. It does what
 ``runner.run_pass(dry_run=True)`` does (a ``RegistryClient`` from the policy,
-``inventory.collect`` with the manifest cache in ``state_dir``, ``planner.plan``), or with
-STORAGE_ROOT what ``scan: storage`` does (``read_storage``, then ``planner.plan``), but
+``inventory.each_repository`` with the manifest cache in ``state_dir``, each repository
+handed to ``planner.Planning`` as it comes), or with STORAGE_ROOT what ``scan: storage``
+does (``storage_reader.each_repository`` into ``planner.Planning``), but
 scans only the first REPOSITORIES repositories and meters the client's transport (the same
 httpx-aiohttp transport ``RegistryClient`` uses by default):
 
@@ -39,11 +40,11 @@ from httpx_aiohttp import AiohttpTransport  # noqa: E402
 from seed import repository_name  # noqa: E402
 
 from retention.core import planner  # noqa: E402
-from retention.core.model import Inventory  # noqa: E402
+from retention.core.model import Repository  # noqa: E402
 from retention.core.policy import Policy, policy_from_mapping  # noqa: E402
 from retention.registry import RegistryClient  # noqa: E402
 from retention.scan import inventory  # noqa: E402
-from retention.scan.storage_reader import read_storage  # noqa: E402
+from retention.scan.storage_reader import each_repository  # noqa: E402
 from retention.state.manifest_cache import ManifestCache  # noqa: E402
 
 
@@ -135,18 +136,22 @@ async def plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
     meter = Meter(policy.registry.concurrency)
     rss_before = _rss_kib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
+    facts = _Facts()
     async with RegistryClient(policy.registry, transport=meter) as client:
-        scanned = await inventory.collect(
+        planning = planner.Planning(policy, client.url, datetime.now(UTC))
+        scanned = inventory.each_repository(
             client, repositories=wanted.__contains__, cache=ManifestCache(policy.state_dir)
         )
-        plan = planner.plan(policy, scanned, datetime.now(UTC))
+        async for repository in scanned:
+            planning.add(facts.count(repository))
+        plan = planning.finish()
         seconds = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started
         mean_in_flight = meter.mean_in_flight()
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        **_inventory_facts(scanned),
+        **facts.summary(),
         "tags_to_delete": plan.summary.tags_to_delete,
         "requests": dict(sorted(meter.requests.items())),
         "peak_in_flight": meter.peak_in_flight,
@@ -156,16 +161,27 @@ async def plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
     }
 
 
-def _inventory_facts(scanned: Inventory) -> dict[str, int]:
-    """What the benchmark checks against the seeded registry before trusting a timing."""
-    manifests = [m for r in scanned.repositories for m in r.manifests.values()]
-    return {
-        "repositories": len(scanned.repositories),
-        "tags": sum(len(r.tags) for r in scanned.repositories),
-        "manifests": len(manifests),
-        "undated": sum(1 for m in manifests if m.created is None),
-        "failed_repositories": sum(1 for r in scanned.repositories if r.error),
-    }
+class _Facts:
+    """What the benchmark checks against the seeded registry before trusting a timing,
+    counted as the repositories go by (the pass does not keep them)."""
+
+    def __init__(self) -> None:
+        self.counts = Counter[str]()
+
+    def count(self, repository: Repository) -> Repository:
+        manifests = repository.manifests.values()
+        self.counts.update(
+            repositories=1,
+            tags=len(repository.tags),
+            manifests=len(manifests),
+            undated=sum(1 for m in manifests if m.created is None),
+            failed_repositories=1 if repository.error else 0,
+        )
+        return repository
+
+    def summary(self) -> dict[str, int]:
+        names = ("repositories", "tags", "manifests", "undated", "failed_repositories")
+        return {name: self.counts[name] for name in names}
 
 
 def _rss_kib(field: str) -> int:
@@ -180,16 +196,20 @@ def _rss_kib(field: str) -> int:
 
 
 def storage_plan_once(policy: Policy, repositories: int, root: Path) -> dict[str, Any]:
-    """What ``scan: storage`` does in ``run_pass(dry_run=True)``: read the files, plan."""
+    """What ``scan: storage`` does in ``run_pass(dry_run=True)``: each repository read from
+    the files and planned, then dropped."""
     wanted = {repository_name(index) for index in range(repositories)}
     rss_before = _rss_kib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
-    scanned = read_storage(root, registry=policy.registry.url, repositories=wanted.__contains__)
-    plan = planner.plan(policy, scanned, datetime.now(UTC))
+    facts = _Facts()
+    planning = planner.Planning(policy, policy.registry.url, datetime.now(UTC))
+    for repository in each_repository(root, repositories=wanted.__contains__):
+        planning.add(facts.count(repository))
+    plan = planning.finish()
     return {
         "seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time() - cpu_started,
-        **_inventory_facts(scanned),
+        **facts.summary(),
         "tags_to_delete": plan.summary.tags_to_delete,
         "requests": {},
         "rss_before_kib": rss_before,

@@ -4,7 +4,8 @@
 
 The real layout of 1,000,000 tags (each its own manifest and config, as ``seed.py`` writes
 them) needs about 16 million inodes, more than this machine's disk or /dev/shm has. So this
-runs ``read_storage`` and ``planner.plan`` unchanged, in this process, over a file system
+runs the storage pass unchanged (``storage_reader.each_repository`` into
+``planner.Planning``, as ``run_pass`` does), in this process, over a file system
 that exists only as answers: listing a directory, stat'ing a link and reading a file are
 answered with exactly the bytes ``seed.py`` would have written there (the same configs,
 manifests and digests), generated when the reader asks. Only the tag being read is held,
@@ -137,11 +138,14 @@ def measure(tags: int, per_repository: int) -> dict[str, Any]:
     policy = benchmark_policy("http://127.0.0.1:5000", Path("/nonexistent"), 8)
     rss_before = _rss_kib("VmRSS")
     started = time.perf_counter()
-    scanned = storage_reader.read_storage(Path(ROOT), registry=policy.registry.url)
+    planning = planner.Planning(policy, policy.registry.url, datetime.now(UTC))
+    found = failed = 0
+    for repository in storage_reader.each_repository(Path(ROOT)):
+        found, failed = found + len(repository.tags), failed + bool(repository.error)
+        planning.add(repository)
     scanned_rss = _rss_kib("VmRSS")
-    plan = planner.plan(policy, scanned, datetime.now(UTC))
-    found = sum(len(repository.tags) for repository in scanned.repositories)
-    if found != repositories * per_repository or any(r.error for r in scanned.repositories):
+    plan = planning.finish()
+    if found != repositories * per_repository or failed:
         raise RuntimeError(f"the reader did not see every generated tag ({found})")
     return {
         "tags": found,
@@ -149,7 +153,7 @@ def measure(tags: int, per_repository: int) -> dict[str, Any]:
         "seconds_with_generation": round(time.perf_counter() - started, 1),
         "tags_to_delete": plan.summary.tags_to_delete,
         "rss_before_mb": round(rss_before / 1024, 1),
-        "rss_after_scan_mb": round(scanned_rss / 1024, 1),
+        "rss_after_scan_and_plan_mb": round(scanned_rss / 1024, 1),
         "peak_rss_mb": round(_rss_kib("VmHWM") / 1024, 1),
         "load_average": round(os.getloadavg()[0], 2),
     }

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -25,10 +26,10 @@ from retention.core import planner
 from retention.core.image_reference import ImageReference
 from retention.core.model import (
     GcResult,
-    Inventory,
     Outcome,
     PhaseProgress,
     Plan,
+    Repository,
     RunResult,
     StorageUsage,
 )
@@ -51,11 +52,10 @@ from retention.gc.mode import PassGc
 from retention.logs import get_logger
 from retention.registry.client import RegistryClient
 from retention.scan import in_use as in_use_sources
-from retention.scan.inventory import collect
-from retention.scan.push_times import with_event_times, with_push_times
-from retention.scan.storage_reader import read_storage
-from retention.scan.subjects import confirm_subjects
-from retention.scan.untagged import with_untagged
+from retention.scan import inventory, storage_reader
+from retention.scan.push_times import EventTimes, with_link_times
+from retention.scan.subjects import confirm_repository
+from retention.scan.untagged import UntaggedListing
 from retention.state.holds import HoldStore
 from retention.state.lock import exclusive
 from retention.state.manifest_cache import ManifestCache
@@ -91,6 +91,8 @@ async def run_pass(
             return RunResult(plan, dry_run=True, duration_s=time.monotonic() - started)
         with exclusive(policy.state_dir):
             plan = await _scan_and_plan(client, policy, progress, clock, scope)
+            if policy.in_use:  # read before the scan; deployed since is spared too
+                plan = planner.hold_in_use(plan, await _in_use(policy))
             if confirm is not None and plan.manifests_to_delete and not confirm(plan):
                 return RunResult(plan, dry_run=False, errors=(NOT_CONFIRMED,))
             result = await _apply(
@@ -143,12 +145,30 @@ async def _scan_and_plan(
     clock: Clock,
     scope: Scope,
 ) -> Plan:
-    inventory = await _inventory(client, policy, progress, scope)
-    now = clock()
-    inventory = await asyncio.to_thread(with_untagged, inventory, policy, now)
+    """Each repository planned as soon as it is scanned, then dropped: a pass holds one
+    repository's manifests at a time (and the plan), not the whole registry's.
+
+    So what is in use and what is held are read before the scan; ``run_pass`` reads in use
+    again before it deletes, so an image deployed during a long scan is spared too.
+    """
     in_use = await _in_use(policy)
     holds = HoldStore(policy.state_dir).load()
-    plan = planner.plan(policy, inventory, now, in_use, holds=holds)
+    now = clock()
+    untagged = UntaggedListing(policy, now)
+    with EventTimes(policy.state_dir, policy.notifications) as events:
+        planning = planner.Planning(
+            policy, client.url, now, in_use, holds=holds, history_since=events.history_since
+        )
+        # Closed at once if planning stops (cancelled): the scan's tasks end, its cache saves.
+        async with aclosing(_scanned(client, policy, progress, scope)) as repositories:
+            async for scanned in repositories:
+                completed = await _completed(client, policy, events, scanned)
+                if untagged.enabled:  # reads the storage: off the event loop
+                    completed = await asyncio.to_thread(untagged.add, completed)
+                planning.add(completed)
+    if untagged.enabled:
+        await asyncio.to_thread(untagged.save)
+    plan = planning.finish()
     if scope.rule is not None:
         plan = planner.only_rule(plan, scope.rule)
         plan = replace(plan, refused=planner.check_budget(plan, policy.safety))
@@ -183,11 +203,11 @@ def _log_decisions(plan: Plan) -> None:
             )
 
 
-async def _inventory(
+async def _scanned(
     client: RegistryClient, policy: Policy, progress: PhaseProgress | None, scope: Scope
-) -> Inventory:
-    """The scan (``scan: api`` with manifests cached by digest, or ``scan: storage``),
-    signed subjects, push and pull times.
+) -> AsyncGenerator[Repository, None]:
+    """The scan, one repository at a time (``scan: api`` with manifests cached by digest,
+    or ``scan: storage``), in catalog order.
 
     The probe repository holds only the probe's own short-lived test images: never
     scanned, so no rule can plan them and a probe in flight cannot be deleted under it.
@@ -198,25 +218,31 @@ async def _inventory(
 
     if policy.scan == "storage" and policy.storage.path is not None:
         await client.ping()  # deletions and subjects still need the API: fail early
-        scanned = await asyncio.to_thread(
-            read_storage,
-            policy.storage.path,
-            registry=client.url,
-            progress=_phase(progress, "scan"),
-            repositories=wanted,
+        found = storage_reader.each_repository(
+            policy.storage.path, repositories=wanted, progress=_phase(progress, "scan")
         )
-    else:
-        scanned = await collect(
-            client,
-            repositories=wanted,
-            progress=_phase(progress, "scan"),
-            cache=ManifestCache(policy.state_dir),
-        )
-    inventory = await confirm_subjects(client, scanned)
-    inventory = with_event_times(inventory, policy.state_dir, policy.notifications)
+        while (read := await asyncio.to_thread(next, found, None)) is not None:
+            yield read
+        return
+    cache = ManifestCache(policy.state_dir)
+    scanned = inventory.each_repository(
+        client, repositories=wanted, progress=_phase(progress, "scan"), cache=cache
+    )
+    async with aclosing(scanned):
+        async for repository in scanned:
+            yield repository
+
+
+async def _completed(
+    client: RegistryClient, policy: Policy, events: EventTimes, repository: Repository
+) -> Repository:
+    """A scanned repository with its signed subjects, push and pull times: what it is planned
+    with."""
+    repository = await confirm_repository(client, repository)
+    repository = events.timed(repository)
     if policy.storage.path is not None and policy.gc.mode != "docker":
-        inventory = with_push_times(inventory, policy.storage.path)
-    return inventory
+        repository = with_link_times(repository, policy.storage.path)
+    return repository
 
 
 async def _in_use(policy: Policy) -> tuple[ImageReference, ...]:

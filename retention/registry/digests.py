@@ -17,9 +17,12 @@ def is_digest(reference: str) -> bool:
     return _DIGEST.fullmatch(reference) is not None
 
 
+# The constructors themselves: ``hashlib.new(name)`` looks the name up on every call.
+_HASHES = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
+
+
 def digest_matches(digest: str, data: bytes) -> bool:
     """Whether ``data`` hashes to ``digest``; unknown algorithms never match (fail closed)."""
     algorithm, _, expected = digest.partition(":")
-    if algorithm not in ("sha256", "sha384", "sha512"):
-        return False
-    return hashlib.new(algorithm, data).hexdigest() == expected
+    hash_function = _HASHES.get(algorithm)
+    return hash_function is not None and hash_function(data).hexdigest() == expected

@@ -7,9 +7,10 @@ body and can drop it as soon as it is parsed. Anything we cannot read with certa
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from retention.core.model import Blob, Manifest
 from retention.errors import InvalidManifest
@@ -63,7 +64,7 @@ def parse_created(config: bytes) -> datetime | None:
     treats the age as unknown instead of as two thousand years.
     """
     try:
-        value = json.loads(config).get("created")
+        value = orjson.loads(config).get("created")
         created = datetime.fromisoformat(value)
     except (ValueError, TypeError, AttributeError):
         return None
@@ -98,8 +99,8 @@ def _invalid(fetched: FetchedManifest, why: str) -> InvalidManifest:
 
 def _document(fetched: FetchedManifest) -> dict[str, Any]:
     try:
-        document = json.loads(fetched.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = orjson.loads(fetched.body)
+    except (ValueError, UnicodeDecodeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise _invalid(fetched, f"is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise _invalid(fetched, "is not a JSON object")

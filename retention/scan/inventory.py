@@ -24,7 +24,8 @@ reach or list at all raises, because then there is nothing to plan.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+import sys
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,25 +58,47 @@ async def collect(
     the pool full on average). ``cache`` is saved at the end, whatever happened, since
     everything in it was verified against its digest.
     """
+    found = each_repository(client, repositories=repositories, progress=progress, cache=cache)
+    return Inventory(registry=client.url, repositories=tuple([r async for r in found]))
+
+
+async def each_repository(
+    client: RegistryClient,
+    *,
+    repositories: Callable[[str], bool] = lambda _: True,
+    progress: ProgressCallback | None = None,
+    cache: ManifestCache | None = None,
+) -> AsyncGenerator[Repository, None]:
+    """``collect`` one repository at a time, in catalog order, as each is scanned: for a
+    pass that plans each as it comes and so never holds the whole registry's manifests.
+
+    The next repositories are scanned while the caller works on one; a repository done
+    early waits for those before it (the scan starts them in order, so few wait).
+    """
     try:
         await client.ping()
         names = [name for name in await client.catalog() if repositories(name)]
         tally = _Tally(progress, total=len(names))
         odds = _Odds(cold=cache is None or cache.empty())
-        shared: dict[Blob, Blob] = {}  # equal layers as one object across the registry
         bound = asyncio.Semaphore(client.concurrency)
 
         async def scan(name: str) -> Repository:
             async with bound:
-                scanned = await _RepositoryScan(client, name, cache, odds, shared).run()
+                scanned = await _RepositoryScan(client, name, cache, odds).run()
             tally.repository_done()
             return scanned
 
-        scanned = await asyncio.gather(*(scan(name) for name in names))
+        tasks = [asyncio.ensure_future(scan(name)) for name in names]
+        try:
+            for task in tasks:
+                yield await task
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         if cache is not None:
             cache.save()
-    return Inventory(registry=client.url, repositories=tuple(scanned))
 
 
 @dataclass
@@ -128,11 +151,12 @@ class _RepositoryScan:
         name: str,
         cache: ManifestCache | None,
         odds: _Odds,
-        shared: dict[Blob, Blob],
     ) -> None:
         self._client = client
         self._odds = odds
-        self._shared = shared
+        # Equal layers as one object in the repository; not registry-wide, or a pass that
+        # drops each repository once planned would still keep every config ever read.
+        self._shared: dict[Blob, Blob] = {}
         self._name = name
         self._cache = cache
         self._tags: list[Tag] = []
@@ -187,7 +211,8 @@ class _RepositoryScan:
             digest = fetched.digest
         else:
             digest, _ = await self._client.resolve(self._name, tag)
-        self._tags.append(Tag(name=tag, digest=digest))
+        # Interned: the plan keeps every tag's name, and names like ``latest`` repeat.
+        self._tags.append(Tag(name=sys.intern(tag), digest=digest))
         await self._manifest(digest, present=True, fetched=fetched)
 
     def _manifest(

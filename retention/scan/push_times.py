@@ -46,11 +46,13 @@ def with_event_times(inventory: Inventory, state_dir: Path, settings: Notificati
 
 
 def _from_store(inventory: Inventory, store: EventStore, *, count_head: bool) -> Inventory:
-    repositories = tuple(
-        replace(r, tags=_timed_tags(r, store.times(r.name), count_head))
-        for r in inventory.repositories
-    )
+    repositories = tuple(_timed(r, store, count_head) for r in inventory.repositories)
     return replace(inventory, repositories=repositories, pull_history_since=store.history_since())
+
+
+def _timed(repository: Repository, store: EventStore, count_head: bool) -> Repository:
+    times = store.times(repository.name)
+    return replace(repository, tags=_timed_tags(repository, times, count_head))
 
 
 def _timed_tags(
@@ -67,6 +69,54 @@ def _timed_tag(tag: Tag, times: RepositoryTimes, count_head: bool) -> Tag:
     return replace(tag, pushed=pushed or tag.pushed, pulled=pulled or tag.pulled)
 
 
+class EventTimes:
+    """``with_event_times`` one repository at a time, for a pass that plans each as it is
+    scanned: the store stays open for the pass (``with``), and is read once per repository.
+
+    ``history_since`` is known before the first repository, as the planner needs it. A store
+    that cannot be read at the start is logged and left out, as ``with_event_times`` does.
+    One that fails mid-pass, once the planner was told since when pulls are known, fails
+    every repository from there on (they delete nothing): a pull it could not read would
+    otherwise count as no pull.
+    """
+
+    def __init__(self, state_dir: Path, settings: Notifications) -> None:
+        self._store = EventStore.existing(state_dir) if settings.enabled else None
+        self._count_head = settings.counts_head
+        self._broken: str | None = None
+        self.history_since: datetime | None = None
+        if self._store is not None:
+            try:
+                self.history_since = self._store.history_since()
+            except EventStoreError as exc:
+                log.warning("event times not used", error=str(exc))
+                self.close()
+
+    def __enter__(self) -> EventTimes:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def timed(self, repository: Repository) -> Repository:
+        if self._broken is not None:
+            return replace(repository, error=repository.error or self._broken)
+        if self._store is None:
+            return repository
+        try:
+            return _timed(repository, self._store, self._count_head)
+        except EventStoreError as exc:
+            log.error("event times failed mid-pass", error=str(exc))
+            self._broken = f"the notification event store failed: {exc}"
+            self.close()
+            return self.timed(repository)
+
+
 def with_push_times(inventory: Inventory, root: Path) -> Inventory:
     """``Tag.pushed`` from the link file, for tags whose push time is still unknown."""
     base = root / REPOSITORIES
@@ -75,6 +125,12 @@ def with_push_times(inventory: Inventory, root: Path) -> Inventory:
     return replace(
         inventory, repositories=tuple(_repository(base, r) for r in inventory.repositories)
     )
+
+
+def with_link_times(repository: Repository, root: Path) -> Repository:
+    """``with_push_times`` for one repository, for a pass that plans each as it is scanned."""
+    base = root / REPOSITORIES
+    return _repository(base, repository) if base.is_dir() else repository
 
 
 def _repository(base: Path, repository: Repository) -> Repository:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -68,18 +69,30 @@ def read_storage(
     ``registry`` is the API URL the inventory is for: plans name it, and deletions go there.
     Raises ``StorageReadError`` only when the storage root itself cannot be read.
     """
+    found = each_repository(root, repositories=repositories, progress=progress)
+    return Inventory(registry=registry, repositories=tuple(found))
+
+
+def each_repository(
+    root: Path,
+    *,
+    repositories: Callable[[str], bool] = lambda _: True,
+    progress: ProgressCallback | None = None,
+) -> Iterator[Repository]:
+    """``read_storage`` one repository at a time, for a pass that plans each as it is read
+    and so never holds the whole registry's manifests (``planner.Planning``).
+
+    The root is checked and the repositories listed on the first ``next()``.
+    """
     problem = storage_root_problem(root)
     if problem is not None:
         raise StorageReadError(f"cannot scan the registry's storage: {problem}")
     v2 = str(root / V2)
-    shared: dict[Blob, Blob] = {}
     names = [n for n in _repository_names(v2 + "/repositories") if repositories(n)]
-    scanned = []
-    for name in names:  # listed first, so the progress total never grows
-        scanned.append(_RepositoryRead(v2, name, shared).run())
+    for done, name in enumerate(names, 1):  # listed first, so the progress total never grows
+        yield _RepositoryRead(v2, name).run()
         if progress is not None:
-            progress(len(scanned), len(names))
-    return Inventory(registry=registry, repositories=tuple(scanned))
+            progress(done, len(names))
 
 
 def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[str, Manifest]:
@@ -88,7 +101,7 @@ def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[
 
     Raises ``StorageReadError`` or ``InvalidManifest``: the caller fails the repository.
     """
-    reader = _RepositoryRead(str(root / V2), repository, {})
+    reader = _RepositoryRead(str(root / V2), repository)
     for digest in digests:
         reader.manifest(digest)
     return reader.manifests
@@ -113,16 +126,21 @@ def _repository_names(base: str, prefix: str = "") -> Iterator[str]:
 
 
 class _RepositoryRead:
-    """One repository, keeping what it read so a failure can still report it."""
+    """One repository, keeping what it read so a failure can still report it.
 
-    def __init__(self, v2: str, name: str, shared: dict[Blob, Blob]) -> None:
+    Equal blobs are one object within the repository (``shared``), not across repositories:
+    a registry-wide table would hold every config ever read, however the pass drops the
+    repositories it planned.
+    """
+
+    def __init__(self, v2: str, name: str) -> None:
         self._v2 = v2
         self._name = name
         self._repository = f"{v2}/repositories/{name}"
         self._tags: list[Tag] = []
         self._manifests: dict[str, Manifest] = {}
         self._created: dict[str, datetime | None] = {}
-        self._shared = shared
+        self._shared: dict[Blob, Blob] = {}
 
     def run(self) -> Repository:
         error = None
@@ -140,10 +158,14 @@ class _RepositoryRead:
         )
 
     def _tag_names(self) -> list[str]:
-        """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN)."""
+        """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN).
+
+        Interned: the plan keeps every tag's name, and names like ``latest`` repeat in
+        every repository.
+        """
         path = f"{self._repository}/_manifests/tags"
         try:
-            return [entry.name for entry in os.scandir(path) if entry.is_dir()]
+            return [sys.intern(entry.name) for entry in os.scandir(path) if entry.is_dir()]
         except FileNotFoundError:
             return []
         except OSError as exc:

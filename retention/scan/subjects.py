@@ -18,11 +18,13 @@ from retention.registry import RegistryClient, parse_manifest
 
 async def confirm_subjects(client: RegistryClient, inventory: Inventory) -> Inventory:
     """The inventory with every present-but-untagged subject added to its repository."""
-    repositories = await asyncio.gather(*(_confirm(client, r) for r in inventory.repositories))
-    return replace(inventory, repositories=tuple(repositories))
+    found = await asyncio.gather(*(confirm_repository(client, r) for r in inventory.repositories))
+    return replace(inventory, repositories=tuple(found))
 
 
-async def _confirm(client: RegistryClient, repository: Repository) -> Repository:
+async def confirm_repository(client: RegistryClient, repository: Repository) -> Repository:
+    """One repository with its present-but-untagged subjects added: for a pass that plans
+    each repository as it is scanned."""
     if repository.error is not None:
         return repository
     unknown = sorted(

@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retention.core.model import Inventory, Manifest, Repository, UntaggedManifest
+from retention.core.model import Manifest, Repository, UntaggedManifest
 from retention.core.policy import Policy
 from retention.errors import InvalidManifest, StorageReadError
 from retention.logs import get_logger
@@ -29,18 +29,6 @@ from retention.state.untagged_since import UntaggedSince
 
 log = get_logger(__name__)
 _ALGORITHM = "sha256"  # the only digest Distribution 2.8 stores revisions under
-
-
-def with_untagged(inventory: Inventory, policy: Policy, now: datetime) -> Inventory:
-    """The inventory with ``Repository.untagged`` (and their manifests) where the policy asks.
-
-    Without ``untagged:`` in the policy, the inventory as it was. A storage root that cannot
-    be read fails every covered repository (nothing deleted there) rather than the pass.
-    """
-    listing = UntaggedListing(policy, now)
-    repositories = tuple(listing.add(r) for r in inventory.repositories)
-    listing.save()
-    return replace(inventory, repositories=repositories)
 
 
 class UntaggedListing:
@@ -55,12 +43,13 @@ class UntaggedListing:
         self._settings, self._root = policy.untagged, policy.storage.path
         self._now = now
         self._store = UntaggedSince(policy.state_dir)
-        self._seen = self._store.load() if self._enabled else {}
+        self._seen = self._store.load() if self.enabled else {}
         self._problem = storage_root_problem(self._root) if self._root is not None else None
         self._listed: dict[str, list[str]] = {}
 
     @property
-    def _enabled(self) -> bool:
+    def enabled(self) -> bool:
+        """Whether ``add`` can change anything (else a caller need not hand it over)."""
         return self._settings is not None and self._root is not None
 
     def add(self, repository: Repository) -> Repository:
@@ -76,7 +65,7 @@ class UntaggedListing:
         return _dated(listed, linked, seen, self._now)
 
     def save(self) -> None:
-        if self._enabled:
+        if self.enabled:
             self._store.record(self._listed, self._now)
 
 

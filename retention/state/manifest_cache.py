@@ -45,6 +45,10 @@ MAX_AGE = timedelta(days=30)
 MAX_ENTRIES = 200_000
 # Another pass (the daemon beside a manual plan) may be writing; wait this long, then skip.
 LOCK_WAIT_SECONDS = 5.0
+# Equal blobs are interned among this many: enough for the base layers of a batch of images
+# to be one object each, while a pass that plans and drops repositories as it goes does not
+# keep every config it ever decoded (one per image).
+SHARED_BLOBS = 10_000
 _EPOCH = date(1970, 1, 1)
 
 log = get_logger(__name__)
@@ -82,6 +86,8 @@ class ManifestCache:
     def get(self, digest: str) -> Manifest | None:
         """The manifest stored under ``digest``, or None when unknown or unreadable."""
         row = self._query(digest)
+        if len(self._shared) > SHARED_BLOBS:
+            self._shared.clear()
         manifest = None if row is None else _decode(digest, row, self._shared)
         if manifest is not None:
             self._hits.add(digest)

@@ -199,3 +199,33 @@ def test_apply_reads_the_sources_again_and_spares_an_image_deployed_since_the_pl
         f"error: in_use source file: {in_use}: cannot read it: No such file or directory"
     ]
     assert seeder.manifest_status("app/web", digests[0]) == 200
+
+
+def test_run_reads_the_sources_again_after_the_scan_and_spares_an_image_deployed_meanwhile(
+    tmp_path: Path, registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    """The plan is made while the scan goes, with what was in use before it; an image
+    deployed during a long scan is still in use when the deletions start."""
+    digests = seed(seeder)
+    calls = tmp_path / "calls"
+    second_call_prints = (
+        "import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = len(p.read_text()) if "
+        "p.exists() else 0; p.write_text('x' * (n + 1)); print('app/web:build-2' if n else '')"
+    )
+    deployer = [sys.executable, "-c", second_call_prints, str(calls)]
+    policy = write_policy(
+        tmp_path / "p.yml",
+        registry_server.url,
+        ALL_BUILDS,
+        in_use=[{"command": deployer, "name": "deployed", "timeout": "20s"}],
+        safety=SAFETY,
+    )
+
+    result = retention("run", "-c", str(policy), "-o", "json")
+
+    assert result.code == 0, result.stderr
+    assert calls.read_text() == "xx"  # before the scan, and again before deleting
+    assert reasons(result.json(), "app/web")["build-2"].startswith(
+        "in use (command: deployed) when applied; the plan said: "
+    )
+    assert [seeder.manifest_status("app/web", d) for d in digests] == [404, 404, 200, 404]

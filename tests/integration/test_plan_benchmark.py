@@ -10,7 +10,12 @@ blob, and the registry it started is gone.
 
 from __future__ import annotations
 
-from benchmark_support import run_quick
+import importlib.util
+import sys
+from typing import Any
+
+import pytest
+from benchmark_support import BENCHMARKS, run_quick
 
 
 def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
@@ -33,3 +38,57 @@ def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
         "warm plan speed-up",
         "peak RSS of a plan",
     }
+
+
+def test_the_report_shows_each_plans_per_tag_time_and_its_drift_across_sizes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: limit, seed
+    benchmark = _plan_benchmark_module(monkeypatch)
+    runs = [_size(1000, cold=2.0, warm=0.5, storage=0.1), _size(100_000, 2.6, 0.5, 0.12)]
+
+    targets = {t.name: t for t in benchmark._targets(runs)}
+    text = benchmark.render({"machine": _MACHINE, "concurrency": 8, "runs": runs, "targets": []})
+
+    drift = {kind: targets[f"{kind} per-tag time, 1000 -> 100000 tags"] for kind in KINDS}
+    assert (drift["cold"].measured, drift["cold"].passed) == (0.3, False)
+    assert (drift["warm"].measured, drift["warm"].passed) == (0.0, True)
+    assert (drift["storage"].measured, drift["storage"].passed) == (0.2, True)
+    rows = text.split("per tag (ms)")[1].splitlines()
+    assert [row.split() for row in rows[1:]] == [
+        ["cold", "plan", "2.000", "+0%", "2.600", "+30%"],
+        ["warm", "plan", "0.500", "+0%", "0.500", "+0%"],
+        ["storage", "plan", "0.100", "+0%", "0.120", "+20%"],
+    ]
+
+
+KINDS = ("cold", "warm", "storage")
+_MACHINE = {"cpus": 2, "cpu_model": "test", "python": "3.11", "load_average_before": [1.0],
+            "load_average_after": [1.0]}  # fmt: skip
+
+
+def _plan_benchmark_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """benchmarks/plan_benchmark.py imported as a module, for its pure report functions."""
+    spec = importlib.util.spec_from_file_location(
+        "plan_benchmark", BENCHMARKS / "plan_benchmark.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "plan_benchmark", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _size(tags: int, cold: float, warm: float, storage: float) -> dict[str, Any]:
+    """One size's results as the benchmark records them, with these ms per tag."""
+
+    def plan(ms_per_tag: float) -> dict[str, Any]:
+        seconds = ms_per_tag * tags / 1000
+        return {"seconds": seconds, "tags_per_second": tags / seconds, "ms_per_tag": ms_per_tag,
+                "requests_per_second": 0.0, "requests_per_tag": 0.0, "ratio_to_limit": 1.0,
+                "cpu_ms_per_request": 0.0, "peak_rss_mb": 100.0}  # fmt: skip
+
+    limit = {**plan(cold), "halves_tags_per_second": []}
+    return {"tags": tags, "repositories": tags // 50, "seed_seconds": 1.0, "limit": limit,
+            "cold": plan(cold), "warm": plan(warm), "storage": plan(storage),
+            "warm_speedup": cold / warm, "storage_speedup": cold / storage}  # fmt: skip

@@ -17,7 +17,7 @@ from retention.core.model import (
     Repository,
     Tag,
 )
-from retention.core.planner import check_budget, describe_age, plan
+from retention.core.planner import Planning, check_budget, describe_age, plan
 from retention.core.policy import Policy, policy_from_mapping
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -345,6 +345,26 @@ def test_reclaimable_bytes_ignore_blobs_shared_across_repositories() -> None:
     p = policy({"name": "r", "repositories": "app", "keep_last": 0})
     result = run(p, repo("app", {"old": old}), repo("other", {"t": twin}))
     assert result.reclaimable_bytes == 100
+
+
+def test_a_plan_made_one_repository_at_a_time_is_the_plan_of_the_whole_inventory() -> None:
+    """A layer a later repository keeps is not reclaimable, though the repository that
+    freed it was planned (and dropped) before the later one was read; and the reverse."""
+    p = policy({"name": "r", "repositories": "app|web", "keep_last": 0})
+    shared = ("sha256:layer", 1000)
+    repositories = (
+        repo("app", {"old": image("old", 90, shared, ("sha256:own", 7))}),
+        repo("other", {"t": image("twin", 1, shared)}),
+        repo("web", {"w": image("w", 90, ("sha256:own", 7))}),
+    )
+    planning = Planning(p, "r", NOW)
+    for repository in repositories:
+        planning.add(repository)
+
+    made = planning.finish()
+
+    assert made == plan(p, Inventory("r", repositories), NOW)
+    assert made.reclaimable_bytes == 100 + 7 + 100  # two manifests and the layer both used
 
 
 def test_summary_counts_tags_manifests_and_skips() -> None:

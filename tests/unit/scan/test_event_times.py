@@ -15,8 +15,8 @@ import pytest
 from retention.config.load import load_policy
 from retention.core.model import Inventory, Repository, Tag
 from retention.core.policy import Notifications
-from retention.errors import ConfigError
-from retention.scan.push_times import with_event_times, with_push_times
+from retention.errors import ConfigError, EventStoreError
+from retention.scan.push_times import EventTimes, with_event_times, with_push_times
 from retention.state.event_store import EventStore, RegistryEvent
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -118,6 +118,50 @@ def test_an_unreadable_store_is_left_out_of_the_pass(tmp_path: Path) -> None:
     scanned = inventory(Tag("v1", A))
 
     assert with_event_times(scanned, tmp_path, ON) == scanned
+
+
+def test_a_pass_planning_as_it_scans_gets_the_same_times_and_history_start(
+    tmp_path: Path,
+) -> None:
+    record(tmp_path, ("push", 0, {"tag": "v1", "digest": A}))
+    scanned = inventory(Tag("v1", A))
+
+    with EventTimes(tmp_path, ON) as events:
+        timed = events.timed(scanned.repositories[0])
+
+    whole = with_event_times(scanned, tmp_path, ON)
+    assert (timed, events.history_since) == (whole.repositories[0], whole.pull_history_since)
+
+
+def test_a_store_failing_mid_pass_fails_every_repository_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner was told since when pulls are known: a pull it could not read would
+    count as no pull, so those repositories delete nothing."""
+    record(tmp_path, ("push", 0, {"tag": "v1", "digest": A}))
+
+    def unreadable(self: EventStore, repository: str) -> None:
+        raise EventStoreError("the event store is unreadable: disk I/O error")
+
+    with EventTimes(tmp_path, ON) as events:
+        first = events.timed(Repository("app", (Tag("v1", A),)))
+        monkeypatch.setattr(EventStore, "times", unreadable)
+        later = [events.timed(Repository(name, (Tag("v1", B),))) for name in ("api", "web")]
+
+    assert first.error is None and first.tags[0].pushed == at(0)
+    why = "the notification event store failed: the event store is unreadable: disk I/O error"
+    assert [r.error for r in later] == [why, why]
+
+
+def test_a_store_unreadable_from_the_start_is_left_out_of_a_pass_planning_as_it_scans(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "events.sqlite3").write_bytes(b"garbage" * 200)
+    repository = Repository("app", (Tag("v1", A),))
+
+    with EventTimes(tmp_path, ON) as events:
+        assert (events.timed(repository), events.history_since) == (repository, None)
 
 
 REGISTRY = "registry:\n  url: http://127.0.0.1:5000\n"
