@@ -93,6 +93,7 @@ def test_debians_python_refuses_pip_install_as_the_readme_must_expect(checkout: 
     ), done.stderr
 
 
+@pytest.mark.slow
 def test_the_readme_first_command_runs_the_demo_with_debians_python(checkout: Path) -> None:
     runnable = [s for s in steps(readme_commands()[0]) if not s.startswith("apt-get")]
 
@@ -105,6 +106,7 @@ def test_the_readme_first_command_runs_the_demo_with_debians_python(checkout: Pa
     assert imported.stdout.strip() == str(checkout / "retention" / "__init__.py")
 
 
+@pytest.mark.slow
 def test_the_readme_test_command_installs_into_the_venv_and_runs_pytest_from_it(
     checkout: Path,
 ) -> None:

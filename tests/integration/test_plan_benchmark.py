@@ -10,9 +10,11 @@ blob, and the registry it started is gone.
 
 from __future__ import annotations
 
+import pytest
 from benchmark_support import run_quick
 
 
+@pytest.mark.slow
 def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
     report = run_quick("plan_benchmark.py", "retention-benchmark-")
 
