@@ -57,3 +57,14 @@ def seeder(registry_server: RegistryServer) -> Iterator[Seeder]:
         yield seeder
     finally:
         seeder.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run first, in collection order otherwise.
+
+    On two workers a minute-long test that starts last is the suite's tail: the other
+    worker has nothing left to do. Started first, it runs while the other worker (and, with
+    ``--dist worksteal``, later this one) works through the short tests. The sort is stable
+    and the same on every worker, as xdist requires.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

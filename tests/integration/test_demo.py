@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from cli_support import retention
 
 
+@pytest.mark.slow
 def test_the_demo_runs_a_full_pass_that_deletes_and_frees_space() -> None:
     # As the README runs it: a process of its own, through the installed entry point.
     result = retention("demo", "-o", "json", process=True)

@@ -717,6 +717,7 @@ def run_checked(argv: list[str], cwd: Path, isolated: bool = False) -> None:
     assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout}\n{done.stderr}"
 
 
+@pytest.mark.slow
 def test_the_image_install_gives_a_working_retention_command(image_venv: Path) -> None:
     program = image_venv / "bin" / "retention"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]

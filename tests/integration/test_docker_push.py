@@ -52,7 +52,7 @@ from test_gc_window import BUILDS, Supervised, seed_builds, supervised  # noqa: 
 
 from retention.registry import media_types
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 IMAGES = 4  # pushed in turn; after that the same images go out again under new tags
 REPOSITORIES = ("pushed", "mounted")  # each image's second push is a cross-repository mount

@@ -8,9 +8,11 @@ figures were measured on both paths, no request failed, and the registry and the
 
 from __future__ import annotations
 
+import pytest
 from benchmark_support import run_quick
 
 
+@pytest.mark.slow
 def test_a_quick_gate_benchmark_compares_blobs_and_heads_through_the_gate_and_direct() -> None:
     report = run_quick("gate_benchmark.py", "retention-gate-benchmark-")
 

@@ -186,6 +186,7 @@ def start_threads(targets: list[Callable[[], None]]) -> list[threading.Thread]:
     return threads
 
 
+@pytest.mark.slow
 def test_a_pass_with_gc_behind_the_gate_breaks_no_push_and_no_pull(
     tmp_path: Path,
     registry_server: RegistryServer,

@@ -18,6 +18,7 @@ import pytest
 from benchmark_support import BENCHMARKS, run_quick
 
 
+@pytest.mark.slow
 def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
     report = run_quick("plan_benchmark.py", "retention-benchmark-")
 

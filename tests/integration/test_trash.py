@@ -78,6 +78,7 @@ def test_the_bin_lists_the_deleted_manifests_once_confirmed(
     assert trash_rows(policy)[0][2:6] == ["3", "3", "0", "restorable"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_deletion_says_how_far_it_got_and_the_bin_lists_exactly_that(
     tmp_path: Path,
 ) -> None:
