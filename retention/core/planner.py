@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from retention.core import artifacts, platforms, semver, untagged
 from retention.core.image_reference import ImageReference
+from retention.core.manifest_graph import descendants
 from retention.core.model import (
     Action,
     DeletionKind,
@@ -364,7 +365,7 @@ def _in_use_by(
     """
     if not in_use:
         return None
-    below = set(_descendants(tag.digest, manifests))
+    below = set(descendants(tag.digest, manifests))
     direct = sorted(r.origin for r in in_use if r.tag == tag.name or r.digest == tag.digest)
     if direct:
         return _in_use_reason(direct)
@@ -578,26 +579,9 @@ def _needed_by(
             needed.setdefault(decision.digest, f"shares digest with kept tag {decision.tag!r}")
     for decision in sorted(decisions, key=lambda d: d.tag):
         if decision.action is Action.KEEP:
-            for child in _descendants(decision.digest, manifests):
+            for child in descendants(decision.digest, manifests):
                 needed.setdefault(child, f"is a platform manifest of kept tag {decision.tag!r}")
     return needed
-
-
-def _descendants(digest: str, manifests: Mapping[str, Manifest]) -> list[str]:
-    """Every manifest below ``digest`` (children of indexes, recursively), without cycles."""
-    found: list[str] = []
-    stack = list(_children(digest, manifests))
-    while stack:
-        child = stack.pop()
-        if child not in found and child != digest:
-            found.append(child)
-            stack.extend(_children(child, manifests))
-    return found
-
-
-def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]:
-    manifest = manifests.get(digest)
-    return manifest.children if manifest is not None else ()
 
 
 # -- what to delete -------------------------------------------------------------------------
@@ -620,7 +604,7 @@ def _deletions(
     kept = _kept_closure(decisions, manifests) | (also_kept or set())
     parents: dict[str, list[str]] = {}
     for digest in sorted(tags_by_digest):
-        for child in _descendants(digest, manifests):
+        for child in descendants(digest, manifests):
             if child not in kept and child not in tags_by_digest:
                 parents.setdefault(child, []).append(digest)
     children = [
@@ -654,7 +638,7 @@ def _kept_closure(decisions: Iterable[TagDecision], manifests: Mapping[str, Mani
     for decision in decisions:
         if decision.action is Action.KEEP:
             kept.add(decision.digest)
-            kept.update(_descendants(decision.digest, manifests))
+            kept.update(descendants(decision.digest, manifests))
     return kept
 
 
@@ -713,7 +697,7 @@ def _fates(images: Sequence[TagDecision], repository: Repository) -> artifacts.F
     kept = _kept_closure(images, repository.manifests)
     deleted = {d.digest for d in images if d.action is Action.DELETE}
     for digest in list(deleted):
-        deleted.update(_descendants(digest, repository.manifests))
+        deleted.update(descendants(digest, repository.manifests))
     return artifacts.Fates(
         kept=frozenset(kept),
         deleted=frozenset(deleted - kept),

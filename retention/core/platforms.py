@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from retention.core.manifest_graph import children
 from retention.core.model import (
     Action,
     DeletionKind,
@@ -39,9 +40,9 @@ def rows(
         if child in tagged:
             continue
         found.setdefault(parent, []).append(_row(child, parent, tag, kept, going, manifests))
-    for parent, children in found.items():
-        order = list(_children(parent, manifests))
-        children.sort(key=lambda row: order.index(row.digest) if row.digest in order else 0)
+    for parent, listed in found.items():
+        order = list(children(parent, manifests))
+        listed.sort(key=lambda row: order.index(row.digest) if row.digest in order else 0)
     return found
 
 
@@ -54,7 +55,7 @@ def _owners(
         (d for d in decisions if d.tag), key=lambda d: (d.action is not Action.KEEP, d.tag)
     )
     for decision in ordered:
-        for child in _children(decision.digest, manifests):
+        for child in children(decision.digest, manifests):
             owners.setdefault(
                 child, (decision.digest, decision.tag, decision.action is Action.KEEP)
             )
@@ -86,8 +87,3 @@ def _row(
         kind=KIND,
         size=size,
     )
-
-
-def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]:
-    manifest = manifests.get(digest)
-    return manifest.children if manifest is not None else ()

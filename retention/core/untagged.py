@@ -26,6 +26,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from retention.core.image_reference import ImageReference
+from retention.core.manifest_graph import children, descendants
 from retention.core.model import (
     Action,
     DeletionKind,
@@ -65,7 +66,7 @@ def decide(
             rows[digest] = replace(rows[digest], action=Action.KEEP, reason=why)
     kept_tags = {d.digest for d in decisions if d.action is Action.KEEP}
     kept_tags.update(
-        d for digest in set(kept_tags) for d in _descendants(digest, repository.manifests)
+        d for digest in set(kept_tags) for d in descendants(digest, repository.manifests)
     )
     return tuple(_keep_what_kept_rows_need(rows, repository.manifests, kept_tags).values())
 
@@ -76,7 +77,7 @@ def kept_closure(rows: Sequence[TagDecision], manifests: Mapping[str, Manifest])
     for row in rows:
         if row.action is Action.KEEP:
             kept.add(row.digest)
-            kept.update(_descendants(row.digest, manifests))
+            kept.update(descendants(row.digest, manifests))
     return kept
 
 
@@ -87,7 +88,7 @@ def deletions(
     going = {r.digest for r in rows if r.action is Action.DELETE}
     parents: dict[str, list[str]] = {}
     for digest in sorted(going):
-        for child in _children(digest, manifests):
+        for child in children(digest, manifests):
             if child in going:
                 parents.setdefault(child, []).append(digest)
     alone = [ManifestDeletion(d, DeletionKind.UNTAGGED) for d in sorted(going - set(parents))]
@@ -126,7 +127,7 @@ def _in_use(repository: Repository, in_use: Sequence[ImageReference]) -> dict[st
     used = {r.digest: r.origin for r in sorted(in_use, key=lambda r: r.origin) if r.digest}
     found: dict[str, str] = {}
     for untagged in repository.untagged:
-        below = [untagged.digest, *_descendants(untagged.digest, repository.manifests)]
+        below = [untagged.digest, *descendants(untagged.digest, repository.manifests)]
         origins = sorted({used[d] for d in below if d in used})
         if origins:
             more = f" and {len(origins) - 1} more" if len(origins) > 1 else ""
@@ -142,7 +143,7 @@ def _needed_by_tags(
     for decision in sorted(decisions, key=lambda d: d.tag):
         if decision.action is not Action.KEEP:
             continue
-        for child in _descendants(decision.digest, manifests):
+        for child in descendants(decision.digest, manifests):
             needed.setdefault(child, f"child of kept index {decision.digest} ({decision.tag!r})")
         if decision.subject is not None:
             needed.setdefault(decision.subject, f"subject of kept signature {decision.tag!r}")
@@ -177,7 +178,7 @@ def _needs_of_kept_rows(
         row = rows[digest]
         if row.action is not Action.KEEP:
             continue
-        for child in _children(digest, manifests):
+        for child in children(digest, manifests):
             needs.setdefault(child, f"child of kept index {digest} (untagged: {row.reason})")
         manifest = manifests.get(digest)
         if manifest is not None and manifest.subject is not None:
@@ -213,20 +214,3 @@ def _row(
         pushed=untagged.linked,
         aged_by=KIND,
     )
-
-
-def _descendants(digest: str, manifests: Mapping[str, Manifest]) -> list[str]:
-    """Every manifest below ``digest`` (children of indexes, recursively), without cycles."""
-    found: list[str] = []
-    stack = list(_children(digest, manifests))
-    while stack:
-        child = stack.pop()
-        if child not in found and child != digest:
-            found.append(child)
-            stack.extend(_children(child, manifests))
-    return found
-
-
-def _children(digest: str, manifests: Mapping[str, Manifest]) -> tuple[str, ...]:
-    manifest = manifests.get(digest)
-    return manifest.children if manifest is not None else ()
