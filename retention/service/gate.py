@@ -328,8 +328,11 @@ class WriteGate:
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
             # The client went away, or the registry broke off: the connection is dropped
-            # either way, and the response that was prepared is all the client gets.
+            # either way, and the response that was prepared is all the client gets. A
+            # connection kept alive would leave the client waiting for the rest.
             log.info("gate stream ended early", path=request.path, error=repr(exc))
+            if request.transport is not None:
+                request.transport.close()
         return response
 
     def _response_headers(
