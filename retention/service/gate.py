@@ -73,6 +73,7 @@ from yarl import URL
 from retention.core.policy import Gate
 from retention.errors import GateError
 from retention.logs import get_logger
+from retention.service import splice
 
 log = get_logger(__name__)
 
@@ -105,6 +106,11 @@ BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
 # How much of a body the gate reads ahead of the client: at most about twice this per
 # stream is in memory (aiohttp pauses reading above it), whatever the blob's size.
 READ_BUFFER_BYTES = 256 * 1024
+# Bodies from this size on are spliced (Linux). A spliced body costs its upstream connection
+# (see _splice_rest); measured on 2 cores, the gate's CPU per blob with and without splice:
+# 1 MB about even (2.1-2.3 against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 8 MB
+# 4.4-4.7 against 7.2-9.5 ms, 32 MB 11 against 42-46 ms.
+SPLICE_MIN_BYTES = 2 * 1024 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 15.0
@@ -323,8 +329,7 @@ class WriteGate:
         try:
             await response.prepare(request)
             if request.method != "HEAD":
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                await self._relay_body(request, upstream, response)
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
             # The client went away, or the registry broke off: the connection is dropped
@@ -334,6 +339,29 @@ class WriteGate:
             if request.transport is not None:
                 request.transport.close()
         return response
+
+    async def _relay_body(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+    ) -> None:
+        """The body chunk for chunk through Python, or most of it spliced in the kernel."""
+        transports = _spliceable(request, upstream)
+        if transports is not None:
+            # What came with the registry's headers is read already: it goes (with the
+            # headers) the ordinary way, and aiohttp stops reading so the kernel moves the rest.
+            upstream_transport, client_transport = transports
+            buffered = upstream.content.read_nowait()
+            upstream_transport.pause_reading()
+            await response.write(buffered)
+            remaining = (upstream.content_length or 0) - len(buffered)
+            if remaining > 0 and not client_transport.get_write_buffer_size():
+                await _splice_rest(upstream, upstream_transport, client_transport, remaining)
+                return
+            upstream_transport.resume_reading()  # a slow client: the ordinary way after all
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
 
     def _response_headers(
         self, request: web.BaseRequest, headers: CIMultiDictProxy[str]
@@ -380,6 +408,57 @@ class WriteGate:
         await runner.cleanup()
         if self._http is not None:
             await self._http.close()
+
+
+def _spliceable(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse
+) -> tuple[asyncio.Transport, asyncio.Transport] | None:
+    """The two plain TCP transports of a large read's body that splice can move, else None.
+
+    Only bodies above ``SPLICE_MIN_BYTES`` with a known length: below it, the new upstream
+    connection a spliced body costs (see ``_splice_rest``) outweighs the copies it saves.
+    """
+    length = upstream.content_length
+    connection = upstream.connection
+    if length is None or length < SPLICE_MIN_BYTES or connection is None:
+        return None
+    if not splice.available() or upstream.headers.get("Transfer-Encoding"):
+        return None
+    upstream_transport = connection.transport
+    client_transport = request.transport
+    for transport in (upstream_transport, client_transport):
+        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            return None
+        if transport.get_extra_info("sslcontext") is not None:
+            return None
+        if transport.get_extra_info("socket") is None:
+            return None
+    assert isinstance(upstream_transport, asyncio.Transport)
+    assert isinstance(client_transport, asyncio.Transport)
+    return upstream_transport, client_transport
+
+
+async def _splice_rest(
+    upstream: aiohttp.ClientResponse,
+    upstream_transport: asyncio.Transport,
+    client_transport: asyncio.Transport,
+    count: int,
+) -> None:
+    """Splice the last ``count`` bytes of the body; the upstream connection is closed after.
+
+    aiohttp's parser never sees those bytes, so the connection cannot go back to the pool;
+    the next request opens another one. If the body breaks off, the client's connection is
+    closed too: a client must see a short body as a broken connection, never as an answer.
+    """
+    source = upstream_transport.get_extra_info("socket").fileno()
+    target = client_transport.get_extra_info("socket").fileno()
+    try:
+        await splice.relay(source, target, count)
+    except OSError as exc:
+        client_transport.close()
+        raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
+    finally:
+        upstream.close()
 
 
 def _location_upload(headers: Mapping[str, str]) -> str | None:
