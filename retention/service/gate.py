@@ -13,10 +13,11 @@ passes (the runner sees it only as a ``WriteWindow``).
 
 **Reads** (everything but POST, PUT, PATCH, DELETE on ``/v2/``) pass untouched: status,
 reason, headers (minus hop-by-hop ones) and body, streamed chunk by chunk with back-pressure
-both ways, so Range, HEAD and multi-GB blobs behave as they do direct. The one rewrite is
-``Location``: the registry builds it from the upstream origin, and a client must keep
-talking to the gate, so an absolute ``Location`` on the upstream origin is moved to the
-origin the client used.
+both ways, so Range, HEAD and multi-GB blobs behave as they do direct (on Linux, a body
+from ``SPLICE_MIN_BYTES`` on goes socket to socket in the kernel: ``splice.py``). The one
+rewrite is ``Location``: the registry builds it from the upstream origin, and a client must
+keep talking to the gate, so an absolute ``Location`` on the upstream origin is moved to
+the origin the client used.
 
 **The window** has three states:
 
