@@ -13,10 +13,11 @@ passes (the runner sees it only as a ``WriteWindow``).
 
 **Reads** (everything but POST, PUT, PATCH, DELETE on ``/v2/``) pass untouched: status,
 reason, headers (minus hop-by-hop ones) and body, streamed chunk by chunk with back-pressure
-both ways, so Range, HEAD and multi-GB blobs behave as they do direct. The one rewrite is
-``Location``: the registry builds it from the upstream origin, and a client must keep
-talking to the gate, so an absolute ``Location`` on the upstream origin is moved to the
-origin the client used.
+both ways, so Range, HEAD and multi-GB blobs behave as they do direct (on Linux, a body
+from ``SPLICE_MIN_BYTES`` on goes socket to socket in the kernel: ``splice.py``). The one
+rewrite is ``Location``: the registry builds it from the upstream origin, and a client must
+keep talking to the gate, so an absolute ``Location`` on the upstream origin is moved to
+the origin the client used.
 
 **The window** has three states:
 
@@ -73,6 +74,7 @@ from yarl import URL
 from retention.core.policy import Gate
 from retention.errors import GateError
 from retention.logs import get_logger
+from retention.service import splice
 
 log = get_logger(__name__)
 
@@ -105,6 +107,11 @@ BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
 # How much of a body the gate reads ahead of the client: at most about twice this per
 # stream is in memory (aiohttp pauses reading above it), whatever the blob's size.
 READ_BUFFER_BYTES = 256 * 1024
+# Bodies from this size on are spliced (Linux). A spliced body costs its upstream connection
+# (see _splice_rest); measured on 2 cores, the gate's CPU per blob with and without splice:
+# 1 MB about even (2.1-2.3 against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 8 MB
+# 4.4-4.7 against 7.2-9.5 ms, 32 MB 11 against 42-46 ms.
+SPLICE_MIN_BYTES = 2 * 1024 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 15.0
@@ -128,34 +135,53 @@ def upload_id(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-def end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
+def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers a proxy passes on: all but hop-by-hop ones and those ``Connection`` names."""
-    named = {
-        token.strip().lower()
-        for value in _all(headers, "connection")
-        for token in value.split(",")
-        if token.strip()
-    }
-    dropped = HOP_BY_HOP | named
-    passed: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in dropped:
-            passed.add(name, value)
-    return passed
+    dropped = HOP_BY_HOP
+    if "Connection" in headers:  # rare in HTTP/1.1: most messages skip this parsing
+        named = (
+            token.strip().lower()
+            for value in headers.getall("Connection")
+            for token in value.split(",")
+        )
+        dropped = HOP_BY_HOP | {token for token in named if token}
+    return CIMultiDict(
+        [(name, value) for name, value in headers.items() if name.lower() not in dropped]
+    )
 
 
-def _all(headers: Mapping[str, str], name: str) -> list[str]:
-    getall = getattr(headers, "getall", None)
-    if getall is not None:
-        values: list[str] = getall(name, [])
-        return values
-    value = headers.get(name)
-    return [value] if value is not None else []
+class _OwnResponse(web.Response):
+    """An answer of the gate's own, without the ``Server`` header aiohttp would add."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        _drop_own_server_header(self.headers)
+
+
+class _RelayedResponse(web.StreamResponse):
+    """The registry's answer on its way to the client.
+
+    Its headers wait for the first chunk of the body (or its end) and leave in one send
+    with it: one system call and one wake-up of the client fewer per response with a body.
+    The ``Server`` header is the registry's or none (aiohttp would add its own).
+    """
+
+    _send_headers_immediately = False
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        _drop_own_server_header(self.headers)
+
+
+def _drop_own_server_header(headers: CIMultiDict[str]) -> None:
+    """aiohttp adds ``Server`` when none is set; the registry sends none, so neither do we."""
+    if headers.get("Server") == SERVER_SOFTWARE:
+        del headers["Server"]
 
 
 def read_only_response() -> web.Response:
     """What Distribution 2.8 in read-only mode answers to a write (see the module docstring)."""
-    return web.Response(status=READ_ONLY_STATUS, body=READ_ONLY_BODY, headers=READ_ONLY_HEADERS)
+    return _OwnResponse(status=READ_ONLY_STATUS, body=READ_ONLY_BODY, headers=READ_ONLY_HEADERS)
 
 
 class WriteGate:
@@ -164,6 +190,8 @@ class WriteGate:
     def __init__(self, settings: Gate, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.upstream = URL(settings.upstream.rstrip("/"))
+        self._upstream_base = str(self.upstream)
+        self._upstream_origin = str(self.upstream.origin())
         self._clock = clock
         self.state = WindowState.OPEN
         self._writes = 0
@@ -228,14 +256,14 @@ class WriteGate:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if not is_write(request.method, request.path):
             return await self._forward(request)
         if self._refuses(request.method):
             return read_only_response()
         return await self._write(request)
 
-    async def _write(self, request: web.Request) -> web.StreamResponse:
+    async def _write(self, request: web.BaseRequest) -> web.StreamResponse:
         """Forward a write, counted while in flight, and keep the upload sessions up to date."""
         session = upload_id(request.path)
         self._writes += 1
@@ -271,12 +299,12 @@ class WriteGate:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         note: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream its answer back, body for body."""
         assert self._http is not None, "the gate is not started"
-        url = URL(str(self.upstream) + request.raw_path, encoded=True)
+        url = URL(self._upstream_base + request.raw_path, encoded=True)
         body = request.content if request.body_exists else None
         try:
             upstream = await self._http.request(
@@ -288,47 +316,72 @@ class WriteGate:
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("gate upstream failed", method=request.method, error=repr(exc))
-            return web.Response(status=502, body=BAD_GATEWAY_BODY, content_type="text/plain")
+            return _OwnResponse(status=502, body=BAD_GATEWAY_BODY, content_type="text/plain")
         async with upstream:
             if note is not None:
                 note(upstream.status, upstream.headers)
             return await self._relay(request, upstream)
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = _RelayedResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(self._response_headers(request, upstream.headers))
         try:
             await response.prepare(request)
             if request.method != "HEAD":
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                await self._relay_body(request, upstream, response)
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
             # The client went away, or the registry broke off: the connection is dropped
-            # either way, and the response that was prepared is all the client gets.
+            # either way, and the response that was prepared is all the client gets. A
+            # connection kept alive would leave the client waiting for the rest.
             log.info("gate stream ended early", path=request.path, error=repr(exc))
+            if request.transport is not None:
+                request.transport.close()
         return response
 
+    async def _relay_body(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+    ) -> None:
+        """The body chunk for chunk through Python, or most of it spliced in the kernel."""
+        transports = _spliceable(request, upstream)
+        if transports is not None:
+            # What came with the registry's headers is read already: it goes (with the
+            # headers) the ordinary way, and aiohttp stops reading so the kernel moves the rest.
+            upstream_transport, client_transport = transports
+            buffered = upstream.content.read_nowait()
+            upstream_transport.pause_reading()
+            await response.write(buffered)
+            remaining = (upstream.content_length or 0) - len(buffered)
+            if remaining > 0 and not client_transport.get_write_buffer_size():
+                await _splice_rest(upstream, upstream_transport, client_transport, remaining)
+                return
+            upstream_transport.resume_reading()  # a slow client: the ordinary way after all
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+
     def _response_headers(
-        self, request: web.Request, headers: CIMultiDictProxy[str]
+        self, request: web.BaseRequest, headers: CIMultiDictProxy[str]
     ) -> CIMultiDict[str]:
         passed = end_to_end(headers)
         if "Location" in passed:
             passed["Location"] = self._client_location(request, passed["Location"])
         return passed
 
-    def _client_location(self, request: web.Request, location: str) -> str:
+    def _client_location(self, request: web.BaseRequest, location: str) -> str:
         """An absolute Location on the upstream origin, moved to the origin the client used."""
-        origin = str(self.upstream.origin())
+        origin = self._upstream_origin
         if location == origin or location.startswith(origin + "/"):
             return f"{request.scheme}://{request.host}{location[len(origin) :]}"
         return location
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> web.AppRunner:
+    async def start(self) -> web.BaseRunner:
         """Open the upstream client and listen; the caller cleans the runner up."""
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
@@ -339,10 +392,10 @@ class WriteGate:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             trust_env=False,
         )
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self.handle)
-        app.on_response_prepare.append(_drop_own_server_header)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # aiohttp's low-level server: every path goes to one handler, so an Application's
+        # router, middlewares and signals would be work per request for nothing.
+        server = web.Server(self.handle, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
         try:
@@ -352,16 +405,61 @@ class WriteGate:
             raise
         return runner
 
-    async def stop(self, runner: web.AppRunner) -> None:
+    async def stop(self, runner: web.BaseRunner) -> None:
         await runner.cleanup()
         if self._http is not None:
             await self._http.close()
 
 
-async def _drop_own_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """aiohttp adds ``Server`` when none is set; the registry sends none, so neither do we."""
-    if response.headers.get("Server") == SERVER_SOFTWARE:
-        del response.headers["Server"]
+def _spliceable(
+    request: web.BaseRequest, upstream: aiohttp.ClientResponse
+) -> tuple[asyncio.Transport, asyncio.Transport] | None:
+    """The two plain TCP transports of a large read's body that splice can move, else None.
+
+    Only bodies above ``SPLICE_MIN_BYTES`` with a known length: below it, the new upstream
+    connection a spliced body costs (see ``_splice_rest``) outweighs the copies it saves.
+    """
+    length = upstream.content_length
+    connection = upstream.connection
+    if length is None or length < SPLICE_MIN_BYTES or connection is None:
+        return None
+    if not splice.available() or upstream.headers.get("Transfer-Encoding"):
+        return None
+    upstream_transport = connection.transport
+    client_transport = request.transport
+    for transport in (upstream_transport, client_transport):
+        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            return None
+        if transport.get_extra_info("sslcontext") is not None:
+            return None
+        if transport.get_extra_info("socket") is None:
+            return None
+    assert isinstance(upstream_transport, asyncio.Transport)
+    assert isinstance(client_transport, asyncio.Transport)
+    return upstream_transport, client_transport
+
+
+async def _splice_rest(
+    upstream: aiohttp.ClientResponse,
+    upstream_transport: asyncio.Transport,
+    client_transport: asyncio.Transport,
+    count: int,
+) -> None:
+    """Splice the last ``count`` bytes of the body; the upstream connection is closed after.
+
+    aiohttp's parser never sees those bytes, so the connection cannot go back to the pool;
+    the next request opens another one. If the body breaks off, the client's connection is
+    closed too: a client must see a short body as a broken connection, never as an answer.
+    """
+    source = upstream_transport.get_extra_info("socket").fileno()
+    target = client_transport.get_extra_info("socket").fileno()
+    try:
+        await splice.relay(source, target, count)
+    except OSError as exc:
+        client_transport.close()
+        raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
+    finally:
+        upstream.close()
 
 
 def _location_upload(headers: Mapping[str, str]) -> str | None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 
 import httpx
@@ -323,3 +325,43 @@ def test_a_final_put_with_a_wrong_digest_ends_the_session_as_the_registry_does(
 
     assert close_window(gate, 2)
     open_window(gate)
+
+
+# -- a registry that breaks off -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1024 * 1024, 4 * 1024 * 1024], ids=["relayed", "spliced"])
+def test_a_body_the_upstream_breaks_off_reaches_the_client_as_a_broken_connection(
+    length: int,
+) -> None:
+    """A short body must never look complete: the client's connection is dropped too."""
+    with short_body_server(length, sent=length // 2) as upstream:
+        server = start_gate(upstream)
+        try:
+            with client(server.url) as gated, pytest.raises(httpx.RemoteProtocolError):
+                gated.get("/v2/broken/blobs/sha256:" + "0" * 64)  # not a ReadTimeout
+        finally:
+            server.stop()
+
+
+@contextmanager
+def short_body_server(length: int, sent: int) -> Iterator[str]:
+    """An upstream that promises ``length`` bytes, sends ``sent`` and closes (a registry
+    cannot be made to do this on purpose, so this one is a socket of the test's own)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        with suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n".encode()
+                connection.sendall(head + b"x" * sent)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        thread.join(timeout=10)

@@ -16,9 +16,11 @@ from benchmark_support import run_quick
 def test_a_quick_gate_benchmark_compares_blobs_and_heads_through_the_gate_and_direct() -> None:
     report = run_quick("gate_benchmark.py", "retention-gate-benchmark-")
 
-    assert [c["name"] for c in report["comparisons"]] == ["1 MB blob GET", "manifest HEAD"]
+    names = [c["name"] for c in report["comparisons"]]
+    assert names == ["1 MB blob GET", "manifest HEAD", "32 MB blob GET"]
     for comparison in report["comparisons"]:
         assert comparison["failed_requests"] == 0
         assert comparison["direct"] > 0 and comparison["gated"] > 0
         assert comparison["ratio"] == comparison["gated"] / comparison["direct"]
         assert comparison["gate_cpu_ms_per_request"] > 0  # the requests did cross the gate
+        assert comparison["client_cpu_ms_per_request"] > 0  # ab's own CPU was measured
