@@ -152,15 +152,17 @@ def main(log_format: logs.LogFormat, log_level: str) -> None:
 def check(config_path: Path) -> None:
     """Validate the policy file; contacts nothing (it does look for the GC programs).
 
-    A gc command whose program is not on this host is a warning, not an error: the file
-    may be checked here for a pass that runs elsewhere (a container, a sidecar).
+    A gc command whose program is not on this host, or a kubernetes in_use source without
+    the client installed, is a warning, not an error: the file may be checked here for a
+    pass that runs elsewhere (a container, a sidecar).
     """
     from retention.gc.command import missing_programs
 
     loaded = _load(config_path)
     policy = loaded.policy
     missing = missing_programs(policy.gc) if policy.gc.mode == "command" else []
-    for warning in (*loaded.warnings, *(f"{m} on this host" for m in missing)):
+    here = [f"{m} on this host" for m in missing] + _missing_kubernetes_client(policy)
+    for warning in (*loaded.warnings, *here):
         click.echo(f"warning: {warning}", err=True)
     scan_note = _storage_scan_note(policy)
     if scan_note is not None:
@@ -172,6 +174,16 @@ def check(config_path: Path) -> None:
         f"{config_path}: ok ({len(policy.rules)} rules, {len(policy.protect)} protected patterns, "
         f"gc mode {policy.gc.mode})"
     )
+
+
+def _missing_kubernetes_client(policy: Policy) -> list[str]:
+    """A warning per kubernetes in_use source when the optional client is not installed."""
+    from retention.scan.in_use import KUBERNETES_MISSING, kubernetes_client_installed
+
+    sources = [s for s in policy.in_use if s.kubernetes is not None]
+    if not sources or kubernetes_client_installed():
+        return []
+    return [f"in_use {s.label}: {KUBERNETES_MISSING}" for s in sources]
 
 
 def _untagged_storage_problem(policy: Policy) -> str | None:

@@ -9,6 +9,7 @@ to see running is still running.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -112,12 +113,27 @@ def _run_command(argv: Sequence[str], source: InUseSource) -> str:
 
 # -- kubernetes -----------------------------------------------------------------------------
 
+KUBERNETES_MISSING = (
+    "the Kubernetes client is not installed: pip install 'retention[kubernetes]' (the image has it)"
+)
+
+
+def kubernetes_client_installed() -> bool:
+    """Whether ``kubernetes`` can be imported here, without importing it (that takes seconds)."""
+    try:
+        return importlib.util.find_spec("kubernetes") is not None
+    except (ImportError, ValueError):  # a None in sys.modules, or a broken installation
+        return False
+
 
 def _kubernetes_images(settings: KubernetesSource, source: InUseSource) -> list[tuple[str, str]]:
     """(image, origin) for every container of every pod and workload template.
 
-    The client is imported here: it is slow to import, and only this source needs it.
+    The client is imported here: it is slow to import, only this source needs it, and it is
+    an extra (``retention[kubernetes]``) that may not be installed.
     """
+    if not kubernetes_client_installed():
+        raise InUseError(f"in_use {source.label}: {KUBERNETES_MISSING}")
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException

@@ -728,9 +728,14 @@ def test_the_image_install_gives_a_working_retention_command(image_venv: Path) -
         [program, "check", "-c", str(policy_file)], capture_output=True, text=True, check=False
     )
 
+    client = subprocess.run(
+        [image_venv / "bin" / "python", "-c", "import kubernetes"], capture_output=True, check=False
+    )
+
     assert version.returncode == 0, version.stderr
     assert project["version"] in version.stdout
     assert check.returncode == 0, check.stderr
+    assert client.returncode == 0, "the image has the kubernetes extra (in_use: kubernetes)"
 
 
 def test_the_image_copies_the_registry_binary_and_runs_serve_as_a_non_root_user() -> None:

@@ -6,6 +6,7 @@ responses shaped like the API's, paged with ``continue`` tokens, on 127.0.0.1.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -207,3 +208,37 @@ def test_the_cli_keeps_images_the_cluster_runs_and_deletes_the_rest(
     assert failed.error_lines == ["error: in_use source kubernetes: the API answered 403 Forbidden"]
     no_traceback(failed)
     assert [seeder.manifest_status("shop/web", digests[t]) for t in ("v1", "v2", "v3")] == [200] * 3
+
+
+def test_without_the_kubernetes_extra_check_warns_and_a_run_deletes_nothing_in_one_line(
+    tmp_path: Path,
+    registry_server: RegistryServer,
+    seeder: Seeder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``kubernetes`` is an extra (``retention[kubernetes]``): a plain install lacks it."""
+    now = datetime.now(UTC)
+    digests = [
+        seeder.image("shop/web", [tag], now - timedelta(days=30 + i), unique=tag)
+        for i, tag in enumerate(["v1", "v2"])
+    ]
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # what import finds when not installed
+    policy = write_policy(
+        tmp_path / "p.yml",
+        registry_server.url,
+        {"name": "all", "keep_last": 0},
+        in_use=[{"kubernetes": {"kubeconfig": str(tmp_path / "kubeconfig")}}],
+        safety={"max_delete_fraction": 1.0},
+    )
+    missing = "the Kubernetes client is not installed: pip install 'retention[kubernetes]'"
+
+    checked = retention("check", "-c", str(policy))
+    ran = retention("run", "-c", str(policy))
+
+    assert checked.code == 0, checked.stderr
+    assert f"warning: in_use kubernetes: {missing}" in checked.stderr
+    assert ran.code == 1
+    (line,) = [line for line in ran.stderr.splitlines() if line.startswith("error:")]
+    assert missing in line
+    no_traceback(ran)
+    assert [seeder.manifest_status("shop/web", d) for d in digests] == [200, 200]
