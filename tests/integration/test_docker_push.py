@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cli_support import command_gc, retention, write_policy
+from cli_support import retention, write_policy
 from docker_engine import (
     CONFIG_PATH,
     DockerEngine,
@@ -48,7 +48,14 @@ from push_support import DockerPusher, Pusher, fully_pullable, unpullable_tags
 from registry_server import RegistryServer, Seeder, free_port
 from test_daemon import Served, ago, wait_for
 from test_gate_pass import daemons, gated_policy  # noqa: F401 (daemons is a fixture)
-from test_gc_window import BUILDS, Supervised, seed_builds, supervised  # noqa: F401 (a fixture)
+from test_gc_window import (  # noqa: F401 (supervised is a fixture)
+    BUILDS,
+    Supervised,
+    read_only_hooks,
+    seed_builds,
+    seed_supervised,
+    supervised,
+)
 
 from retention.registry import media_types
 
@@ -184,19 +191,8 @@ def test_docker_pushes_during_a_pass_with_read_only_hooks_are_stored_whole_or_re
 ) -> None:
     """The registry restarts read-only and back: a push meets a 405 or a connection error,
     or, carried over the window by dockerd's retry, a swept layer."""
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder, count=4)
-    finally:
-        seeder.close()
-    gc = command_gc(
-        supervised.server,
-        command=supervised.gc_command(pause_s=1.0),  # a window long enough to push into
-        writes="retention",
-        blob_cache="inmemory",
-        readonly_start=supervised.hook("readonly"),
-        readonly_stop=supervised.hook("writable"),
-    )
+    seed_supervised(supervised, count=4)
+    gc = read_only_hooks(supervised)
     policy = write_policy(tmp_path / "p.yml", supervised.url, BUILDS, **gc)
     registry, client = supervised.url.removeprefix("http://"), docker_engine.client
     loop = DockerPusher(client, registry, images_to_push, REPOSITORIES)

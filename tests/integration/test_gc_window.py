@@ -107,6 +107,27 @@ def seed_builds(seeder: Seeder, count: int = 3) -> list[str]:
     ]
 
 
+def seed_supervised(supervised: Supervised, count: int = 3) -> list[str]:
+    """``seed_builds`` into the supervised registry, through a seeder closed afterwards."""
+    seeder = Seeder(supervised.url)
+    try:
+        return seed_builds(seeder, count)
+    finally:
+        seeder.close()
+
+
+def read_only_hooks(supervised: Supervised) -> dict[str, Any]:
+    """Command-mode GC with read-only hooks around it, and a window long enough to push into."""
+    return command_gc(
+        supervised.server,
+        command=supervised.gc_command(pause_s=1.0),
+        writes="retention",
+        blob_cache="inmemory",
+        readonly_start=supervised.hook("readonly"),
+        readonly_stop=supervised.hook("writable"),
+    )
+
+
 def layer_of(seeder: Seeder, repository: str, reference: str) -> dict[str, Any]:
     return dict(json.loads(seeder.manifest_bytes(repository, reference))["layers"][0])
 
@@ -222,11 +243,7 @@ def test_a_registry_left_read_only_fails_the_probe_and_the_pass_with_one_line(
     tmp_path: Path, supervised: Supervised
 ) -> None:
     """readonly_stop that does not make the registry writable: the probe push gets 405."""
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder)
-    finally:
-        seeder.close()
+    seed_supervised(supervised)
     gc = command_gc(
         supervised.server,
         writes="retention",
@@ -251,11 +268,7 @@ def test_a_registry_left_read_only_fails_the_probe_and_the_pass_with_one_line(
 
 
 def test_read_only_hooks_run_in_order_around_gc(tmp_path: Path, supervised: Supervised) -> None:
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder)
-    finally:
-        seeder.close()
+    seed_supervised(supervised)
     gc = command_gc(
         supervised.server,
         command=supervised.gc_command(),
@@ -277,11 +290,7 @@ def test_read_only_hooks_run_in_order_around_gc(tmp_path: Path, supervised: Supe
 def test_readonly_stop_and_restart_run_when_gc_fails(
     tmp_path: Path, supervised: Supervised
 ) -> None:
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder)
-    finally:
-        seeder.close()
+    seed_supervised(supervised)
     gc = command_gc(
         supervised.server,
         command=["sh", "-c", f'echo gc >> "{supervised.directory}/hooks.log"; exit 3'],
@@ -306,11 +315,7 @@ def test_readonly_stop_and_restart_run_when_gc_fails(
 def test_readonly_stop_runs_when_readonly_start_fails_and_gc_does_not_run(
     tmp_path: Path, supervised: Supervised
 ) -> None:
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder)
-    finally:
-        seeder.close()
+    seed_supervised(supervised)
     log = supervised.directory / "hooks.log"
     gc = command_gc(
         supervised.server,
@@ -335,19 +340,8 @@ def test_readonly_stop_runs_when_readonly_start_fails_and_gc_does_not_run(
 def test_pushes_during_a_pass_with_read_only_hooks_either_succeed_whole_or_are_refused(
     tmp_path: Path, supervised: Supervised
 ) -> None:
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder, count=4)
-    finally:
-        seeder.close()
-    gc = command_gc(
-        supervised.server,
-        command=supervised.gc_command(pause_s=1.0),  # a window long enough to push into
-        writes="retention",
-        blob_cache="inmemory",
-        readonly_start=supervised.hook("readonly"),
-        readonly_stop=supervised.hook("writable"),
-    )
+    seed_supervised(supervised, count=4)
+    gc = read_only_hooks(supervised)
     policy = write_policy(tmp_path / "p.yml", supervised.url, BUILDS, **gc)
     pusher = Pusher(supervised.url)
     thread = threading.Thread(target=pusher.run)
@@ -384,11 +378,7 @@ def test_a_push_whose_blobs_went_up_before_the_window_and_manifest_after_is_refu
     test_docker_push.py): GC sweeps the blobs nothing referenced yet, and the restarted
     registry refuses the late manifest with MANIFEST_BLOB_UNKNOWN instead of storing a
     broken image. Pushed again, the image goes up whole."""
-    seeder = Seeder(supervised.url)
-    try:
-        seed_builds(seeder)
-    finally:
-        seeder.close()
+    seed_supervised(supervised)
     gc = command_gc(
         supervised.server,
         writes="retention",
