@@ -64,10 +64,8 @@ def decide(
     for digest, why in needed.items():
         if digest in rows:
             rows[digest] = replace(rows[digest], action=Action.KEEP, reason=why)
-    kept_tags = {d.digest for d in decisions if d.action is Action.KEEP}
-    kept_tags.update(
-        d for digest in set(kept_tags) for d in descendants(digest, repository.manifests)
-    )
+    # What the tags keep: their own digests and everything ``needed`` already walked to.
+    kept_tags = {d.digest for d in decisions if d.action is Action.KEEP} | needed.keys()
     return tuple(_keep_what_kept_rows_need(rows, repository.manifests, kept_tags).values())
 
 
