@@ -93,26 +93,24 @@ def test_debians_python_refuses_pip_install_as_the_readme_must_expect(checkout: 
     ), done.stderr
 
 
-@pytest.fixture(scope="module")
 def first_command(checkout: Path) -> subprocess.CompletedProcess[str]:
-    """The README's first command, run once in the checkout, ``apt-get`` steps left out.
-
-    The test command's test runs after it, in the same checkout, as a reader following the
-    README does ("Try it, then test it"): ``tests/install.sh`` then finds the venv the first
-    command made and adds the test extras to it. Installing the project into a second fresh
-    venv would cost half a minute of CPU and prove nothing new: the venv line of
-    ``install.sh`` makes a fresh venv on every fresh-clone CI run (``.ci/run``), and the
-    whole suite runs from it.
-    """
+    """The README's first command, run in the checkout, ``apt-get`` steps left out."""
     runnable = [s for s in steps(readme_commands()[0]) if not s.startswith("apt-get")]
     return run_shell(" && ".join(runnable), checkout)
 
 
 @pytest.mark.slow
-def test_the_readme_first_command_runs_the_demo_with_debians_python(
-    checkout: Path, first_command: subprocess.CompletedProcess[str]
+def test_the_readme_commands_in_order_run_the_demo_then_the_tests_with_debians_python(
+    checkout: Path,
 ) -> None:
-    done = first_command
+    """Both commands, in one test, in one checkout, as a reader following the README does
+    ("Try it, then test it"): ``tests/install.sh`` finds the venv the first command made and
+    adds the test extras to it. One test, not two sharing a fixture: xdist may put two tests
+    on different workers, and each would then run the first command again (50 s of pip).
+    Installing into a second fresh venv would prove nothing new: the venv line of
+    ``install.sh`` makes a fresh venv on every fresh-clone CI run (``.ci/run``).
+    """
+    done = first_command(checkout)
 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "pushed 46 tags" in done.stderr
@@ -120,12 +118,6 @@ def test_the_readme_first_command_runs_the_demo_with_debians_python(
     imported = run_shell(where, checkout)
     assert imported.stdout.strip() == str(checkout / "retention" / "__init__.py")
 
-
-@pytest.mark.slow
-def test_the_readme_test_command_installs_into_the_venv_and_runs_pytest_from_it(
-    checkout: Path, first_command: subprocess.CompletedProcess[str]
-) -> None:
-    assert first_command.returncode == 0, "the README's test command follows its first"
     install, test = (s for s in steps(readme_commands()[1]))
     assert install == "bash tests/install.sh"
     runner = shlex.split(test)
