@@ -8,9 +8,10 @@ gate gives the same effect without touching the registry: clients talk to the ga
 gate answers writes itself, exactly as a read-only registry does.
 
 Owns: forwarding (streamed both ways, never a whole body in memory), the write window, and
-the bookkeeping of upload sessions; the connections to the registry are ``upstream.py``'s.
-Must not: change a read, retry anything, or know about
-passes (the runner sees it only as a ``WriteWindow``).
+the bookkeeping of upload sessions; the connections to the registry are ``upstream.py``'s
+(which sends a request twice only when the first provably never reached the registry).
+Must not: change a read, retry anything else, or know about passes (the runner sees it
+only as a ``WriteWindow``).
 
 **Reads** (everything but POST, PUT, PATCH, DELETE on ``/v2/``) pass untouched: status,
 reason, headers (minus hop-by-hop ones) and body, streamed chunk by chunk with back-pressure
@@ -106,11 +107,12 @@ READ_ONLY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
-# Bodies from this size on are spliced (Linux). Measured on 2 cores when a spliced body still
-# cost its upstream connection (aiohttp's client), the gate's CPU per blob with and without:
-# 1 MB about even (2.1-2.3 against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 8 MB
-# 4.4-4.7 against 7.2-9.5 ms, 32 MB 11 against 42-46 ms.
-SPLICE_MIN_BYTES = 2 * 1024 * 1024
+# Bodies from this size on are spliced (Linux). When a spliced body still cost its upstream
+# connection (aiohttp's client), 1 MB was about even (the gate's CPU per blob 2.1-2.3
+# against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 32 MB 11 against 42-46 ms. With
+# the connection kept (upstream.py), a 1 MB blob costs 2.07 spliced against 2.77 ms copied
+# (gate_benchmark.py, load 9 on 2 cores); below the read-ahead, one read and one write.
+SPLICE_MIN_BYTES = 256 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 15.0

@@ -41,6 +41,10 @@ NO_BODY_STATUSES = frozenset({204, 304})
 # stream holds about this much whatever the blob's size.
 READ_AHEAD_BYTES = 256 * 1024
 MAX_HEAD_BYTES = 64 * 1024  # Distribution's heads are well under 2 KiB
+# How much one read takes while an answer's head is awaited. Whatever of the body comes with
+# the head passes through Python; the rest of a large body stays in the socket for splice.
+# asyncio reads 256 KiB at a time, so a 1 MB blob took a quarter of its bytes through Python.
+HEAD_READ_BYTES = 16 * 1024
 # A kept connection unused this long is closed rather than reused: the registry (Go's
 # net/http) may close idle connections, and a fresh one costs less than a failed reuse.
 IDLE_S = 30.0
@@ -62,12 +66,17 @@ class ResponseHead:
     keep_alive: bool
 
 
-class _Connection(asyncio.Protocol):
-    """One connection to the registry: bytes in as a queue of chunks, writes with back-pressure."""
+class _Connection(asyncio.BufferedProtocol):
+    """One connection to the registry: bytes in as a queue of chunks, writes with back-pressure.
+
+    A buffered protocol, so that it chooses how much each read takes (``read_bytes``).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.transport: asyncio.Transport | None = None
+        self._buffer = memoryview(bytearray(READ_AHEAD_BYTES))
+        self.read_bytes = HEAD_READ_BYTES
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -85,6 +94,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer[: self.read_bytes]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # A copy: the buffer is read into again, and transports may keep what they are given.
+        self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -254,6 +270,7 @@ class Exchange:
 
     async def body(self, chunk_bytes: int = READ_AHEAD_BYTES) -> AsyncIterator[bytes]:
         """The rest of the body as it comes (chunked framing removed); raises if it breaks off."""
+        self.connection.read_bytes = READ_AHEAD_BYTES
         if self.head.chunked:
             async for chunk in self._chunked():
                 yield chunk
@@ -374,6 +391,7 @@ class UpstreamPool:
     ) -> Exchange:
         exchange = Exchange(connection, method)
         connection.received = False
+        connection.read_bytes = HEAD_READ_BYTES
         try:
             if body is None:
                 await connection.write(head + b"\r\n")
