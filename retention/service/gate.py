@@ -211,6 +211,7 @@ class WriteGate:
         self._changed = asyncio.Event()
         self._upstream_path = self.upstream.raw_path.rstrip("/")
         self._pool: UpstreamPool | None = None
+        self._pipes = splice.Pipes()
 
     # -- the window -------------------------------------------------------------------------
 
@@ -384,7 +385,7 @@ class WriteGate:
             await response.write(exchange.hold())
             transport = request.transport
             if exchange.remaining and transport and not transport.get_write_buffer_size():
-                await _splice_rest(exchange, client_socket, transport)
+                await _splice_rest(exchange, client_socket, transport, self._pipes)
                 return
             exchange.unhold()  # a slow client: the ordinary way after all
         async for chunk in exchange.body():
@@ -427,6 +428,7 @@ class WriteGate:
         await runner.cleanup()
         if self._pool is not None:
             self._pool.close()
+        self._pipes.close()
 
 
 def _spliceable(request: web.BaseRequest, exchange: Exchange) -> Any:
@@ -446,7 +448,7 @@ def _spliceable(request: web.BaseRequest, exchange: Exchange) -> Any:
 
 
 async def _splice_rest(
-    exchange: Exchange, client_socket: Any, client: asyncio.BaseTransport
+    exchange: Exchange, client_socket: Any, client: asyncio.BaseTransport, pipes: splice.Pipes
 ) -> None:
     """Splice the rest of the body; the upstream connection stays open for the next request.
 
@@ -454,9 +456,8 @@ async def _splice_rest(
     body as a broken connection, never as an answer (``release`` drops the upstream one).
     """
     try:
-        await splice.relay(
-            exchange.socket.fileno(), client_socket.fileno(), exchange.remaining or 0
-        )
+        source, target = exchange.socket.fileno(), client_socket.fileno()
+        await splice.relay(source, target, exchange.remaining or 0, pipes)
     except OSError as exc:
         client.close()
         raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
