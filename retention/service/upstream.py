@@ -1,12 +1,13 @@
 """The write gate's connections to the registry: a pool of kept-alive HTTP/1.1 connections.
 
-Why it exists: the gate forwards every pull, and aiohttp's ``ClientSession`` cost it about
-half of its Python per request (request and response objects, cookie and redirect
-machinery, a task per request body). The gate needs far less: send a head it has already
-filtered, read the registry's answer head, and hand the body over in its framing. It also
-lets a body spliced in the kernel (``splice.py``) keep its connection: this module knows
-exactly where a response ends, so after ``count`` spliced bytes the connection is at the
-start of the next response and goes back to the pool.
+Why it exists: the gate forwards every pull, and with aiohttp's ``ClientSession`` (request
+and response objects, cookie and redirect machinery, a stream reader per body) it spent
+0.93 ms of CPU per HEAD and 2.78 ms per 1 MB blob, against 0.68 and 1.59 ms with this
+module (side by side on the 2-core machine, README). The gate needs far less: send a head
+it has already filtered, read the registry's answer head, and hand the body over in its
+framing. It also lets a body spliced in the kernel (``splice.py``) keep its connection:
+this module knows exactly where a response ends, so after the spliced bytes the
+connection is at the start of the next response and goes back to the pool.
 
 Owns: connecting (plain TCP or TLS), writing a request head and body (the body from its
 own task, so that an early answer of the registry is read while the body still flows),
