@@ -30,6 +30,7 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── HoldsError             the file of restored tags' holds cannot be read or written
     ├── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
     ├── GateError              the write gate could not start (gate.listen taken, say)
+    │   └── GateUpstreamError      the registry behind the gate answered what is not HTTP/1
     └── DemoError              the demo's throwaway registry could not be started
 
 Every module raises these and nothing defines its own, so this drawing is the whole list.
@@ -190,6 +191,11 @@ class PassInterrupted(RetentionError):
 
 class GateError(RetentionError):
     """The write gate of ``retention serve`` could not start."""
+
+
+class GateUpstreamError(GateError):
+    """The registry behind the gate sent a malformed answer (the client gets a 502, or a
+    dropped connection once the answer's head has gone to it)."""
 
 
 class DemoError(RetentionError):

@@ -8,8 +8,10 @@ gate gives the same effect without touching the registry: clients talk to the ga
 gate answers writes itself, exactly as a read-only registry does.
 
 Owns: forwarding (streamed both ways, never a whole body in memory), the write window, and
-the bookkeeping of upload sessions. Must not: change a read, retry anything, or know about
-passes (the runner sees it only as a ``WriteWindow``).
+the bookkeeping of upload sessions; the connections to the registry are ``upstream.py``'s
+(which sends a request twice only when the first provably never reached the registry).
+Must not: change a read, retry anything else, or know about passes (the runner sees it
+only as a ``WriteWindow``).
 
 **Reads** (everything but POST, PUT, PATCH, DELETE on ``/v2/``) pass untouched: status,
 reason, headers (minus hop-by-hop ones) and body, streamed chunk by chunk with back-pressure
@@ -65,16 +67,16 @@ from contextlib import contextmanager, suppress
 from enum import Enum
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from retention.core.policy import Gate
-from retention.errors import GateError
+from retention.errors import GateError, GateUpstreamError
 from retention.logs import get_logger
 from retention.service import splice
+from retention.service.upstream import Exchange, UpstreamPool
 
 log = get_logger(__name__)
 
@@ -95,6 +97,7 @@ HOP_BY_HOP = frozenset(
         "expect",
     }
 )
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 READ_ONLY_STATUS = 405
 READ_ONLY_BODY = b"Method not allowed\n"
 READ_ONLY_HEADERS = {
@@ -104,14 +107,12 @@ READ_ONLY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
-# How much of a body the gate reads ahead of the client: at most about twice this per
-# stream is in memory (aiohttp pauses reading above it), whatever the blob's size.
-READ_BUFFER_BYTES = 256 * 1024
-# Bodies from this size on are spliced (Linux). A spliced body costs its upstream connection
-# (see _splice_rest); measured on 2 cores, the gate's CPU per blob with and without splice:
-# 1 MB about even (2.1-2.3 against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 8 MB
-# 4.4-4.7 against 7.2-9.5 ms, 32 MB 11 against 42-46 ms.
-SPLICE_MIN_BYTES = 2 * 1024 * 1024
+# Bodies from this size on are spliced (Linux). When a spliced body still cost its upstream
+# connection (aiohttp's client), 1 MB was about even (the gate's CPU per blob 2.1-2.3
+# against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 32 MB 11 against 42-46 ms. With
+# the connection kept (upstream.py), a 1 MB blob costs 2.07 spliced against 2.77 ms copied
+# (gate_benchmark.py, load 9 on 2 cores); below the read-ahead, one read and one write.
+SPLICE_MIN_BYTES = 256 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 15.0
@@ -137,17 +138,29 @@ def upload_id(path: str) -> str | None:
 
 def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Headers a proxy passes on: all but hop-by-hop ones and those ``Connection`` names."""
-    dropped = HOP_BY_HOP
-    if "Connection" in headers:  # rare in HTTP/1.1: most messages skip this parsing
-        named = (
-            token.strip().lower()
-            for value in headers.getall("Connection")
-            for token in value.split(",")
-        )
-        dropped = HOP_BY_HOP | {token for token in named if token}
+    dropped = _dropped(headers)
     return CIMultiDict(
         [(name, value) for name, value in headers.items() if name.lower() not in dropped]
     )
+
+
+def _dropped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """The lower-case names of the headers a proxy must not pass on."""
+    if "Connection" not in headers:  # rare in HTTP/1.1: most messages skip this parsing
+        return HOP_BY_HOP
+    named = (
+        token.strip().lower()
+        for value in headers.getall("Connection")
+        for token in value.split(",")
+    )
+    return HOP_BY_HOP | {token for token in named if token}
+
+
+def _dropped_bytes(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
+    """``_dropped`` for raw header names (the request head is built from raw bytes)."""
+    if "Connection" not in headers:
+        return _HOP_BY_HOP_BYTES
+    return frozenset(name.encode("latin-1") for name in _dropped(headers))
 
 
 class _OwnResponse(web.Response):
@@ -190,16 +203,22 @@ class WriteGate:
     def __init__(self, settings: Gate, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.upstream = URL(settings.upstream.rstrip("/"))
-        self._upstream_base = str(self.upstream)
         self._upstream_origin = str(self.upstream.origin())
         self._clock = clock
         self.state = WindowState.OPEN
         self._writes = 0
         self._sessions: dict[str, float] = {}  # upload UUID -> when a request of it last ended
         self._changed = asyncio.Event()
-        self._http: aiohttp.ClientSession | None = None
+        self._upstream_path = self.upstream.raw_path.rstrip("/")
+        self._pool: UpstreamPool | None = None
+        self._pipes = splice.Pipes()
 
     # -- the window -------------------------------------------------------------------------
+
+    @property
+    def idle_upstream_connections(self) -> int:
+        """Connections to the registry kept for the next request."""
+        return self._pool.idle if self._pool is not None else 0
 
     @property
     def writes_in_flight(self) -> int:
@@ -303,36 +322,49 @@ class WriteGate:
         note: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream its answer back, body for body."""
-        assert self._http is not None, "the gate is not started"
-        url = URL(self._upstream_base + request.raw_path, encoded=True)
-        body = request.content if request.body_exists else None
+        pool = self._pool
+        assert pool is not None, "the gate is not started"
+        body = request.content.readany if request.body_exists else None
+        head = self._request_head(request)
         try:
-            upstream = await self._http.request(
-                request.method,
-                url,
-                headers=end_to_end(request.headers),
-                data=body,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            exchange = await pool.send(request.method, head, body, length=request.content_length)
+        except (OSError, GateUpstreamError) as exc:
             log.warning("gate upstream failed", method=request.method, error=repr(exc))
             return _OwnResponse(status=502, body=BAD_GATEWAY_BODY, content_type="text/plain")
-        async with upstream:
+        try:
+            headers = CIMultiDictProxy(CIMultiDict(exchange.head.headers))
             if note is not None:
-                note(upstream.status, upstream.headers)
-            return await self._relay(request, upstream)
+                note(exchange.head.status, headers)
+            return await self._relay(request, exchange, headers)
+        finally:
+            pool.release(exchange)
+
+    def _request_head(self, request: web.BaseRequest) -> bytes:
+        """The head for the registry: request line, Host, the end-to-end headers as sent."""
+        assert self._pool is not None
+        dropped = _dropped_bytes(request.headers)
+        lines = [
+            f"{request.method} {self._upstream_path}{request.raw_path} HTTP/1.1\r\n"
+            f"Host: {self._pool.host_header}\r\n".encode("latin-1")
+        ]
+        lines += [
+            b"%s: %s\r\n" % (name, value)
+            for name, value in request.raw_headers
+            if name.lower() not in dropped
+        ]
+        return b"".join(lines)
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, exchange: Exchange, headers: CIMultiDictProxy[str]
     ) -> web.StreamResponse:
-        response = _RelayedResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(self._response_headers(request, upstream.headers))
+        response = _RelayedResponse(status=exchange.head.status, reason=exchange.head.reason)
+        response.headers.extend(self._response_headers(request, headers))
         try:
             await response.prepare(request)
-            if request.method != "HEAD":
-                await self._relay_body(request, upstream, response)
+            if not exchange.finished:
+                await self._relay_body(request, exchange, response)
             await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:
+        except (ConnectionError, GateUpstreamError) as exc:
             # The client went away, or the registry broke off: the connection is dropped
             # either way, and the response that was prepared is all the client gets. A
             # connection kept alive would leave the client waiting for the rest.
@@ -342,26 +374,21 @@ class WriteGate:
         return response
 
     async def _relay_body(
-        self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
-        response: web.StreamResponse,
+        self, request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse
     ) -> None:
         """The body chunk for chunk through Python, or most of it spliced in the kernel."""
-        transports = _spliceable(request, upstream)
-        if transports is not None:
+        client_socket = _spliceable(request, exchange)
+        if client_socket is not None:
             # What came with the registry's headers is read already: it goes (with the
-            # headers) the ordinary way, and aiohttp stops reading so the kernel moves the rest.
-            upstream_transport, client_transport = transports
-            buffered = upstream.content.read_nowait()
-            upstream_transport.pause_reading()
-            await response.write(buffered)
-            remaining = (upstream.content_length or 0) - len(buffered)
-            if remaining > 0 and not client_transport.get_write_buffer_size():
-                await _splice_rest(upstream, upstream_transport, client_transport, remaining)
+            # headers) the ordinary way, and the connection stops reading so the kernel
+            # moves the rest; the connection stays usable for the next request.
+            await response.write(exchange.hold())
+            transport = request.transport
+            if exchange.remaining and transport and not transport.get_write_buffer_size():
+                await _splice_rest(exchange, client_socket, transport, self._pipes)
                 return
-            upstream_transport.resume_reading()  # a slow client: the ordinary way after all
-        async for chunk in upstream.content.iter_any():
+            exchange.unhold()  # a slow client: the ordinary way after all
+        async for chunk in exchange.body():
             await response.write(chunk)
 
     def _response_headers(
@@ -383,15 +410,7 @@ class WriteGate:
 
     async def start(self) -> web.BaseRunner:
         """Open the upstream client and listen; the caller cleans the runner up."""
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
-            auto_decompress=False,  # bytes pass as the registry sent them, gzip or not
-            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy keeps no cookies of its own
-            read_bufsize=READ_BUFFER_BYTES,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            trust_env=False,
-        )
+        self._pool = UpstreamPool(self.upstream, connect_timeout_s=CONNECT_TIMEOUT_S)
         # aiohttp's low-level server: every path goes to one handler, so an Application's
         # router, middlewares and signals would be work per request for nothing.
         server = web.Server(self.handle, access_log=None)
@@ -407,59 +426,42 @@ class WriteGate:
 
     async def stop(self, runner: web.BaseRunner) -> None:
         await runner.cleanup()
-        if self._http is not None:
-            await self._http.close()
+        if self._pool is not None:
+            self._pool.close()
+        self._pipes.close()
 
 
-def _spliceable(
-    request: web.BaseRequest, upstream: aiohttp.ClientResponse
-) -> tuple[asyncio.Transport, asyncio.Transport] | None:
-    """The two plain TCP transports of a large read's body that splice can move, else None.
+def _spliceable(request: web.BaseRequest, exchange: Exchange) -> Any:
+    """The client's socket when a read's body can be spliced to it, else None.
 
-    Only bodies above ``SPLICE_MIN_BYTES`` with a known length: below it, the new upstream
-    connection a spliced body costs (see ``_splice_rest``) outweighs the copies it saves.
+    Only bodies from ``SPLICE_MIN_BYTES`` on with a known length, between plain TCP sockets.
     """
-    length = upstream.content_length
-    connection = upstream.connection
-    if length is None or length < SPLICE_MIN_BYTES or connection is None:
+    remaining = exchange.remaining
+    if remaining is None or remaining < SPLICE_MIN_BYTES or not splice.available():
         return None
-    if not splice.available() or upstream.headers.get("Transfer-Encoding"):
+    transport = request.transport
+    if transport is None or transport.is_closing():
         return None
-    upstream_transport = connection.transport
-    client_transport = request.transport
-    for transport in (upstream_transport, client_transport):
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
-            return None
-        if transport.get_extra_info("sslcontext") is not None:
-            return None
-        if transport.get_extra_info("socket") is None:
-            return None
-    assert isinstance(upstream_transport, asyncio.Transport)
-    assert isinstance(client_transport, asyncio.Transport)
-    return upstream_transport, client_transport
+    if transport.get_extra_info("sslcontext") is not None or exchange.socket is None:
+        return None
+    return transport.get_extra_info("socket")
 
 
 async def _splice_rest(
-    upstream: aiohttp.ClientResponse,
-    upstream_transport: asyncio.Transport,
-    client_transport: asyncio.Transport,
-    count: int,
+    exchange: Exchange, client_socket: Any, client: asyncio.BaseTransport, pipes: splice.Pipes
 ) -> None:
-    """Splice the last ``count`` bytes of the body; the upstream connection is closed after.
+    """Splice the rest of the body; the upstream connection stays open for the next request.
 
-    aiohttp's parser never sees those bytes, so the connection cannot go back to the pool;
-    the next request opens another one. If the body breaks off, the client's connection is
-    closed too: a client must see a short body as a broken connection, never as an answer.
+    If the body breaks off, the client's connection is closed: a client must see a short
+    body as a broken connection, never as an answer (``release`` drops the upstream one).
     """
-    source = upstream_transport.get_extra_info("socket").fileno()
-    target = client_transport.get_extra_info("socket").fileno()
     try:
-        await splice.relay(source, target, count)
+        source, target = exchange.socket.fileno(), client_socket.fileno()
+        await splice.relay(source, target, exchange.remaining or 0, pipes)
     except OSError as exc:
-        client_transport.close()
+        client.close()
         raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
-    finally:
-        upstream.close()
+    exchange.spliced()
 
 
 def _location_upload(headers: Mapping[str, str]) -> str | None:

@@ -31,23 +31,64 @@ def available() -> bool:
     return hasattr(os, "splice") and hasattr(os, "pipe2")
 
 
-async def relay(source: int, target: int, count: int) -> None:
+class Pipes:
+    """Spare pipes: one emptied by a relay serves the next, without its three system calls
+    (pipe2, the size, close) and the kernel's allocation of its slots. A pipe a relay left
+    with bytes in it (it failed) is closed, never kept."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self._spare: list[tuple[int, int]] = []
+        self._keep = keep
+
+    def take(self) -> tuple[int, int]:
+        return self._spare.pop() if self._spare else _new_pipe()
+
+    def give_back(self, pipe: tuple[int, int]) -> None:
+        if len(self._spare) < self._keep:
+            self._spare.append(pipe)
+        else:
+            _close(pipe)
+
+    def close(self) -> None:
+        while self._spare:
+            _close(self._spare.pop())
+
+
+def _new_pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    with suppress(OSError):  # a lower pipe-max-size keeps the default 64 KiB
+        fcntl.fcntl(write_end, _SET_PIPE_SIZE, PIPE_BYTES)
+    return read_end, write_end
+
+
+def _close(descriptors: tuple[int, ...]) -> None:
+    for descriptor in descriptors:
+        os.close(descriptor)
+
+
+async def relay(source: int, target: int, count: int, pipes: Pipes | None = None) -> None:
     """Move exactly ``count`` bytes from socket ``source`` to socket ``target``.
 
     Raises ``ConnectionResetError`` if the source ends first, and the ``OSError`` of a
     target that went away. The descriptors are duplicated: asyncio refuses to watch a
     descriptor its transports own, and a duplicate shares the socket but not that rule.
+    The pipe comes from ``pipes`` and goes back there when the relay emptied it.
     """
     loop = asyncio.get_running_loop()
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    duplicates = (os.dup(source), os.dup(target))
+    pipe = pipes.take() if pipes is not None else _new_pipe()
+    emptied = False
     try:
-        with suppress(OSError):  # a lower pipe-max-size keeps the default 64 KiB
-            fcntl.fcntl(write_end, _SET_PIPE_SIZE, PIPE_BYTES)
-        await _pump(loop, duplicates, (read_end, write_end), count)
+        duplicates = (os.dup(source), os.dup(target))
+        try:
+            await _pump(loop, duplicates, pipe, count)
+            emptied = True
+        finally:
+            _close(duplicates)
     finally:
-        for descriptor in (*duplicates, read_end, write_end):
-            os.close(descriptor)
+        if emptied and pipes is not None:
+            pipes.give_back(pipe)
+        else:
+            _close(pipe)
 
 
 async def _pump(

@@ -12,6 +12,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -22,7 +23,8 @@ from registry_server import RegistryServer, Seeder, free_port
 
 from retention.core.policy import Gate
 from retention.registry import media_types
-from retention.service.gate import READ_ONLY_BODY, GateServer, WindowState
+from retention.service import gate as gate_module
+from retention.service.gate import BAD_GATEWAY_BODY, READ_ONLY_BODY, GateServer, WindowState
 
 BLOB_BYTES = 5 * 1024 * 1024 + 123
 HEAD_NAMES = ("content-type", "content-length", "docker-content-digest", "etag")
@@ -330,7 +332,7 @@ def test_a_final_put_with_a_wrong_digest_ends_the_session_as_the_registry_does(
 # -- a registry that breaks off -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [1024 * 1024, 4 * 1024 * 1024], ids=["relayed", "spliced"])
+@pytest.mark.parametrize("length", [128 * 1024, 4 * 1024 * 1024], ids=["relayed", "spliced"])
 def test_a_body_the_upstream_breaks_off_reaches_the_client_as_a_broken_connection(
     length: int,
 ) -> None:
@@ -345,18 +347,21 @@ def test_a_body_the_upstream_breaks_off_reaches_the_client_as_a_broken_connectio
 
 
 @contextmanager
-def short_body_server(length: int, sent: int) -> Iterator[str]:
+def short_body_server(
+    length: int, sent: int, scripted: bytes | None = None, received: list[bytes] | None = None
+) -> Iterator[str]:
     """An upstream that promises ``length`` bytes, sends ``sent`` and closes (a registry
-    cannot be made to do this on purpose, so this one is a socket of the test's own)."""
+    cannot be made to do this on purpose, so this one is a socket of the test's own), or
+    that sends ``scripted`` as it is; what it read goes to ``received``."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def answer() -> None:
         with suppress(OSError):
             connection, _ = listener.accept()
             with connection:
-                connection.recv(65536)
+                (received if received is not None else []).append(connection.recv(65536))
                 head = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n".encode()
-                connection.sendall(head + b"x" * sent)
+                connection.sendall(scripted or head + b"x" * sent)
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
@@ -365,3 +370,108 @@ def short_body_server(length: int, sent: int) -> Iterator[str]:
     finally:
         listener.close()
         thread.join(timeout=10)
+
+
+# -- the gate's own connections to the registry --------------------------------------------
+
+
+def test_a_registry_that_refuses_connections_gets_the_client_a_clean_502() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    server = start_gate(f"http://127.0.0.1:{port}")  # nothing listens there any more
+    try:
+        with client(server.url) as gated:
+            answer = gated.get("/v2/")
+            assert (answer.status_code, answer.content) == (502, BAD_GATEWAY_BODY)
+            assert gated.get("/v2/").status_code == 502  # and the gate goes on answering
+    finally:
+        server.stop()
+
+
+def test_a_chunked_answer_of_the_registry_reaches_the_client_whole() -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: listing\r\n\r\n"
+        b'6\r\n{"a": \r\n3;x=y\r\n1}\n\r\n0\r\n\r\n'
+    )
+    with short_body_server(0, 0, scripted=answer) as upstream:
+        server = start_gate(upstream)
+        try:
+            with client(server.url) as gated:
+                got = gated.get("/v2/_catalog")
+        finally:
+            server.stop()
+
+    assert (got.status_code, got.content) == (200, b'{"a": 1}\n')
+    assert got.headers["x-kind"] == "listing"
+
+
+def test_hop_by_hop_headers_and_those_connection_names_stop_at_the_gate_both_ways() -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nConnection: X-Upstream-Hop\r\nX-Upstream-Hop: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+    )
+    received: list[bytes] = []
+    with short_body_server(0, 0, scripted=answer, received=received) as upstream:
+        server = start_gate(upstream)
+        try:
+            with client(server.url) as gated:
+                got = gated.get(
+                    "/v2/",
+                    headers={
+                        "Connection": "keep-alive, X-Client-Hop",
+                        "X-Client-Hop": "1",
+                        "Proxy-Authorization": "Basic x",
+                        "X-Forwarded": "kept",
+                    },
+                )
+        finally:
+            server.stop()
+
+    sent = received[0].lower()
+    assert b"x-forwarded: kept\r\n" in sent
+    assert b"x-client-hop" not in sent and b"proxy-authorization" not in sent
+    assert sent.count(b"host:") == 1 and b"connection:" not in sent
+    assert (got.status_code, got.content, got.headers["x-kept"]) == (200, b"ok", "yes")
+    assert "x-upstream-hop" not in got.headers and "keep-alive" not in got.headers
+
+
+def test_large_blobs_keep_their_upstream_connection_for_the_next_request(
+    seeder: Seeder, gate: GateServer
+) -> None:
+    digest, _ = seeder.blob("big", os.urandom(BLOB_BYTES))
+
+    with client(gate.url) as gated:
+        for _ in range(3):
+            whole = gated.get(f"/v2/big/blobs/{digest}")
+            assert hashlib.sha256(whole.content).hexdigest() == digest.removeprefix("sha256:")
+
+    assert gate.gate is not None and gate.gate.idle_upstream_connections == 1
+
+
+@pytest.mark.parametrize("spliced", [False, True], ids=["relayed", "spliced"])
+def test_clients_leaving_mid_body_leave_no_connection_open_behind_them(
+    seeder: Seeder, gate: GateServer, monkeypatch: pytest.MonkeyPatch, spliced: bool
+) -> None:
+    if not spliced:
+        monkeypatch.setattr(gate_module, "SPLICE_MIN_BYTES", 1 << 62)
+    digest, _ = seeder.blob("big", os.urandom(4 * BLOB_BYTES))
+    path = f"/v2/big/blobs/{digest}"
+    with client(gate.url) as gated:  # the kept connection and the spare pipe exist before
+        assert gated.get(path).status_code == 200
+    before = len(os.listdir("/proc/self/fd"))
+
+    for _ in range(8):
+        with socket.create_connection(("127.0.0.1", gate.settings.port)) as leaving:
+            leaving.sendall(f"GET {path} HTTP/1.1\r\nHost: gate\r\n\r\n".encode())
+            assert leaving.recv(65536).startswith(b"HTTP/1.1 200")
+            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+
+    def settled() -> bool:
+        return len(os.listdir("/proc/self/fd")) <= before + 1
+
+    deadline = time.monotonic() + 10
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert settled(), f"{len(os.listdir('/proc/self/fd'))} descriptors open, {before} before"
+    with client(gate.url) as gated:
+        assert gated.head(path).status_code == 200  # and the gate still serves

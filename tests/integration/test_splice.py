@@ -92,3 +92,37 @@ async def test_a_target_that_went_away_raises_an_os_error_and_closes_no_caller_s
         await splice.relay(source.fileno(), target.fileno(), BODY_BYTES)
     assert len(await receive(source, 10)) == 10  # the caller's socket is still open
     sending.cancel()
+
+
+async def test_a_pipe_emptied_by_a_relay_serves_the_next_one(
+    sockets: tuple[socket.socket, socket.socket, socket.socket, socket.socket],
+) -> None:
+    writer, source, target, reader = sockets
+    pipes = splice.Pipes()
+    try:
+        for _ in range(3):
+            body = os.urandom(BODY_BYTES)
+            sending = asyncio.create_task(send_all(writer, body))
+            receiving = asyncio.create_task(receive(reader, BODY_BYTES))
+            await splice.relay(source.fileno(), target.fileno(), BODY_BYTES, pipes)
+            await sending
+            assert await receiving == body
+            assert len(pipes._spare) == 1
+    finally:
+        pipes.close()
+    assert not pipes._spare
+
+
+async def test_a_pipe_a_relay_failed_with_is_closed_not_kept(
+    sockets: tuple[socket.socket, socket.socket, socket.socket, socket.socket],
+) -> None:
+    writer, source, target, _ = sockets
+    pipes = splice.Pipes()
+    before = len(os.listdir("/proc/self/fd"))
+    await send_all(writer, b"x" * 1000, close=True)
+
+    with pytest.raises(ConnectionResetError):
+        await splice.relay(source.fileno(), target.fileno(), 5000, pipes)
+
+    assert not pipes._spare
+    assert len(os.listdir("/proc/self/fd")) == before
