@@ -40,7 +40,7 @@ import httpx  # noqa: E402
 from httpx_aiohttp import AiohttpTransport  # noqa: E402
 from seed import repository_name  # noqa: E402
 
-from retention import logs, runner  # noqa: E402
+from retention import cli, logs, runner  # noqa: E402
 from retention.core import planner  # noqa: E402
 from retention.core.model import Repository  # noqa: E402
 from retention.core.policy import Policy, policy_from_mapping  # noqa: E402
@@ -213,7 +213,7 @@ def storage_plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
     rss_before = _rss_kib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
     scope = runner.Scope(repositories=re.compile(wanted))
-    result = asyncio.run(runner.run_pass(policy, dry_run=True, scope=scope))
+    result = cli._run(runner.run_pass(policy, dry_run=True, scope=scope))  # as the CLI does
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     plan = result.plan
     decisions = [(r, d) for r in plan.repositories for d in r.tag_decisions]
