@@ -5,7 +5,7 @@ CONCURRENCY [STORAGE_ROOT]``; prints one JSON object. It does what
 ``runner.run_pass(dry_run=True)`` does (a ``RegistryClient`` from the policy,
 ``inventory.each_repository`` with the manifest cache in ``state_dir``, each repository
 handed to ``planner.Planning`` as it comes), or with STORAGE_ROOT what ``scan: storage``
-does (``storage_reader.each_repository`` into ``planner.Planning``), but
+does (``runner.run_pass(dry_run=True)`` itself, as ``retention plan`` runs it), but
 scans only the first REPOSITORIES repositories and meters the client's transport (the same
 httpx-aiohttp transport ``RegistryClient`` uses by default):
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import resource
 import sys
 import time
@@ -39,12 +40,12 @@ import httpx  # noqa: E402
 from httpx_aiohttp import AiohttpTransport  # noqa: E402
 from seed import repository_name  # noqa: E402
 
+from retention import cli, logs, runner  # noqa: E402
 from retention.core import planner  # noqa: E402
 from retention.core.model import Repository  # noqa: E402
 from retention.core.policy import Policy, policy_from_mapping  # noqa: E402
 from retention.registry import RegistryClient  # noqa: E402
 from retention.scan import inventory  # noqa: E402
-from retention.scan.storage_reader import each_repository  # noqa: E402
 from retention.state.manifest_cache import ManifestCache  # noqa: E402
 
 
@@ -118,14 +119,19 @@ def _kind(request: httpx.Request) -> str:
     return f"{request.method} other"
 
 
-def benchmark_policy(url: str, state_dir: Path, concurrency: int) -> Policy:
-    """Keep the ten newest builds: enough rules for the planner to do real work."""
+def benchmark_policy(
+    url: str, state_dir: Path, concurrency: int, storage: Path | None = None
+) -> Policy:
+    """Keep the ten newest builds: enough rules for the planner to do real work; with
+    ``storage``, ``scan: storage`` of that root."""
+    scan = {"scan": "storage", "storage": {"path": str(storage)}} if storage else {}
     return policy_from_mapping(
         {
             "registry": {"url": url, "concurrency": concurrency},
             "rules": [{"name": "builds", "match": "build-.*", "keep_last": 10}],
             "safety": {"max_delete_fraction": 1.0},
             "state_dir": str(state_dir),
+            **scan,
         }
     )
 
@@ -195,21 +201,30 @@ def _rss_kib(field: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def storage_plan_once(policy: Policy, repositories: int, root: Path) -> dict[str, Any]:
-    """What ``scan: storage`` does in ``run_pass(dry_run=True)``: each repository read from
-    the files and planned, then dropped."""
-    wanted = {repository_name(index) for index in range(repositories)}
+def storage_plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
+    """What ``retention plan`` does with ``scan: storage``: ``runner.run_pass(dry_run=True)``
+    itself (read each repository from the files, add link times, confirm subjects, plan,
+    drop it), logging configured as the CLI does; only the report is not rendered.
+
+    The facts the benchmark checks come from the plan, since the pass keeps no repository.
+    """
+    wanted = "|".join(re.escape(repository_name(index)) for index in range(repositories))
+    logs.configure("json", "info")
     rss_before = _rss_kib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
-    facts = _Facts()
-    planning = planner.Planning(policy, policy.registry.url, datetime.now(UTC))
-    for repository in each_repository(root, repositories=wanted.__contains__):
-        planning.add(facts.count(repository))
-    plan = planning.finish()
+    scope = runner.Scope(repositories=re.compile(wanted))
+    result = cli._run(runner.run_pass(policy, dry_run=True, scope=scope))  # as the CLI does
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    plan = result.plan
+    decisions = [(r, d) for r in plan.repositories for d in r.tag_decisions]
     return {
-        "seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu_started,
-        **facts.summary(),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "repositories": len(plan.repositories),
+        "tags": len(decisions),
+        "manifests": len({(r.name, d.digest) for r, d in decisions}),
+        "undated": sum(1 for _, d in decisions if d.created is None),
+        "failed_repositories": sum(1 for r in plan.repositories if r.error),
         "tags_to_delete": plan.summary.tags_to_delete,
         "requests": {},
         "rss_before_kib": rss_before,
@@ -219,9 +234,10 @@ def storage_plan_once(policy: Policy, repositories: int, root: Path) -> dict[str
 
 def main(argv: list[str]) -> None:
     url, state_dir, repositories, concurrency, *storage = argv
-    policy = benchmark_policy(url, Path(state_dir), int(concurrency))
-    if storage:
-        result = storage_plan_once(policy, int(repositories), Path(storage[0]))
+    root = Path(storage[0]) if storage else None
+    policy = benchmark_policy(url, Path(state_dir), int(concurrency), root)
+    if root is not None:
+        result = storage_plan_once(policy, int(repositories))
     else:
         result = asyncio.run(plan_once(policy, int(repositories)))
     print(json.dumps(result))

@@ -79,12 +79,15 @@ class GeneratedStorage:
     def stat(self, path: str) -> _Stat:
         return _Stat(len("sha256:") + 64)  # every link the reader stats holds one digest
 
-    def read(self, path: str, limit: int, what: str) -> bytes:
+    def read(
+        self, path: str, limit: int, what: str, *, with_mtime: bool = False
+    ) -> tuple[bytes, float | None]:
+        mtime = seed.NEWEST.timestamp() if with_mtime else None
         if path.endswith("/current/link"):
             repository = path.split("/repositories/", 1)[1].split("/_manifests/", 1)[0]
             tag = path.split("/tags/", 1)[1].split("/", 1)[0]
-            return self._image(repository, int(tag.removeprefix("build-"))).encode()
-        return self._blobs[path.rsplit("/", 2)[1]]
+            return self._image(repository, int(tag.removeprefix("build-"))).encode(), mtime
+        return self._blobs[path.rsplit("/", 2)[1]], mtime
 
     def _image(self, name: str, number: int) -> str:
         """The manifest digest of this tag; its config and manifest bytes kept until next."""
@@ -140,7 +143,7 @@ def measure(tags: int, per_repository: int) -> dict[str, Any]:
     started = time.perf_counter()
     planning = planner.Planning(policy, policy.registry.url, datetime.now(UTC))
     found = failed = 0
-    for repository in storage_reader.each_repository(Path(ROOT)):
+    for repository in storage_reader.each_repository(Path(ROOT), push_times=True):
         found, failed = found + len(repository.tags), failed + bool(repository.error)
         planning.add(repository)
     scanned_rss = _rss_kib("VmRSS")

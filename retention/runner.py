@@ -219,7 +219,10 @@ async def _scanned(
     if policy.scan == "storage" and policy.storage.path is not None:
         await client.ping()  # deletions and subjects still need the API: fail early
         found = storage_reader.each_repository(
-            policy.storage.path, repositories=wanted, progress=_phase(progress, "scan")
+            policy.storage.path,
+            repositories=wanted,
+            progress=_phase(progress, "scan"),
+            push_times=True,  # the link mtimes ``_completed`` would otherwise stat again
         )
         while (read := await asyncio.to_thread(next, found, None)) is not None:
             yield read
@@ -240,8 +243,8 @@ async def _completed(
     with."""
     repository = await confirm_repository(client, repository)
     repository = events.timed(repository)
-    if policy.storage.path is not None and policy.gc.mode != "docker":
-        repository = with_link_times(repository, policy.storage.path)
+    if policy.storage.path is not None and policy.gc.mode != "docker" and policy.scan == "api":
+        repository = with_link_times(repository, policy.storage.path)  # the storage scan has them
     return repository
 
 

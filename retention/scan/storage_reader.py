@@ -29,7 +29,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
@@ -78,9 +78,14 @@ def each_repository(
     *,
     repositories: Callable[[str], bool] = lambda _: True,
     progress: ProgressCallback | None = None,
+    push_times: bool = False,
 ) -> Iterator[Repository]:
     """``read_storage`` one repository at a time, for a pass that plans each as it is read
     and so never holds the whole registry's manifests (``planner.Planning``).
+
+    With ``push_times`` each tag's ``pushed`` is its link file's mtime, taken from the file
+    its digest is read from (one ``fstat``): what ``push_times.with_link_times`` adds to an
+    API scan by looking every link up by name again, which cost a pass more than this.
 
     The root is checked and the repositories listed on the first ``next()``.
     """
@@ -90,7 +95,7 @@ def each_repository(
     v2 = str(root / V2)
     names = [n for n in _repository_names(v2 + "/repositories") if repositories(n)]
     for done, name in enumerate(names, 1):  # listed first, so the progress total never grows
-        yield _RepositoryRead(v2, name).run()
+        yield _RepositoryRead(v2, name, push_times=push_times).run()
         if progress is not None:
             progress(done, len(names))
 
@@ -133,10 +138,11 @@ class _RepositoryRead:
     repositories it planned.
     """
 
-    def __init__(self, v2: str, name: str) -> None:
+    def __init__(self, v2: str, name: str, *, push_times: bool = False) -> None:
         self._v2 = v2
         self._name = name
         self._repository = f"{v2}/repositories/{name}"
+        self._push_times = push_times
         self._tags: list[Tag] = []
         self._manifests: dict[str, Manifest] = {}
         self._created: dict[str, datetime | None] = {}
@@ -146,8 +152,9 @@ class _RepositoryRead:
         error = None
         try:
             for name in self._tag_names():
-                self._tags.append(Tag(name=name, digest=self._tag_digest(name)))
-                self._manifest(self._tags[-1].digest)
+                digest, pushed = self._tag_link(name)
+                self._tags.append(Tag(name=name, digest=digest, pushed=pushed))
+                self._manifest(digest)
         except (StorageReadError, InvalidManifest) as exc:
             error = " ".join(f"{self._name}: {exc}".split())
         return Repository(
@@ -171,8 +178,14 @@ class _RepositoryRead:
         except OSError as exc:
             raise StorageReadError(f"cannot list the tags in {path}: {exc.strerror}") from exc
 
-    def _tag_digest(self, tag: str) -> str:
-        return self._link(f"{self._repository}/_manifests/tags/{tag}/current/link", f"tag {tag!r}")
+    def _tag_link(self, tag: str) -> tuple[str, datetime | None]:
+        """The tag's digest, and with ``push_times`` its last push (the link's mtime)."""
+        path = f"{self._repository}/_manifests/tags/{tag}/current/link"
+        content, mtime = _read(path, _LINK_LIMIT_BYTES, f"tag {tag!r}", with_mtime=self._push_times)
+        digest = content.decode("ascii", "replace")
+        if _DIGEST.fullmatch(digest) is None:
+            raise StorageReadError(f"tag {tag!r}: {path} holds {digest[:80]!r}, not a digest")
+        return digest, None if mtime is None else datetime.fromtimestamp(mtime, UTC)
 
     @property
     def manifests(self) -> dict[str, Manifest]:
@@ -221,24 +234,20 @@ class _RepositoryRead:
         if size != len(digest):
             raise StorageReadError(f"{what} {digest}: {path} holds {size} bytes, not a digest")
 
-    def _link(self, path: str, what: str) -> str:
-        """A link file's digest; a missing, partial or foreign one fails the repository."""
-        content = _read(path, _LINK_LIMIT_BYTES, what).decode("ascii", "replace")
-        if _DIGEST.fullmatch(content) is None:
-            raise StorageReadError(f"{what}: {path} holds {content[:80]!r}, not a digest")
-        return content
-
     def _blob(self, digest: str, limit: int) -> bytes:
         algorithm, _, hex_digest = digest.partition(":")
         path = f"{self._v2}/blobs/{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
-        data = _read(path, limit, f"blob {digest}")
+        data, _ = _read(path, limit, f"blob {digest}")
         if not digest_matches(digest, data):
             raise StorageReadError(f"blob {digest}: {path} does not match its digest")
         return data
 
 
-def _read(path: str, limit: int, what: str) -> bytes:
-    """The whole file, at most ``limit`` bytes; any OS error names the file and the reason.
+def _read(
+    path: str, limit: int, what: str, *, with_mtime: bool = False
+) -> tuple[bytes, float | None]:
+    """The whole file, at most ``limit`` bytes, and its mtime when asked (from the open file,
+    so the time is the one of the bytes read); any OS error names the file and the reason.
 
     One ``read`` of a small chunk for the usual few-KB file: asking for ``limit`` bytes at
     once would allocate (and map) 4 MiB per file. A regular file returns less than asked
@@ -249,15 +258,23 @@ def _read(path: str, limit: int, what: str) -> bytes:
     except OSError as exc:
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
-        chunks = [os.read(descriptor, _CHUNK_BYTES)]
-        received = len(chunks[0])
-        while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
-            chunks.append(os.read(descriptor, _CHUNK_BYTES))
-            received += len(chunks[-1])
+        data = os.read(descriptor, _CHUNK_BYTES)
+        if len(data) == _CHUNK_BYTES:
+            data = _rest(descriptor, data, limit)
+        mtime = os.fstat(descriptor).st_mtime if with_mtime else None
     except OSError as exc:
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(descriptor)
-    if received > limit:
+    if len(data) > limit:
         raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return data, mtime
+
+
+def _rest(descriptor: int, first: bytes, limit: int) -> bytes:
+    """A file larger than one chunk: read on to its end, or to just past ``limit``."""
+    chunks, received = [first], len(first)
+    while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
+        chunks.append(os.read(descriptor, _CHUNK_BYTES))
+        received += len(chunks[-1])
+    return b"".join(chunks)

@@ -93,3 +93,29 @@ def _size(tags: int, cold: float, warm: float, storage: float) -> dict[str, Any]
     return {"tags": tags, "repositories": tags // 50, "seed_seconds": 1.0, "limit": limit,
             "cold": plan(cold), "warm": plan(warm), "storage": plan(storage),
             "warm_speedup": cold / warm, "storage_speedup": cold / storage}  # fmt: skip
+
+
+def test_a_storage_only_report_judges_the_storage_plan_by_wall_and_cpu_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    benchmark = _plan_benchmark_module(monkeypatch)
+    storage = {**_size(100_000, 2.0, 0.5, 0.09)["storage"], "cpu_seconds": 12.5}
+    storage["cpu_ms_per_tag"] = 0.125
+    run = {"tags": 100_000, "repositories": 2000, "seed_seconds": 1.0, "storage": storage}
+
+    targets = {t.name: t for t in benchmark._targets([run])}
+    text = benchmark.render({"machine": _MACHINE, "concurrency": 8, "runs": [run], "targets": []})
+
+    assert set(targets) == {
+        "peak RSS of a plan at 100000 tags (MB)",
+        "storage plan at 100k tags, wall (s)",
+        "storage plan at 100k tags, CPU (s)",
+    }
+    assert (targets["storage plan at 100k tags, wall (s)"].measured, targets[
+        "storage plan at 100k tags, wall (s)"].passed) == (9.0, True)  # fmt: skip
+    assert (targets["storage plan at 100k tags, CPU (s)"].measured, targets[
+        "storage plan at 100k tags, CPU (s)"].passed) == (12.5, False)  # fmt: skip
+    (row,) = [line for line in text.splitlines() if line.startswith("storage plan")]
+    assert row.split()[-2:] == ["12.50", "0.125"]
+    assert "limit (wrk)" not in text and "speed-up" not in text

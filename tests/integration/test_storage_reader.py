@@ -7,6 +7,7 @@ cut short on disk, a blob removed between two reads of the scan.
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,12 @@ from retention.core.policy import RegistrySettings, policy_from_mapping
 from retention.errors import StorageReadError
 from retention.registry import RegistryClient
 from retention.scan import inventory
-from retention.scan.storage_reader import read_storage, storage_root_problem
+from retention.scan.push_times import with_link_times
+from retention.scan.storage_reader import (
+    each_repository,
+    read_storage,
+    storage_root_problem,
+)
 
 JANUARY = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 MARCH = datetime(2024, 3, 15, 10, 0, tzinfo=UTC)
@@ -236,3 +242,21 @@ async def test_an_unlistable_tag_directory_fails_its_repository_and_progress_sti
     assert found["web"].error is not None and "cannot list the tags" in found["web"].error
     assert found["api"].error is not None and "v2" in found["api"].error
     assert seen == [(1, 2), (2, 2)]  # repositories read of listed: failures count as read
+
+
+async def test_push_times_read_with_the_tags_are_the_link_times_the_api_pass_adds(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    seed_everything(seeder)
+    link = repository_dir(registry_server, "team/web") / "_manifests/tags/v2/current/link"
+    os.utime(link, (MARCH.timestamp(), MARCH.timestamp()))  # one tag pushed at a known time
+
+    timed = list(each_repository(registry_server.root, push_times=True))
+    untimed = list(each_repository(registry_server.root))
+
+    from_links = [with_link_times(r, registry_server.root).tags for r in untimed]
+    assert [r.tags for r in timed] == from_links
+    assert all(tag.pushed is not None for r in timed for tag in r.tags)
+    assert all(tag.pushed is None for r in untimed for tag in r.tags)
+    web = {tag.name: tag for tag in repositories(Inventory("", tuple(timed)))["team/web"].tags}
+    assert web["v2"].pushed == MARCH
