@@ -120,9 +120,9 @@ class PackedRows(Sequence[Row]):
 def pack(packer: Packer, values: Sequence[Any]) -> Column:
     """What ``packer`` makes of the values, else the values as they are; a column of only
     None or only ``()`` (no push times, no parents) is one value."""
-    for constant in (None, ()):
-        if values.count(constant) == len(values):  # only None equals None, () equals ()
-            return _Same(constant)
+    for constant in _CONSTANTS:
+        if values.count(constant.value) == len(values):  # only None equals None, () ()
+            return constant
     packed = packer(values)
     return packed if packed is not None else _Plain(tuple(values))
 
@@ -239,6 +239,9 @@ class _Same:
 
     def at(self, index: int) -> Any:
         return self.value
+
+
+_CONSTANTS = (_Same(None), _Same(()))  # shared: most repositories have no push times
 
 
 class _Plain:
