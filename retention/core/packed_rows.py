@@ -1,10 +1,11 @@
 """Rows of frozen values kept column by column: a large plan in a fraction of the memory.
 
 A plan holds one ``TagDecision`` per tag and one ``ManifestDeletion`` per manifest it
-deletes. As objects, a million of each, with their digest strings and datetimes, take
-about half a gigabyte; as columns (a digest as 32 raw bytes, a time as an integer, a
-reason as an index into the few reasons a repository has, the tag names as one string)
-they take a fifth of that. ``PackedRows`` is a ``Sequence`` of the original rows, built
+deletes until it is reported. As objects, with their digest strings and datetimes, they
+took about 430 bytes per tag (tracemalloc, 20,000 tags, four in five deleted); as columns
+(a digest as 32 raw bytes, a time or a size as 8, a reason as an index into the few
+reasons a repository has or a pointer to a shared one, the tag names as one string) they
+take about 140. ``PackedRows`` is a ``Sequence`` of the original rows, built
 again on each read and equal to the tuple it was made from, so the planner, the reports
 and the executor read it as they read a tuple; it is a representation, not a new model.
 
