@@ -1,6 +1,7 @@
 """Peak RSS of a storage plan at sizes the disk cannot hold: the files' bytes generated.
 
-    python benchmarks/storage_memory.py [--tags 1000000] [--tags-per-repository 50]
+    python benchmarks/storage_memory.py [--tags 1000000] [--tags-per-repository 50] [--json]
+    python benchmarks/storage_memory.py --quick        # 2,000 tags: what the test runs
 
 The real layout of 1,000,000 tags (each its own manifest and config, as ``seed.py`` writes
 them) needs about 16 million inodes, more than this machine's disk or /dev/shm has. So this
@@ -10,8 +11,12 @@ that exists only as answers: listing a directory, stat'ing a link and reading a 
 answered with exactly the bytes ``seed.py`` would have written there (the same configs,
 manifests and digests), generated when the reader asks. Only the tag being read is held,
 so what the peak RSS shows is the reader's and the planner's memory, not the generator's.
-What it cannot show is time: it measures memory only (``plan_benchmark.py`` times the
-real files).
+What it cannot show is the reading time of real files (``plan_benchmark.py`` times them);
+the planner's CPU time (``planning.add`` and ``finish``) is measured on its own.
+
+It prints PASS or FAIL against issue #13's goal for the size (peak RSS under 200 MB up to
+100,000 tags, under 400 MB up to 1,000,000; none above); the exit status stays 0: this
+measures, it does not gate.
 """
 
 from __future__ import annotations
@@ -140,26 +145,69 @@ def measure(tags: int, per_repository: int) -> dict[str, Any]:
     storage_reader.storage_root_problem = lambda root: None
     policy = benchmark_policy("http://127.0.0.1:5000", Path("/nonexistent"), 8)
     rss_before = _rss_kib("VmRSS")
-    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    started, cpu_started = time.perf_counter(), time.process_time()
     planning = planner.Planning(policy, policy.registry.url, datetime.now(UTC))
     found = failed = 0
+    planning_cpu = 0.0
     for repository in storage_reader.each_repository(Path(ROOT), push_times=True):
         found, failed = found + len(repository.tags), failed + bool(repository.error)
+        before = time.process_time()
         planning.add(repository)
+        planning_cpu += time.process_time() - before
     scanned_rss = _rss_kib("VmRSS")
+    before = time.process_time()
     plan = planning.finish()
+    planning_cpu += time.process_time() - before
     if found != repositories * per_repository or failed:
         raise RuntimeError(f"the reader did not see every generated tag ({found})")
     return {
         "tags": found,
         "repositories": repositories,
         "seconds_with_generation": round(time.perf_counter() - started, 1),
+        "cpu_seconds_with_generation": round(time.process_time() - cpu_started, 1),
+        "planning_cpu_seconds": round(planning_cpu, 1),
         "tags_to_delete": plan.summary.tags_to_delete,
+        "reclaimable_bytes": plan.reclaimable_bytes,
         "rss_before_mb": round(rss_before / 1024, 1),
         "rss_after_scan_and_plan_mb": round(scanned_rss / 1024, 1),
         "peak_rss_mb": round(_rss_kib("VmHWM") / 1024, 1),
-        "load_average": round(os.getloadavg()[0], 2),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
+
+
+def target(measured: dict[str, Any]) -> dict[str, Any] | None:
+    """Issue #13's goal for this many tags, and whether the run met it; None above 1M."""
+    goals = ((100_000, 200.0), (1_000_000, 400.0))
+    wanted = next((mb for most, mb in goals if measured["tags"] <= most), None)
+    if wanted is None:
+        return None
+    return {
+        "name": f"peak RSS of a storage plan at {measured['tags']} tags",
+        "measured": measured["peak_rss_mb"],
+        "wanted": f"< {wanted:g} MB",
+        "passed": measured["peak_rss_mb"] < wanted,
+    }
+
+
+def render(measured: dict[str, Any]) -> str:
+    """The run as a person reads it, then PASS or FAIL."""
+    lines = [
+        f"{measured['tags']} tags in {measured['repositories']} repositories, load average"
+        f" {measured['load_average'][0]} -> {measured['load_average'][1]}",
+        f"seconds {measured['seconds_with_generation']} (generating the files' bytes included),"
+        f" CPU {measured['cpu_seconds_with_generation']} s, of it planning"
+        f" {measured['planning_cpu_seconds']} s",
+        f"tags to delete {measured['tags_to_delete']},"
+        f" reclaimable bytes {measured['reclaimable_bytes']}",
+        f"RSS {measured['rss_before_mb']} MB before, {measured['rss_after_scan_and_plan_mb']} MB"
+        f" after the scan and plan, peak {measured['peak_rss_mb']} MB",
+    ]
+    goal = measured["target"]
+    if goal is not None:
+        verdict = "PASS" if goal["passed"] else "FAIL"
+        lines += ["", f"{verdict}  {goal['name']}: {goal['measured']} MB (want {goal['wanted']})"]
+    return "\n".join(lines)
 
 
 def _rss_kib(field: str) -> int:
@@ -173,8 +221,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tags", type=int, default=1_000_000)
     parser.add_argument("--tags-per-repository", type=int, default=50)
+    parser.add_argument("--quick", action="store_true", help="2,000 tags in 40 repositories")
+    parser.add_argument("--json", action="store_true", help="one JSON object, not the text")
     options = parser.parse_args()
-    print(json.dumps(measure(options.tags, options.tags_per_repository)))
+    tags = 2_000 if options.quick else options.tags
+    measured = measure(tags, options.tags_per_repository)
+    measured["target"] = target(measured)
+    print(json.dumps(measured) if options.json else render(measured))
     return 0
 
 

@@ -7,10 +7,16 @@ a refused or skipped deletion leaves no false trace.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
-from retention.core.model import DeletionResult, ManifestDeletion, Outcome, RepositoryPlan
+from retention.core.model import (
+    DeletionResult,
+    ManifestDeletion,
+    Outcome,
+    RepositoryPlan,
+    TagDecision,
+)
 from retention.core.policy import Policy
 from retention.state.audit import AuditLog, AuditRecord
 
@@ -41,9 +47,10 @@ class AuditWriter:
     ) -> None:
         """Append one batch of confirmed deletions (raises AuditError)."""
         planned = {d.digest: d for d in repository.deletions}
+        rows = tuple(repository.decisions)  # built once: the plan keeps them packed
         now = self.clock()
         records = [
-            self._record(now, repository, planned[r.digest], sizes.get(r.digest))
+            self._record(now, repository.name, rows, planned[r.digest], sizes.get(r.digest))
             for r in results
             if r.outcome is Outcome.DELETED and r.digest in planned
         ]
@@ -62,28 +69,30 @@ class AuditWriter:
     def _record(
         self,
         now: datetime,
-        repository: RepositoryPlan,
+        repository: str,
+        rows: Sequence[TagDecision],
         deletion: ManifestDeletion,
         size: int | None,
     ) -> AuditRecord:
-        rule, reason = why(repository, deletion)
+        rule, reason = why(rows, deletion)
         return AuditRecord(
-            now, "deleted", self.run_id, self.registry, repository.name, deletion.digest,
+            now, "deleted", self.run_id, self.registry, repository, deletion.digest,
             deletion.tags, rule, reason, size,
         )  # fmt: skip
 
 
-def why(repository: RepositoryPlan, deletion: ManifestDeletion) -> tuple[str | None, str]:
+def why(rows: Sequence[TagDecision], deletion: ManifestDeletion) -> tuple[str | None, str]:
     """The rules and the planner's reasons for a deletion; untagged ones say what they were.
 
-    A deletion without tags takes the reason of its row by digest (an untagged manifest's
-    age, or the index a platform goes with), where the plan has one.
+    ``rows`` are the repository plan's decisions. A deletion without tags takes the
+    reason of its row by digest (an untagged manifest's age, or the index a platform goes
+    with), where the plan has one.
     """
     if not deletion.tags:
-        rows = [d for d in repository.decisions if d.is_untagged and d.digest == deletion.digest]
-        if rows:
-            return None, rows[0].reason
-    decisions = [d for d in repository.decisions if d.tag in deletion.tags]
+        loose = [d for d in rows if d.is_untagged and d.digest == deletion.digest]
+        if loose:
+            return None, loose[0].reason
+    decisions = [d for d in rows if d.tag in deletion.tags]
     rules = sorted({d.rule for d in decisions if d.rule})
     reasons = list(dict.fromkeys(d.reason for d in decisions))
     if reasons:

@@ -270,7 +270,7 @@ async def _checked_delete(
         digest=deletion.digest,
         tags=list(deletion.tags),
         kind=deletion.kind.value,
-        rule=_rule_of(repository, deletion),
+        rule=current.rule_of(deletion),
     )
     return _result(name, deletion, outcome)
 
@@ -322,11 +322,18 @@ def _audit(state: _PassState, repository: RepositoryPlan, done: list[DeletionRes
 
 @dataclass
 class _Current:
-    """Every tag's digest now, and the children of indexes the plan did not know."""
+    """Every tag's digest now, and the children of indexes the plan did not know; and the
+    rule of each planned tag, read with them (for the log of each deletion: the plan's
+    rows are packed, and reading them again per deletion grows with the square)."""
 
     tags_by_digest: dict[str, set[str]]
     moved: dict[str, str]
     protected_children: set[str]
+    rules: dict[str, str] = field(default_factory=dict)
+
+    def rule_of(self, deletion: ManifestDeletion) -> str | None:
+        rules = {self.rules[tag] for tag in deletion.tags if tag in self.rules}
+        return ", ".join(sorted(rules)) or None
 
     def objection(self, deletion: ManifestDeletion) -> str | None:
         """Why deleting this digest now would do more than the plan said, if it would."""
@@ -347,14 +354,16 @@ async def _current_state(client: RegistryClient, repository: RepositoryPlan) -> 
     names = await client.tags(repository.name)
     resolved = await asyncio.gather(*(_resolve(client, repository.name, t) for t in names))
     now = {tag: digest for tag, digest in zip(names, resolved, strict=True) if digest}
-    planned = {d.tag: d.digest for d in repository.decisions if not d.is_untagged}
+    tagged = [d for d in repository.decisions if not d.is_untagged]
+    planned = {d.tag: d.digest for d in tagged}
+    rules = {d.tag: d.rule for d in tagged if d.rule}
     tags_by_digest: dict[str, set[str]] = {}
     for tag, digest in now.items():
         tags_by_digest.setdefault(digest, set()).add(tag)
     moved = {t: now[t] for t, d in planned.items() if t in now and now[t] != d}
     unknown = set(now.values()) - set(planned.values())
     children = await _children_of(client, repository.name, unknown)
-    return _Current(tags_by_digest, moved, children)
+    return _Current(tags_by_digest, moved, children, rules)
 
 
 async def _resolve(client: RegistryClient, repository: str, tag: str) -> str | None:
@@ -384,11 +393,6 @@ def _parents_missing(deletion: ManifestDeletion, done: set[str]) -> str | None:
         return None
     owner = "index" if deletion.kind is DeletionKind.CHILD else "subject"
     return f"its {owner} {missing[0]} was not deleted"
-
-
-def _rule_of(repository: RepositoryPlan, deletion: ManifestDeletion) -> str | None:
-    rules = {d.rule for d in repository.decisions if d.tag in deletion.tags and d.rule}
-    return ", ".join(sorted(rules)) or None
 
 
 def _result(

@@ -7,16 +7,28 @@ vocabulary, and lets tests build inventories by hand.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, TypeVar
+
+from retention.core.packed_rows import (
+    Layout,
+    PackedRows,
+    choices,
+    digests,
+    integers,
+    moments,
+    texts,
+    tuples_of,
+)
 
 
 # Blob, Manifest and Tag have slots: an inventory holds one of each per tag, and without a
 # __dict__ each is about a third of the size (a 100,000-tag scan is tens of MB smaller).
-# So do TagDecision, ManifestDeletion and RepositoryPlan: a plan holds one decision per tag.
+# So do TagDecision, ManifestDeletion and RepositoryPlan; a RepositoryPlan keeps its rows
+# packed (see RepositoryPlan), as a plan holds one decision per tag until it is reported.
 @dataclass(frozen=True, slots=True)
 class Blob:
     """A config or layer blob a manifest references."""
@@ -194,19 +206,67 @@ class ManifestDeletion:
     parents: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+_DECISION_LAYOUT = Layout(
+    TagDecision,
+    tag=texts,
+    digest=digests,
+    created=moments,
+    action=choices,
+    rule=choices,
+    reason=choices,
+    subject=choices,
+    kind=choices,
+    size=integers,
+    pushed=moments,
+    pulled=moments,
+    ranked_by=choices,
+    aged_by=choices,
+)
+_DELETION_LAYOUT = Layout(
+    ManifestDeletion,
+    digest=digests,
+    kind=choices,
+    tags=tuples_of(texts),
+    parents=tuples_of(digests),
+)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RepositoryPlan:
     """Decisions for one repository.
 
     ``error`` (the scan failed: a failure of the pass) or ``held`` (a safety budget: not a
-    failure) says why nothing is deleted here.
+    failure) says why nothing is deleted here. Decisions and deletions are given as any
+    sequence and kept packed (``packed_rows``): a plan of a million tags holds them all
+    until it is reported, and as objects they were most of its memory. They read as
+    tuples of ``TagDecision`` and ``ManifestDeletion``, equal to the ones given.
     """
 
     name: str
-    decisions: tuple[TagDecision, ...] = ()
-    deletions: tuple[ManifestDeletion, ...] = ()
-    error: str | None = None
-    held: str | None = None
+    decisions: PackedRows[TagDecision]
+    deletions: PackedRows[ManifestDeletion]
+    error: str | None
+    held: str | None
+
+    def __init__(
+        self,
+        name: str,
+        decisions: Iterable[TagDecision] = (),
+        deletions: Iterable[ManifestDeletion] = (),
+        error: str | None = None,
+        held: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "decisions", _packed(_DECISION_LAYOUT, decisions))
+        object.__setattr__(self, "deletions", _packed(_DELETION_LAYOUT, deletions))
+        object.__setattr__(self, "error", error)
+        object.__setattr__(self, "held", held)
+
+    def with_rows(
+        self, decisions: Iterable[TagDecision], deletions: Iterable[ManifestDeletion]
+    ) -> RepositoryPlan:
+        """This plan with other rows (``replace`` is typed for the packed fields only)."""
+        return RepositoryPlan(self.name, decisions, deletions, self.error, self.held)
 
     @property
     def skipped(self) -> str | None:
@@ -225,6 +285,30 @@ class RepositoryPlan:
     def untagged_decisions(self) -> tuple[TagDecision, ...]:
         """Manifests no tag reaches (not the platforms of tagged indexes, also tagless)."""
         return tuple(d for d in self.decisions if d.is_untagged and d.kind == "untagged")
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """Tags, tags to delete, untagged manifests, untagged to delete: the summary's
+        numbers, read from the packed columns rather than from a million rows built."""
+        rows = zip(
+            self.decisions.column("tag"),
+            self.decisions.column("action"),
+            self.decisions.column("kind"),
+            strict=True,
+        )
+        counted = [0, 0, 0, 0]
+        for tag, action, kind in rows:
+            at = 0 if tag else 2 if kind == "untagged" else None
+            if at is not None:
+                counted[at] += 1
+                counted[at + 1] += action is Action.DELETE
+        return counted[0], counted[1], counted[2], counted[3]
+
+
+Packed = TypeVar("Packed")
+
+
+def _packed(layout: Layout[Packed], rows: Iterable[Packed]) -> PackedRows[Packed]:
+    return rows if isinstance(rows, PackedRows) else PackedRows(layout, rows)
 
 
 @dataclass(frozen=True)
@@ -257,20 +341,17 @@ class Plan:
 
     @property
     def summary(self) -> Summary:
+        counts = [r.counts() for r in self.repositories]
         return Summary(
             repositories=len(self.repositories),
-            tags=sum(len(r.tag_decisions) for r in self.repositories),
-            tags_to_delete=sum(_deleting(r.tag_decisions) for r in self.repositories),
+            tags=sum(c[0] for c in counts),
+            tags_to_delete=sum(c[1] for c in counts),
             manifests_to_delete=self.manifests_to_delete,
             reclaimable_bytes=self.reclaimable_bytes,
             repositories_skipped=sum(1 for r in self.repositories if r.skipped),
-            untagged=sum(len(r.untagged_decisions) for r in self.repositories),
-            untagged_to_delete=sum(_deleting(r.untagged_decisions) for r in self.repositories),
+            untagged=sum(c[2] for c in counts),
+            untagged_to_delete=sum(c[3] for c in counts),
         )
-
-
-def _deleting(decisions: tuple[TagDecision, ...]) -> int:
-    return sum(1 for d in decisions if d.action is Action.DELETE)
 
 
 class Outcome(StrEnum):

@@ -37,6 +37,7 @@ from retention.core.model import (
     TagDecision,
 )
 from retention.core.policy import Policy, Rule, Safety, format_duration
+from retention.core.reclaimable import Reclaimable
 from retention.core.tag_times import (
     WORDS,
     TagTimes,
@@ -110,7 +111,7 @@ class Planning:
             if hold.until > now:
                 self._holds.setdefault(hold.repository, {})[hold.tag] = hold
         self._plans: list[RepositoryPlan] = []
-        self._reclaimable = _Reclaimable()
+        self._reclaimable = Reclaimable()
 
     def add(self, repository: Repository) -> RepositoryPlan:
         """Plan one repository; it may be dropped once this returns."""
@@ -216,20 +217,17 @@ def only_rule(plan: Plan, rule: str) -> Plan:
 
 
 def _only_rule(repository: RepositoryPlan, rule: str) -> RepositoryPlan:
-    rule_of = {d.tag: d.rule for d in repository.decisions}
+    rows, deletions = tuple(repository.decisions), tuple(repository.deletions)  # built once
+    rule_of = {d.tag: d.rule for d in rows}
     kept = {
         d.digest
-        for d in repository.deletions
+        for d in deletions
         if d.kind is DeletionKind.TAGGED and any(rule_of.get(tag) != rule for tag in d.tags)
     }
-    kept |= {
-        d.digest
-        for d in repository.deletions
-        if d.kind is not DeletionKind.TAGGED and not d.parents
-    }
+    kept |= {d.digest for d in deletions if d.kind is not DeletionKind.TAGGED and not d.parents}
     grew = True
     while grew:
-        more = {d.digest for d in repository.deletions if set(d.parents) & kept} - kept
+        more = {d.digest for d in deletions if set(d.parents) & kept} - kept
         kept |= more
         grew = bool(more)
     decisions = tuple(
@@ -240,10 +238,9 @@ def _only_rule(repository: RepositoryPlan, rule: str) -> RepositoryPlan:
         )
         if d.action is Action.DELETE and d.digest in kept
         else d
-        for d in repository.decisions
+        for d in rows
     )
-    deletions = tuple(d for d in repository.deletions if d.digest not in kept)
-    return replace(repository, decisions=decisions, deletions=deletions)
+    return repository.with_rows(decisions, (d for d in deletions if d.digest not in kept))
 
 
 def check_budget(plan: Plan, safety: Safety) -> str | None:
@@ -273,18 +270,20 @@ def hold_in_use(plan: Plan, in_use: Iterable[ImageReference]) -> Plan:
 
 
 def _hold_saved(repository: RepositoryPlan, in_use: Sequence[ImageReference]) -> RepositoryPlan:
+    if not in_use:
+        return repository
+    deletions = tuple(repository.deletions)  # built once: the plan keeps them packed
     held: dict[str, str] = {}  # digest -> the first user's origin, for the reason
     for reference in sorted(in_use, key=lambda r: r.origin):
-        for deletion in repository.deletions:
+        for deletion in deletions:
             if reference.digest == deletion.digest or reference.tag in deletion.tags:
                 held.setdefault(deletion.digest, reference.origin)
     if not held:
         return repository
-    _spread_holds(repository.deletions, held)
-    return replace(
-        repository,
-        deletions=tuple(d for d in repository.deletions if d.digest not in held),
-        decisions=tuple(_held_decision(d, held) for d in repository.decisions),
+    _spread_holds(deletions, held)
+    return repository.with_rows(
+        (_held_decision(d, held) for d in repository.decisions),
+        (d for d in deletions if d.digest not in held),
     )
 
 
@@ -715,34 +714,10 @@ def reclaimable_bytes(inventory: Inventory, plans: Sequence[RepositoryPlan]) -> 
     Blobs are shared across repositories in the storage, so a layer counts only if no kept
     manifest anywhere (or any manifest of a repository we could not read) references it.
     """
-    counted = _Reclaimable()
+    counted = Reclaimable()
     for repository, repository_plan in zip(inventory.repositories, plans, strict=True):
         counted.add(repository, repository_plan)
     return counted.total()
-
-
-class _Reclaimable:
-    """``reclaimable_bytes`` counted one repository at a time: blobs kept, blobs freed."""
-
-    def __init__(self) -> None:
-        self._kept: set[str] = set()
-        self._freed: dict[str, int] = {}
-
-    def add(self, repository: Repository, repository_plan: RepositoryPlan) -> None:
-        deleted = {d.digest for d in repository_plan.deletions}
-        for digest, manifest in repository.manifests.items():
-            if digest in deleted:
-                self._freed.update(_stored_blobs(manifest))
-            else:
-                self._kept.update(blob for blob, _ in _stored_blobs(manifest))
-
-    def total(self) -> int:
-        return sum(size for digest, size in self._freed.items() if digest not in self._kept)
-
-
-def _stored_blobs(manifest: Manifest) -> list[tuple[str, int]]:
-    """The manifest's own bytes and its config and layers, as the storage holds them."""
-    return [(manifest.digest, manifest.size)] + [(b.digest, b.size) for b in manifest.blobs]
 
 
 # -- small helpers --------------------------------------------------------------------------

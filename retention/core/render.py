@@ -80,12 +80,13 @@ def to_dict(result: RunResult) -> dict[str, Any]:
 
 
 def _repository_dict(repository: RepositoryPlan) -> dict[str, Any]:
+    rows, deletions = tuple(repository.decisions), tuple(repository.deletions)  # built once
     return {
         "name": repository.name,
-        "tags": [_decision_dict(d) for d in repository.decisions if not d.is_untagged],
+        "tags": [_decision_dict(d) for d in rows if not d.is_untagged],
         # Rows by digest: untagged manifests and the platforms of tagged indexes.
-        "manifests": [_decision_dict(d) for d in repository.decisions if d.is_untagged],
-        "delete": [d.digest for d in repository.deletions],
+        "manifests": [_decision_dict(d) for d in rows if d.is_untagged],
+        "delete": [d.digest for d in deletions],
         "deletions": [
             {
                 "digest": d.digest,
@@ -93,7 +94,7 @@ def _repository_dict(repository: RepositoryPlan) -> dict[str, Any]:
                 "tags": list(d.tags),
                 "parents": list(d.parents),
             }
-            for d in repository.deletions
+            for d in deletions
         ],
         "error": repository.error,
         "held": repository.held,
@@ -206,16 +207,13 @@ def _headline(result: RunResult) -> str:
 
 
 def _repository_title(repository: RepositoryPlan) -> str:
-    tags = repository.tag_decisions
-    deleting = sum(1 for d in tags if d.action is Action.DELETE)
+    tags, deleting, loose, going = repository.counts()  # without building every row
     title = (
-        f"{repository.name}: {_count(len(tags), 'tag')}, {deleting} to delete, "
+        f"{repository.name}: {_count(tags, 'tag')}, {deleting} to delete, "
         f"{_count(len(repository.deletions), 'manifest')}"
     )
-    loose = repository.untagged_decisions
     if loose:
-        going = sum(1 for d in loose if d.action is Action.DELETE)
-        title += f"; {len(loose)} untagged, {going} to delete"
+        title += f"; {loose} untagged, {going} to delete"
     if repository.error:
         return f"{title} — SKIPPED, not fully read: {repository.error}"
     if repository.held:
