@@ -14,12 +14,18 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import settings
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 from registry_server import RegistryServer, Seeder, registry_binary  # noqa: E402
+
+# Hypothesis fails an example that takes over 200 ms; on a shared 2-core machine a correct
+# property test did (test_semver, once, under load). Time limits belong in benchmarks/.
+settings.register_profile("shared-machine", deadline=None)
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture(autouse=True)
