@@ -112,6 +112,9 @@ class ClientConnection(BaseProtocol):
         self._queue: deque[tuple[RawRequestMessage, StreamReader]] = deque()
         self._malformed: HttpProcessingError | None = None
         self._ended = False  # the client will send nothing more
+        # One timer per connection, not one per request: it looks when it fires.
+        self._idle_since: float | None = None  # waiting for a request since then
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._payload: StreamReader | None = None  # the body being served
@@ -130,6 +133,7 @@ class ClientConnection(BaseProtocol):
             self.local_address = f"{sockname[0]}:{sockname[1]}"
         self._live.add(self)
         self._task = self._loop.create_task(self._serve())
+        self._idle_timer = self._loop.call_later(KEEPALIVE_S, self._close_if_idle)
 
     def data_received(self, data: bytes) -> None:
         if self._malformed is not None:
@@ -155,9 +159,20 @@ class ClientConnection(BaseProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self._live.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._payload is not None and not self._payload.is_eof():
             self._payload.set_exception(ConnectionResetError("the client went away"))
         self._wake()
+
+    def _close_if_idle(self) -> None:
+        """Close a connection idle for ``KEEPALIVE_S``, else look again when it could be."""
+        since = self._idle_since
+        if since is not None and self._loop.time() - since >= KEEPALIVE_S:
+            self.close()  # connection_lost wakes the waiting task, which ends
+            return
+        due = (since if since is not None else self._loop.time()) + KEEPALIVE_S
+        self._idle_timer = self._loop.call_at(due, self._close_if_idle)
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -182,12 +197,10 @@ class ClientConnection(BaseProtocol):
             if self._malformed is not None:
                 self._bad_request(self._malformed)
                 return None
+            self._idle_since = self._loop.time()
             self._waiter = self._loop.create_future()
-            try:
-                async with asyncio.timeout(KEEPALIVE_S):
-                    await self._waiter
-            except TimeoutError:
-                return None
+            await self._waiter
+            self._idle_since = None
         message, payload = self._queue.popleft()
         if self._buffer_paused and len(self._queue) < MAX_QUEUED // 2:
             self._resume_reading_for_buffer()

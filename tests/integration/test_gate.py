@@ -24,6 +24,7 @@ from registry_server import RegistryServer, Seeder, free_port
 
 from retention.core.policy import Gate
 from retention.registry import media_types
+from retention.service import downstream
 from retention.service import gate as gate_module
 from retention.service.gate import BAD_GATEWAY_BODY, READ_ONLY_BODY, GateServer, WindowState
 
@@ -551,3 +552,19 @@ def test_a_malformed_request_gets_a_400_and_its_connection_is_closed(gate: GateS
 
     assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"Connection: close\r\n" in received
+
+
+def test_a_kept_alive_connection_idle_too_long_is_closed_and_a_busy_one_is_not(
+    gate: GateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downstream, "KEEPALIVE_S", 0.5)
+    request = b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gate.settings.port), timeout=10) as raw:
+        for _ in range(4):  # busy across more than one idle period
+            raw.sendall(request)
+            assert raw.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            time.sleep(0.3)
+        started = time.monotonic()
+        assert raw.recv(65536) == b""  # closed by the gate
+
+    assert time.monotonic() - started < 2
