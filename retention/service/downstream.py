@@ -112,6 +112,8 @@ class ClientConnection(BaseProtocol):
         self._queue: deque[tuple[RawRequestMessage, StreamReader]] = deque()
         self._malformed: HttpProcessingError | None = None
         self._ended = False  # the client will send nothing more
+        # Reading paused for the queue (the flag of aiohttp's own is not in every 3.x).
+        self._queue_full = False
         # One timer per connection, not one per request: it looks when it fires.
         self._idle_since: float | None = None  # waiting for a request since then
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -144,8 +146,9 @@ class ClientConnection(BaseProtocol):
             self._malformed = exc
             messages = []
         self._queue.extend(messages)
-        if len(self._queue) >= MAX_QUEUED and not self._buffer_paused:
-            self._pause_reading_for_buffer()
+        if len(self._queue) >= MAX_QUEUED and not self._queue_full and self.transport:
+            self._queue_full = True
+            self.transport.pause_reading()
         if messages or self._malformed is not None:
             self._wake()
 
@@ -202,8 +205,10 @@ class ClientConnection(BaseProtocol):
             await self._waiter
             self._idle_since = None
         message, payload = self._queue.popleft()
-        if self._buffer_paused and len(self._queue) < MAX_QUEUED // 2:
-            self._resume_reading_for_buffer()
+        if self._queue_full and len(self._queue) < MAX_QUEUED // 2:
+            self._queue_full = False
+            if self.transport and not self._reading_paused:  # a body's back-pressure
+                self.transport.resume_reading()
         return Request(self, message, payload)
 
     async def _answer(self, request: Request) -> bool:

@@ -8,8 +8,10 @@ gate gives the same effect without touching the registry: clients talk to the ga
 gate answers writes itself, exactly as a read-only registry does.
 
 Owns: forwarding (streamed both ways, never a whole body in memory), the write window, and
-the bookkeeping of upload sessions; the connections to the registry are ``upstream.py``'s
-(which sends a request twice only when the first provably never reached the registry).
+the bookkeeping of upload sessions; the connections from clients are ``downstream.py``'s
+(keep-alive, pipelining, ``100 Continue``, response framing) and those to the registry
+``upstream.py``'s (which sends a request twice only when the first provably never reached
+the registry).
 Must not: change a read, retry anything else, or know about passes (the runner sees it
 only as a ``WriteWindow``).
 

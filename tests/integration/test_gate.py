@@ -568,3 +568,15 @@ def test_a_kept_alive_connection_idle_too_long_is_closed_and_a_busy_one_is_not(
         assert raw.recv(65536) == b""  # closed by the gate
 
     assert time.monotonic() - started < 2
+
+
+def test_many_pipelined_requests_pause_reading_and_are_all_answered(
+    gate: GateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downstream, "MAX_QUEUED", 4)
+    request = b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n"
+    last = b"GET /v2/_catalog HTTP/1.1\r\nHost: gate\r\n\r\n"
+
+    received = raw_exchange(gate, request * 40 + last, until=b'"repositories"')
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200"] * 41
