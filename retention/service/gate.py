@@ -8,8 +8,10 @@ gate gives the same effect without touching the registry: clients talk to the ga
 gate answers writes itself, exactly as a read-only registry does.
 
 Owns: forwarding (streamed both ways, never a whole body in memory), the write window, and
-the bookkeeping of upload sessions; the connections to the registry are ``upstream.py``'s
-(which sends a request twice only when the first provably never reached the registry).
+the bookkeeping of upload sessions; the connections from clients are ``downstream.py``'s
+(keep-alive, pipelining, ``100 Continue``, response framing) and those to the registry
+``upstream.py``'s (which sends a request twice only when the first provably never reached
+the registry).
 Must not: change a read, retry anything else, or know about passes (the runner sees it
 only as a ``WriteWindow``).
 
@@ -65,17 +67,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
-from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from retention.core.policy import Gate
 from retention.errors import GateError, GateUpstreamError
 from retention.logs import get_logger
 from retention.service import splice
+from retention.service.downstream import Listener, Request, http_date
 from retention.service.upstream import Exchange, UpstreamPool
 
 log = get_logger(__name__)
@@ -136,65 +138,44 @@ def upload_id(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers a proxy passes on: all but hop-by-hop ones and those ``Connection`` names."""
-    dropped = _dropped(headers)
-    return CIMultiDict(
-        [(name, value) for name, value in headers.items() if name.lower() not in dropped]
-    )
+    dropped = HOP_BY_HOP
+    for name, value in headers:
+        if name.lower() == "connection":
+            dropped = dropped | _connection_names(value)
+    return [(name, value) for name, value in headers if name.lower() not in dropped]
 
 
-def _dropped(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """The lower-case names of the headers a proxy must not pass on."""
-    if "Connection" not in headers:  # rare in HTTP/1.1: most messages skip this parsing
-        return HOP_BY_HOP
-    named = (
-        token.strip().lower()
-        for value in headers.getall("Connection")
-        for token in value.split(",")
-    )
-    return HOP_BY_HOP | {token for token in named if token}
+@lru_cache(maxsize=64)
+def _connection_names(value: str) -> frozenset[str]:
+    """The lower-case header names one ``Connection`` value makes hop-by-hop."""
+    return frozenset(token for token in (t.strip().lower() for t in value.split(",")) if token)
 
 
 def _dropped_bytes(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
-    """``_dropped`` for raw header names (the request head is built from raw bytes)."""
-    if "Connection" not in headers:
-        return _HOP_BY_HOP_BYTES
-    return frozenset(name.encode("latin-1") for name in _dropped(headers))
+    """The raw (as sent) header names a proxy must not pass on, lower case."""
+    values = headers.getall("Connection", ())
+    return _dropped_raw(tuple(values)) if values else _HOP_BY_HOP_BYTES
 
 
-class _OwnResponse(web.Response):
-    """An answer of the gate's own, without the ``Server`` header aiohttp would add."""
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        _drop_own_server_header(self.headers)
-
-
-class _RelayedResponse(web.StreamResponse):
-    """The registry's answer on its way to the client.
-
-    Its headers wait for the first chunk of the body (or its end) and leave in one send
-    with it: one system call and one wake-up of the client fewer per response with a body.
-    The ``Server`` header is the registry's or none (aiohttp would add its own).
-    """
-
-    _send_headers_immediately = False
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        _drop_own_server_header(self.headers)
+@lru_cache(maxsize=64)
+def _dropped_raw(values: tuple[str, ...]) -> frozenset[bytes]:
+    """Cached: a client sends the same ``Connection`` on every request (ab: Keep-Alive)."""
+    named = frozenset().union(*(_connection_names(value) for value in values))
+    return _HOP_BY_HOP_BYTES | {name.encode("latin-1") for name in named}
 
 
-def _drop_own_server_header(headers: CIMultiDict[str]) -> None:
-    """aiohttp adds ``Server`` when none is set; the registry sends none, so neither do we."""
-    if headers.get("Server") == SERVER_SOFTWARE:
-        del headers["Server"]
-
-
-def read_only_response() -> web.Response:
-    """What Distribution 2.8 in read-only mode answers to a write (see the module docstring)."""
-    return _OwnResponse(status=READ_ONLY_STATUS, body=READ_ONLY_BODY, headers=READ_ONLY_HEADERS)
+async def _own_answer(
+    request: Request, status: int, headers: Mapping[str, str], body: bytes
+) -> None:
+    """An answer of the gate's own (no ``Server`` header: the registry sends none either)."""
+    lines = [("Date", http_date()), *headers.items(), ("Content-Length", str(len(body)))]
+    connection = request.connection
+    reason = "Method Not Allowed" if status == READ_ONLY_STATUS else "Bad Gateway"
+    if connection.respond(request, status, reason, lines, has_length=True):
+        await connection.write(body)
+    connection.end()
 
 
 class WriteGate:
@@ -275,25 +256,26 @@ class WriteGate:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request) -> None:
         if not is_write(request.method, request.path):
             return await self._forward(request)
         if self._refuses(request.method):
-            return read_only_response()
+            # A body it sent is left unread: the connection is closed after the answer.
+            return await _own_answer(request, READ_ONLY_STATUS, READ_ONLY_HEADERS, READ_ONLY_BODY)
         return await self._write(request)
 
-    async def _write(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _write(self, request: Request) -> None:
         """Forward a write, counted while in flight, and keep the upload sessions up to date."""
         session = upload_id(request.path)
         self._writes += 1
         if session:
             self._sessions[session] = self._clock()
 
-        def note(status: int, headers: CIMultiDictProxy[str]) -> None:
+        def note(status: int, headers: list[tuple[str, str]]) -> None:
             self._note_upload(request.method, session, status, headers)
 
         try:
-            return await self._forward(request, note)
+            await self._forward(request, note)
         finally:
             self._writes -= 1
             if session in self._sessions:
@@ -301,12 +283,12 @@ class WriteGate:
             self._changed.set()
 
     def _note_upload(
-        self, method: str, session: str | None, status: int, headers: CIMultiDictProxy[str]
+        self, method: str, session: str | None, status: int, headers: list[tuple[str, str]]
     ) -> None:
         if session is None:
             return
         if session == "" and method == "POST" and status == 202:
-            started = headers.get("Docker-Upload-UUID") or _location_upload(headers)
+            started = _header(headers, "docker-upload-uuid") or _location_upload(headers)
             if started:
                 self._sessions[started] = self._clock()
             return
@@ -318,28 +300,29 @@ class WriteGate:
 
     async def _forward(
         self,
-        request: web.BaseRequest,
-        note: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
-    ) -> web.StreamResponse:
+        request: Request,
+        note: Callable[[int, list[tuple[str, str]]], None] | None = None,
+    ) -> None:
         """Send the request upstream and stream its answer back, body for body."""
         pool = self._pool
         assert pool is not None, "the gate is not started"
-        body = request.content.readany if request.body_exists else None
+        body = request.read if request.body_exists else None
         head = self._request_head(request)
         try:
             exchange = await pool.send(request.method, head, body, length=request.content_length)
         except (OSError, GateUpstreamError) as exc:
             log.warning("gate upstream failed", method=request.method, error=repr(exc))
-            return _OwnResponse(status=502, body=BAD_GATEWAY_BODY, content_type="text/plain")
+            plain = {"Content-Type": "text/plain; charset=utf-8"}
+            return await _own_answer(request, 502, plain, BAD_GATEWAY_BODY)
         try:
-            headers = CIMultiDictProxy(CIMultiDict(exchange.head.headers))
+            headers = end_to_end(exchange.head.headers)
             if note is not None:
                 note(exchange.head.status, headers)
-            return await self._relay(request, exchange, headers)
+            await self._relay(request, exchange, headers)
         finally:
             pool.release(exchange)
 
-    def _request_head(self, request: web.BaseRequest) -> bytes:
+    def _request_head(self, request: Request) -> bytes:
         """The head for the registry: request line, Host, the end-to-end headers as sent."""
         assert self._pool is not None
         dropped = _dropped_bytes(request.headers)
@@ -355,83 +338,83 @@ class WriteGate:
         return b"".join(lines)
 
     async def _relay(
-        self, request: web.BaseRequest, exchange: Exchange, headers: CIMultiDictProxy[str]
-    ) -> web.StreamResponse:
-        response = _RelayedResponse(status=exchange.head.status, reason=exchange.head.reason)
-        response.headers.extend(self._response_headers(request, headers))
+        self, request: Request, exchange: Exchange, headers: list[tuple[str, str]]
+    ) -> None:
+        connection = request.connection
         try:
-            await response.prepare(request)
-            if not exchange.finished:
-                await self._relay_body(request, exchange, response)
-            await response.write_eof()
+            with_body = connection.respond(
+                request,
+                exchange.head.status,
+                exchange.head.reason,
+                self._response_headers(request, headers),
+                has_length=exchange.head.length is not None and not exchange.head.chunked,
+            )
+            if with_body and not exchange.finished:
+                await self._relay_body(request, exchange)
+            connection.end()
         except (ConnectionError, GateUpstreamError) as exc:
             # The client went away, or the registry broke off: the connection is dropped
-            # either way, and the response that was prepared is all the client gets. A
-            # connection kept alive would leave the client waiting for the rest.
+            # either way, and what was sent is all the client gets. A connection kept
+            # alive would leave the client waiting for the rest.
             log.info("gate stream ended early", path=request.path, error=repr(exc))
-            if request.transport is not None:
-                request.transport.close()
-        return response
+            connection.close()
+            raise ConnectionResetError("the answer broke off") from exc
 
-    async def _relay_body(
-        self, request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse
-    ) -> None:
+    async def _relay_body(self, request: Request, exchange: Exchange) -> None:
         """The body chunk for chunk through Python, or most of it spliced in the kernel."""
+        connection = request.connection
         client_socket = _spliceable(request, exchange)
         if client_socket is not None:
             # What came with the registry's headers is read already: it goes (with the
             # headers) the ordinary way, and the connection stops reading so the kernel
             # moves the rest; the connection stays usable for the next request.
-            await response.write(exchange.hold())
-            transport = request.transport
+            await connection.write(exchange.hold())
+            transport = connection.transport
             if exchange.remaining and transport and not transport.get_write_buffer_size():
                 await _splice_rest(exchange, client_socket, transport, self._pipes)
                 return
             exchange.unhold()  # a slow client: the ordinary way after all
         async for chunk in exchange.body():
-            await response.write(chunk)
+            await connection.write(chunk)
 
     def _response_headers(
-        self, request: web.BaseRequest, headers: CIMultiDictProxy[str]
-    ) -> CIMultiDict[str]:
-        passed = end_to_end(headers)
-        if "Location" in passed:
-            passed["Location"] = self._client_location(request, passed["Location"])
-        return passed
+        self, request: Request, headers: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        return [
+            (name, self._client_location(request, value))
+            if name.lower() == "location"
+            else (name, value)
+            for name, value in headers
+        ]
 
-    def _client_location(self, request: web.BaseRequest, location: str) -> str:
+    def _client_location(self, request: Request, location: str) -> str:
         """An absolute Location on the upstream origin, moved to the origin the client used."""
         origin = self._upstream_origin
         if location == origin or location.startswith(origin + "/"):
-            return f"{request.scheme}://{request.host}{location[len(origin) :]}"
+            return f"http://{request.host}{location[len(origin) :]}"
         return location
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> web.BaseRunner:
-        """Open the upstream client and listen; the caller cleans the runner up."""
+    async def start(self) -> Listener:
+        """Open the upstream pool and listen; the caller stops the listener (``stop``)."""
         self._pool = UpstreamPool(self.upstream, connect_timeout_s=CONNECT_TIMEOUT_S)
-        # aiohttp's low-level server: every path goes to one handler, so an Application's
-        # router, middlewares and signals would be work per request for nothing.
-        server = web.Server(self.handle, access_log=None)
-        runner = web.ServerRunner(server, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port, reuse_address=True)
+        listener = Listener(self.handle)
         try:
-            await site.start()
+            await listener.start(self.settings.host, self.settings.port)
         except OSError:
-            await self.stop(runner)
+            await self.stop(listener)
             raise
-        return runner
+        return listener
 
-    async def stop(self, runner: web.BaseRunner) -> None:
-        await runner.cleanup()
+    async def stop(self, listener: Listener) -> None:
+        await listener.close()
         if self._pool is not None:
             self._pool.close()
         self._pipes.close()
 
 
-def _spliceable(request: web.BaseRequest, exchange: Exchange) -> Any:
+def _spliceable(request: Request, exchange: Exchange) -> Any:
     """The client's socket when a read's body can be spliced to it, else None.
 
     Only bodies from ``SPLICE_MIN_BYTES`` on with a known length, between plain TCP sockets.
@@ -439,7 +422,7 @@ def _spliceable(request: web.BaseRequest, exchange: Exchange) -> Any:
     remaining = exchange.remaining
     if remaining is None or remaining < SPLICE_MIN_BYTES or not splice.available():
         return None
-    transport = request.transport
+    transport = request.connection.transport
     if transport is None or transport.is_closing():
         return None
     if transport.get_extra_info("sslcontext") is not None or exchange.socket is None:
@@ -464,8 +447,13 @@ async def _splice_rest(
     exchange.spliced()
 
 
-def _location_upload(headers: Mapping[str, str]) -> str | None:
-    location = headers.get("Location")
+def _header(headers: list[tuple[str, str]], lower_name: str) -> str | None:
+    """The first value of a header, by its lower-case name."""
+    return next((value for name, value in headers if name.lower() == lower_name), None)
+
+
+def _location_upload(headers: list[tuple[str, str]]) -> str | None:
+    location = _header(headers, "location")
     if not location:
         return None
     return upload_id(URL(location).path) or None
@@ -526,7 +514,7 @@ class GateServer:
         self.gate = WriteGate(self.settings)
         self._stop = asyncio.Event()
         try:
-            runner = await self.gate.start()
+            listener = await self.gate.start()
         except OSError as exc:
             self._error = exc
             self._started.set()
@@ -535,7 +523,7 @@ class GateServer:
         try:
             await self._stop.wait()
         finally:
-            await self.gate.stop(runner)
+            await self.gate.stop(listener)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ from registry_server import RegistryServer, Seeder, free_port
 
 from retention.core.policy import Gate
 from retention.registry import media_types
+from retention.service import downstream
 from retention.service import gate as gate_module
 from retention.service.gate import BAD_GATEWAY_BODY, READ_ONLY_BODY, GateServer, WindowState
 
@@ -475,3 +477,106 @@ def test_clients_leaving_mid_body_leave_no_connection_open_behind_them(
     assert settled(), f"{len(os.listdir('/proc/self/fd'))} descriptors open, {before} before"
     with client(gate.url) as gated:
         assert gated.head(path).status_code == 200  # and the gate still serves
+
+
+# -- the gate's own server towards clients --------------------------------------------------
+
+
+def raw_exchange(gate: GateServer, data: bytes, *, until: bytes, closed: bool = False) -> bytes:
+    """Send raw bytes to the gate and read until ``until`` has come (or the gate closed)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", gate.settings.port), timeout=10) as raw:
+        raw.sendall(data)
+        while until not in received or closed:
+            piece = raw.recv(65536)
+            if not piece:
+                break
+            received += piece
+    return received
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(gate: GateServer) -> None:
+    requests = [
+        b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n",
+        b"HEAD /v2/nope/manifests/v1 HTTP/1.1\r\nHost: gate\r\n\r\n",
+        b"GET /v2/_catalog HTTP/1.1\r\nHost: gate\r\n\r\n",
+    ]
+
+    received = raw_exchange(gate, b"".join(requests), until=b'"repositories"')
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200", b"404", b"200"]
+
+
+def test_a_write_that_expects_100_continue_gets_it_before_sending_its_body(
+    gate: GateServer, seeder: Seeder
+) -> None:
+    data = b"a layer sent after the interim answer"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with client(gate.url) as gated:
+        location = httpx.URL(gated.post("/v2/cont/blobs/uploads/").headers["location"])
+    target = location.copy_merge_params({"digest": digest}).raw_path
+    head = b"PUT %b HTTP/1.1\r\nHost: gate\r\nExpect: 100-continue\r\n" % target
+
+    with socket.create_connection(("127.0.0.1", gate.settings.port), timeout=10) as raw:
+        raw.sendall(head + b"Content-Length: %d\r\n\r\n" % len(data))
+        assert raw.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        raw.sendall(data)
+        assert raw.recv(65536).startswith(b"HTTP/1.1 201 Created\r\n")
+
+    assert seeder.blob_status("cont", digest) == 200
+
+
+def test_a_refused_write_that_expects_100_continue_gets_only_the_read_only_answer(
+    gate: GateServer,
+) -> None:
+    assert close_window(gate, 5)
+    try:
+        received = raw_exchange(
+            gate,
+            b"PUT /v2/app/manifests/v1 HTTP/1.1\r\nHost: gate\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 1000\r\n\r\n",
+            until=READ_ONLY_BODY,
+            closed=True,  # the body was never read: the connection cannot serve another
+        )
+    finally:
+        open_window(gate)
+
+    assert received.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert b"100 Continue" not in received and received.endswith(READ_ONLY_BODY)
+
+
+def test_a_malformed_request_gets_a_400_and_its_connection_is_closed(gate: GateServer) -> None:
+    received = raw_exchange(
+        gate, b"GET /v2/ HTTP/1.1\r\nno colon here\r\n\r\n", until=b"", closed=True
+    )
+
+    assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close\r\n" in received
+
+
+def test_a_kept_alive_connection_idle_too_long_is_closed_and_a_busy_one_is_not(
+    gate: GateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downstream, "KEEPALIVE_S", 0.5)
+    request = b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gate.settings.port), timeout=10) as raw:
+        for _ in range(4):  # busy across more than one idle period
+            raw.sendall(request)
+            assert raw.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            time.sleep(0.3)
+        started = time.monotonic()
+        assert raw.recv(65536) == b""  # closed by the gate
+
+    assert time.monotonic() - started < 2
+
+
+def test_many_pipelined_requests_pause_reading_and_are_all_answered(
+    gate: GateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downstream, "MAX_QUEUED", 4)
+    request = b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n"
+    last = b"GET /v2/_catalog HTTP/1.1\r\nHost: gate\r\n\r\n"
+
+    received = raw_exchange(gate, request * 40 + last, until=b'"repositories"')
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200"] * 41
