@@ -10,6 +10,7 @@ than raised, so the report always shows what was deleted.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -189,10 +190,17 @@ async def _scan_and_plan(
 
 
 def _log_decisions(plan: Plan) -> None:
-    """Every tag's fate with its reason, at debug: what ``--log-level debug`` is for."""
+    """Every tag's fate with its reason, at debug: what ``--log-level debug`` is for.
+
+    The level is asked once: each ``log.debug`` on the module's lazy logger binds a new
+    logger before it finds the level too low: 4 µs a tag, 0.4 s at 100,000 tags.
+    """
+    logger = log.bind()
+    if not logger.is_enabled_for(logging.DEBUG):
+        return
     for repository in plan.repositories:
         for decision in repository.decisions:
-            log.debug(
+            logger.debug(
                 "decision",
                 repository=repository.name,
                 tag=decision.tag,
