@@ -94,10 +94,14 @@ def each_repository(
         raise StorageReadError(f"cannot scan the registry's storage: {problem}")
     v2 = str(root / V2)
     names = [n for n in _repository_names(v2 + "/repositories") if repositories(n)]
-    for done, name in enumerate(names, 1):  # listed first, so the progress total never grows
-        yield _RepositoryRead(v2, name, push_times=push_times).run()
-        if progress is not None:
-            progress(done, len(names))
+    blobs = _Directory(f"{v2}/blobs")
+    try:
+        for done, name in enumerate(names, 1):  # listed first: the progress total never grows
+            yield _RepositoryRead(v2, name, blobs, push_times=push_times).run()
+            if progress is not None:
+                progress(done, len(names))
+    finally:
+        blobs.close()
 
 
 def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[str, Manifest]:
@@ -106,9 +110,15 @@ def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[
 
     Raises ``StorageReadError`` or ``InvalidManifest``: the caller fails the repository.
     """
-    reader = _RepositoryRead(str(root / V2), repository)
-    for digest in digests:
-        reader.manifest(digest)
+    v2 = str(root / V2)
+    blobs = _Directory(f"{v2}/blobs")
+    reader = _RepositoryRead(v2, repository, blobs)
+    try:
+        for digest in digests:
+            reader.manifest(digest)
+    finally:
+        reader.close()
+        blobs.close()
     return reader.manifests
 
 
@@ -130,6 +140,34 @@ def _repository_names(base: str, prefix: str = "") -> Iterator[str]:
             yield from _repository_names(f"{base}/{name}", f"{prefix}{name}/")
 
 
+class _Directory:
+    """A directory whose files are opened relative to it, itself opened on first use (a
+    registry whose first upload never finished has no ``blobs`` yet).
+
+    Relative to an open directory a system call walks two or three path components instead
+    of a dozen: on the 2-core VM this was measured on, a stat by a full path cost 4.6 µs and
+    relative to the directory 3.5 µs, an open and close 5.5 µs and 3.4 µs; reading a tag's
+    five files, 10 to 15 % less CPU. The full path is built only for a message.
+    """
+
+    __slots__ = ("_descriptor", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    def descriptor(self) -> int:
+        """The open directory; ``OSError`` when it cannot be opened, as a file in it would."""
+        if self._descriptor is None:
+            self._descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        return self._descriptor
+
+    def close(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
 class _RepositoryRead:
     """One repository, keeping what it read so a failure can still report it.
 
@@ -138,15 +176,15 @@ class _RepositoryRead:
     repositories it planned.
 
     What a tag costs is what a 100,000-tag pass costs 100,000 times, so each file is touched
-    by as few system calls as it can be (a link stat'ed, a blob opened, read once and
-    closed; about 4.5 µs each on the 2-core VM this was measured on), each manifest and
-    config parsed once and built once, and nothing logged or formatted unless it fails.
+    by as few system calls as it can be (a link stat'ed; a file opened relative to its
+    repository or to ``blobs``, read once and closed), each manifest and config parsed once
+    and built once, and nothing is formatted unless it fails.
     """
 
-    def __init__(self, v2: str, name: str, *, push_times: bool = False) -> None:
-        self._blobs = f"{v2}/blobs/"
+    def __init__(self, v2: str, name: str, blobs: _Directory, *, push_times: bool = False) -> None:
         self._name = name
-        self._repository = f"{v2}/repositories/{name}/"
+        self._directory = _Directory(f"{v2}/repositories/{name}")
+        self._blobs = blobs
         self._push_times = push_times
         self._tags: list[Tag] = []
         self._manifests: dict[str, Manifest] = {}
@@ -154,6 +192,7 @@ class _RepositoryRead:
         self._shared: BlobTable = {}
 
     def run(self) -> Repository:
+        """The repository as read; its directory is closed when this returns."""
         error = None
         try:
             for name in self._tag_names():
@@ -163,9 +202,14 @@ class _RepositoryRead:
                     self._manifest(digest)
         except (StorageReadError, InvalidManifest) as exc:
             error = " ".join(f"{self._name}: {exc}".split())
+        finally:
+            self.close()
         return Repository(
             name=self._name, tags=tuple(self._tags), manifests=self._manifests, error=error
         )
+
+    def close(self) -> None:
+        self._directory.close()
 
     def _tag_names(self) -> list[str]:
         """The tag directories in name order (the order of a scan's tags); none when there
@@ -174,7 +218,7 @@ class _RepositoryRead:
         Interned: the plan keeps every tag's name, and names like ``latest`` repeat in
         every repository.
         """
-        path = f"{self._repository}_manifests/tags"
+        path = f"{self._directory.path}/_manifests/tags"
         try:
             return sorted(sys.intern(entry.name) for entry in os.scandir(path) if entry.is_dir())
         except FileNotFoundError:
@@ -184,11 +228,13 @@ class _RepositoryRead:
 
     def _tag_link(self, tag: str) -> tuple[str, datetime | None]:
         """The tag's digest, and with ``push_times`` its last push (the link's mtime)."""
-        path = f"{self._repository}_manifests/tags/{tag}/current/link"
-        what = f"tag {tag!r}"
-        content, mtime = _read(path, _LINK_LIMIT_BYTES, what, with_mtime=self._push_times)
+        link = f"_manifests/tags/{tag}/current/link"
+        content, mtime = _read(
+            self._directory, link, _LINK_LIMIT_BYTES, f"tag {tag!r}", with_mtime=self._push_times
+        )
         digest = content.decode("ascii", "replace")
         if _DIGEST.fullmatch(digest) is None:
+            path = f"{self._directory.path}/{link}"
             raise StorageReadError(f"tag {tag!r}: {path} holds {digest[:80]!r}, not a digest")
         return digest, None if mtime is None else datetime.fromtimestamp(mtime, UTC)
 
@@ -232,25 +278,29 @@ class _RepositoryRead:
         fraction of the cost of opening the file.
         """
         algorithm, _, hex_digest = digest.partition(":")
-        link = f"{self._repository}{directory}{algorithm}/{hex_digest}/link"
+        link = f"{directory}{algorithm}/{hex_digest}/link"
         try:
-            size = os.stat(link).st_size
+            size = os.stat(link, dir_fd=self._directory.descriptor()).st_size
         except OSError as exc:
-            raise StorageReadError(f"{what} {digest}: cannot read {link}: {exc.strerror}") from exc
+            path = f"{self._directory.path}/{link}"
+            raise StorageReadError(f"{what} {digest}: cannot read {path}: {exc.strerror}") from exc
         if size != len(digest):
-            raise StorageReadError(f"{what} {digest}: {link} holds {size} bytes, not a digest")
-        path = f"{self._blobs}{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
-        data, _ = _read(path, limit, f"blob {digest}")
+            path = f"{self._directory.path}/{link}"
+            raise StorageReadError(f"{what} {digest}: {path} holds {size} bytes, not a digest")
+        data_file = f"{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
+        data, _ = _read(self._blobs, data_file, limit, f"blob {digest}")
         if not digest_matches(digest, data):
+            path = f"{self._blobs.path}/{data_file}"
             raise StorageReadError(f"blob {digest}: {path} does not match its digest")
         return data
 
 
 def _read(
-    path: str, limit: int, what: str, *, with_mtime: bool = False
+    directory: _Directory, name: str, limit: int, what: str, *, with_mtime: bool = False
 ) -> tuple[bytes, float | None]:
-    """The whole file, at most ``limit`` bytes, and its mtime when asked (from the open file,
-    so the time is the one of the bytes read); any OS error names the file and the reason.
+    """The whole file ``name`` in ``directory``, at most ``limit`` bytes, and its mtime when
+    asked (from the open file, so the time is the one of the bytes read); any OS error names
+    the file and the reason.
 
     Three system calls for a file up to one chunk (open, one read, close; a fourth for the
     mtime): a regular file returns less than asked only at its end, so a short read is the
@@ -258,21 +308,23 @@ def _read(
     map) 4 MiB per file; of ``limit + 1`` when that is smaller (a link), enough to see one
     byte too many.
     """
-    first = min(limit + 1, _CHUNK_BYTES)
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        descriptor = os.open(name, os.O_RDONLY, dir_fd=directory.descriptor())
     except OSError as exc:
+        path = f"{directory.path}/{name}"
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
-        data = os.read(descriptor, first)
+        data = os.read(descriptor, min(limit + 1, _CHUNK_BYTES))
         if len(data) == _CHUNK_BYTES:
             data = _rest(descriptor, data, limit)
         mtime = os.fstat(descriptor).st_mtime if with_mtime else None
     except OSError as exc:
+        path = f"{directory.path}/{name}"
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(descriptor)
     if len(data) > limit:
+        path = f"{directory.path}/{name}"
         raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
     return data, mtime
 
