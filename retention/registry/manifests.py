@@ -8,7 +8,7 @@ body and can drop it as soon as it is parsed. Anything we cannot read with certa
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -19,41 +19,68 @@ from retention.registry.client import FetchedManifest
 
 _SUPPORTED = {name: name for name in media_types.IMAGE_MANIFESTS | media_types.INDEXES}
 
+BlobTable = dict[tuple[str, int], Blob]
+"""Equal blobs as one object, keyed by digest and size: a base layer referenced by 100,000
+images is one ``Blob``, not 100,000. The key is a plain tuple so that a layer already seen
+costs a dict lookup, not a ``Blob`` built and hashed in Python to find its twin."""
+
+
+class ParsedManifest(NamedTuple):
+    """A manifest parsed once, not yet a ``Manifest``: its created time lives in its config
+    (or its children), read after it, so the one ``Manifest`` is built with it (``built``)
+    rather than built empty and copied with the time (what a frozen value would need)."""
+
+    digest: str
+    media_type: str
+    size: int
+    blobs: tuple[Blob, ...]
+    children: tuple[str, ...]
+    subject: str | None
+    config: str | None
+
+    def built(self, created: datetime | None) -> Manifest:
+        return Manifest(
+            digest=self.digest,
+            media_type=self.media_type,
+            size=self.size,
+            created=created,
+            blobs=self.blobs,
+            children=self.children,
+            subject=self.subject,
+        )
+
 
 def parse_manifest(
-    fetched: FetchedManifest, shared: dict[Blob, Blob] | None = None
+    fetched: FetchedManifest, shared: BlobTable | None = None
 ) -> tuple[Manifest, str | None]:
     """The manifest as the planner sees it, and its config digest if it is an image.
 
-    ``created`` is left empty: it lives in the config blob (or in the children of an index),
-    which the caller fetches once per distinct digest. ``shared`` interns equal blobs across
-    manifests (a base layer referenced by 100,000 images is one object, not 100,000).
+    ``created`` is left empty: for callers that need the manifest's structure only (its
+    children, its subject). A scan, which dates every manifest, uses ``parse_parts``.
+    """
+    parsed = parse_parts(fetched, shared)
+    return parsed.built(None), parsed.config
+
+
+def parse_parts(fetched: FetchedManifest, shared: BlobTable | None = None) -> ParsedManifest:
+    """The manifest's parts and its config digest (None for an index), the bytes parsed once.
+
+    The caller reads the config (or the children of an index) once per distinct digest and
+    builds the ``Manifest`` with that created time. ``shared`` interns equal blobs across
+    the manifests it is passed with.
     """
     document = _document(fetched)
     media_type = _media_type(fetched, document)
     subject = _subject(fetched, document)
+    size = len(fetched.body)
     if media_type in media_types.INDEXES:
         children = tuple(_digest(fetched, entry) for entry in _list(fetched, document, "manifests"))
-        return _manifest(fetched, media_type, subject, children=children), None
-    config = _blob(fetched, document.get("config"))
-    layers = tuple(_blob(fetched, entry) for entry in _list(fetched, document, "layers"))
-    if shared is not None:
-        config = shared.setdefault(config, config)
-        layers = tuple(shared.setdefault(layer, layer) for layer in layers)
-    return _manifest(fetched, media_type, subject, blobs=(config, *layers)), config.digest
-
-
-def dated(manifest: Manifest, created: datetime | None) -> Manifest:
-    """The manifest with its created time: ``dataclasses.replace`` costs five times this."""
-    return Manifest(
-        digest=manifest.digest,
-        media_type=manifest.media_type,
-        size=manifest.size,
-        created=created,
-        blobs=manifest.blobs,
-        children=manifest.children,
-        subject=manifest.subject,
-    )
+        return ParsedManifest(fetched.digest, media_type, size, (), children, subject, None)
+    table: BlobTable = {} if shared is None else shared
+    config = _blob(fetched, document.get("config"), table)
+    layers = [_blob(fetched, entry, table) for entry in _list(fetched, document, "layers")]
+    blobs = (config, *layers)
+    return ParsedManifest(fetched.digest, media_type, size, blobs, (), subject, config.digest)
 
 
 def parse_created(config: bytes) -> datetime | None:
@@ -73,24 +100,6 @@ def parse_created(config: bytes) -> datetime | None:
     if created.year <= 1:
         return None
     return created.astimezone(UTC)
-
-
-def _manifest(
-    fetched: FetchedManifest,
-    media_type: str,
-    subject: str | None,
-    *,
-    blobs: tuple[Blob, ...] = (),
-    children: tuple[str, ...] = (),
-) -> Manifest:
-    return Manifest(
-        digest=fetched.digest,
-        media_type=media_type,
-        size=len(fetched.body),
-        blobs=blobs,
-        children=children,
-        subject=subject,
-    )
 
 
 def _invalid(fetched: FetchedManifest, why: str) -> InvalidManifest:
@@ -145,12 +154,15 @@ def _digest(fetched: FetchedManifest, descriptor: Any) -> str:
     return digest
 
 
-def _blob(fetched: FetchedManifest, descriptor: Any) -> Blob:
+def _blob(fetched: FetchedManifest, descriptor: Any, shared: BlobTable) -> Blob:
     digest = _digest(fetched, descriptor)
     size = descriptor.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _invalid(fetched, f"has a descriptor without a valid size: {descriptor!r}")
-    return Blob(digest=digest, size=size)
+    blob = shared.get((digest, size))
+    if blob is None:
+        blob = shared[digest, size] = Blob(digest=digest, size=size)
+    return blob
 
 
 def _subject(fetched: FetchedManifest, document: dict[str, Any]) -> str | None:

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
+from retention.core.model import Inventory, Manifest, Repository, Tag
 from retention.errors import NotFound, RegistryError, first_in
-from retention.registry import FetchedManifest, RegistryClient, parse_created, parse_manifest
-from retention.registry.manifests import dated
+from retention.registry import FetchedManifest, RegistryClient, parse_created
+from retention.registry.manifests import BlobTable, parse_parts
 from retention.state.manifest_cache import ManifestCache
 
 TAG_WORKERS_PER_CONNECTION = 2
@@ -156,7 +156,7 @@ class _RepositoryScan:
         self._odds = odds
         # Equal layers as one object in the repository; not registry-wide, or a pass that
         # drops each repository once planned would still keep every config ever read.
-        self._shared: dict[Blob, Blob] = {}
+        self._shared: BlobTable = {}
         self._name = name
         self._cache = cache
         self._tags: list[Tag] = []
@@ -267,13 +267,13 @@ class _RepositoryScan:
         """Parse, then date it: an image by its config, an index by its newest child."""
         if fetched is None:
             fetched = await self._client.manifest(self._name, digest)
-        manifest, config = parse_manifest(fetched, self._shared)
-        if config is not None:
-            created = await self._created(config)
+        parsed = parse_parts(fetched, self._shared)
+        if parsed.config is not None:
+            created = await self._created(parsed.config)
         else:
-            children = await asyncio.gather(*(self._manifest(c) for c in manifest.children))
+            children = await asyncio.gather(*(self._manifest(c) for c in parsed.children))
             created = _newest(child.created for child in children)
-        return dated(manifest, created)
+        return parsed.built(created)
 
     async def _fetch_created(self, config: str) -> datetime | None:
         return parse_created(await self._client.blob(self._name, config))

@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from retention.core.model import Blob, Inventory, Manifest, Repository, Tag
+from retention.core.model import Inventory, Manifest, Repository, Tag
 from retention.errors import InvalidManifest, StorageReadError
-from retention.registry import FetchedManifest, parse_created, parse_manifest
+from retention.registry import FetchedManifest, parse_created
 from retention.registry.client import MANIFEST_LIMIT_BYTES
 from retention.registry.digests import digest_matches
-from retention.registry.manifests import dated
+from retention.registry.manifests import BlobTable, parse_parts
 from retention.scan.inventory import ProgressCallback
 
 V2 = Path("docker/registry/v2")
@@ -94,10 +94,14 @@ def each_repository(
         raise StorageReadError(f"cannot scan the registry's storage: {problem}")
     v2 = str(root / V2)
     names = [n for n in _repository_names(v2 + "/repositories") if repositories(n)]
-    for done, name in enumerate(names, 1):  # listed first, so the progress total never grows
-        yield _RepositoryRead(v2, name, push_times=push_times).run()
-        if progress is not None:
-            progress(done, len(names))
+    blobs = _Directory(f"{v2}/blobs")
+    try:
+        for done, name in enumerate(names, 1):  # listed first: the progress total never grows
+            yield _RepositoryRead(v2, name, blobs, push_times=push_times).run()
+            if progress is not None:
+                progress(done, len(names))
+    finally:
+        blobs.close()
 
 
 def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[str, Manifest]:
@@ -106,9 +110,15 @@ def read_manifests(root: Path, repository: str, digests: Iterable[str]) -> dict[
 
     Raises ``StorageReadError`` or ``InvalidManifest``: the caller fails the repository.
     """
-    reader = _RepositoryRead(str(root / V2), repository)
-    for digest in digests:
-        reader.manifest(digest)
+    v2 = str(root / V2)
+    blobs = _Directory(f"{v2}/blobs")
+    reader = _RepositoryRead(v2, repository, blobs)
+    try:
+        for digest in digests:
+            reader.manifest(digest)
+    finally:
+        reader.close()
+        blobs.close()
     return reader.manifests
 
 
@@ -130,49 +140,87 @@ def _repository_names(base: str, prefix: str = "") -> Iterator[str]:
             yield from _repository_names(f"{base}/{name}", f"{prefix}{name}/")
 
 
+class _Directory:
+    """A directory whose files are opened relative to it, itself opened on first use (a
+    registry whose first upload never finished has no ``blobs`` yet).
+
+    Relative to an open directory a system call walks two or three path components instead
+    of a dozen: on the 2-core VM this was measured on, a stat by a full path cost 4.6 µs and
+    relative to the directory 3.5 µs, an open and close 5.5 µs and 3.4 µs; reading a tag's
+    five files, 10 to 15 % less CPU. The full path is built only for a message.
+    """
+
+    __slots__ = ("_descriptor", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._descriptor: int | None = None
+
+    def descriptor(self) -> int:
+        """The open directory; ``OSError`` when it cannot be opened, as a file in it would."""
+        if self._descriptor is None:
+            self._descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        return self._descriptor
+
+    def close(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+
 class _RepositoryRead:
     """One repository, keeping what it read so a failure can still report it.
 
     Equal blobs are one object within the repository (``shared``), not across repositories:
     a registry-wide table would hold every config ever read, however the pass drops the
     repositories it planned.
+
+    What a tag costs is what a 100,000-tag pass costs 100,000 times, so each file is touched
+    by as few system calls as it can be (a link stat'ed; a file opened relative to its
+    repository or to ``blobs``, read once and closed), each manifest and config parsed once
+    and built once, and nothing is formatted unless it fails.
     """
 
-    def __init__(self, v2: str, name: str, *, push_times: bool = False) -> None:
-        self._v2 = v2
+    def __init__(self, v2: str, name: str, blobs: _Directory, *, push_times: bool = False) -> None:
         self._name = name
-        self._repository = f"{v2}/repositories/{name}"
+        self._directory = _Directory(f"{v2}/repositories/{name}")
+        self._blobs = blobs
         self._push_times = push_times
         self._tags: list[Tag] = []
         self._manifests: dict[str, Manifest] = {}
         self._created: dict[str, datetime | None] = {}
-        self._shared: dict[Blob, Blob] = {}
+        self._shared: BlobTable = {}
 
     def run(self) -> Repository:
+        """The repository as read; its directory is closed when this returns."""
         error = None
         try:
             for name in self._tag_names():
                 digest, pushed = self._tag_link(name)
                 self._tags.append(Tag(name=name, digest=digest, pushed=pushed))
-                self._manifest(digest)
+                if digest not in self._manifests:
+                    self._manifest(digest)
         except (StorageReadError, InvalidManifest) as exc:
             error = " ".join(f"{self._name}: {exc}".split())
+        finally:
+            self.close()
         return Repository(
-            name=self._name,
-            tags=tuple(sorted(self._tags, key=lambda tag: tag.name)),
-            manifests=self._manifests,
-            error=error,
+            name=self._name, tags=tuple(self._tags), manifests=self._manifests, error=error
         )
 
+    def close(self) -> None:
+        self._directory.close()
+
     def _tag_names(self) -> list[str]:
-        """The tag directories; none when there are none (as the API's 404 NAME_UNKNOWN).
+        """The tag directories in name order (the order of a scan's tags); none when there
+        are none (as the API's 404 NAME_UNKNOWN).
 
         Interned: the plan keeps every tag's name, and names like ``latest`` repeat in
         every repository.
         """
-        path = f"{self._repository}/_manifests/tags"
+        path = f"{self._directory.path}/_manifests/tags"
         try:
-            return [sys.intern(entry.name) for entry in os.scandir(path) if entry.is_dir()]
+            return sorted(sys.intern(entry.name) for entry in os.scandir(path) if entry.is_dir())
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -180,10 +228,13 @@ class _RepositoryRead:
 
     def _tag_link(self, tag: str) -> tuple[str, datetime | None]:
         """The tag's digest, and with ``push_times`` its last push (the link's mtime)."""
-        path = f"{self._repository}/_manifests/tags/{tag}/current/link"
-        content, mtime = _read(path, _LINK_LIMIT_BYTES, f"tag {tag!r}", with_mtime=self._push_times)
+        link = f"_manifests/tags/{tag}/current/link"
+        content, mtime = _read(
+            self._directory, link, _LINK_LIMIT_BYTES, f"tag {tag!r}", with_mtime=self._push_times
+        )
         digest = content.decode("ascii", "replace")
         if _DIGEST.fullmatch(digest) is None:
+            path = f"{self._directory.path}/{link}"
             raise StorageReadError(f"tag {tag!r}: {path} holds {digest[:80]!r}, not a digest")
         return digest, None if mtime is None else datetime.fromtimestamp(mtime, UTC)
 
@@ -199,74 +250,81 @@ class _RepositoryRead:
         known = self._manifests.get(digest)
         if known is not None:
             return known
-        self._linked("_manifests/revisions", digest, "manifest")
-        body = self._blob(digest, MANIFEST_LIMIT_BYTES)
-        fetched = FetchedManifest(digest, "", body)  # no Content-Type: the parser infers it
-        manifest, config = parse_manifest(fetched, self._shared)
-        if config is not None:
-            created = self._config_created(config)
+        body = self._linked_blob("_manifests/revisions/", digest, "manifest", MANIFEST_LIMIT_BYTES)
+        # No Content-Type: the parser infers it, as Distribution does for stored bytes.
+        parsed = parse_parts(FetchedManifest(digest, "", body), self._shared)
+        if parsed.config is not None:
+            created = self._config_created(parsed.config)
         else:
-            children = [self._manifest(child) for child in manifest.children]
+            children = [self._manifest(child) for child in parsed.children]
             created = max((c.created for c in children if c.created is not None), default=None)
-        manifest = dated(manifest, created)
-        self._manifests[digest] = manifest
+        manifest = self._manifests[digest] = parsed.built(created)
         return manifest
 
     def _config_created(self, config: str) -> datetime | None:
+        """A config's created time, read once however many manifests share it."""
         if config not in self._created:
-            self._linked("_layers", config, "config")
-            self._created[config] = parse_created(self._blob(config, CONFIG_LIMIT_BYTES))
+            body = self._linked_blob("_layers/", config, "config", CONFIG_LIMIT_BYTES)
+            self._created[config] = parse_created(body)
         return self._created[config]
 
-    def _linked(self, directory: str, digest: str, what: str) -> None:
-        """The repository's link to ``digest``: what makes it readable here over the API.
+    def _linked_blob(self, directory: str, digest: str, what: str, limit: int) -> bytes:
+        """The blob's bytes, once the repository's link to it is found and they are checked
+        against its digest (a partial write does not hash to it).
 
-        Its path already names the digest, and a link holds exactly the digest, so a stat
-        that finds the right size proves it as well as reading it would (a partial write
-        has another size), at a fraction of the cost of opening the file.
+        The link is what makes a blob readable here over the API. Its path already names the
+        digest, and a link holds exactly the digest, so a stat that finds the right size
+        proves it as well as reading it would (a partial write has another size), at a
+        fraction of the cost of opening the file.
         """
         algorithm, _, hex_digest = digest.partition(":")
-        path = f"{self._repository}/{directory}/{algorithm}/{hex_digest}/link"
+        link = f"{directory}{algorithm}/{hex_digest}/link"
         try:
-            size = os.stat(path).st_size
+            size = os.stat(link, dir_fd=self._directory.descriptor()).st_size
         except OSError as exc:
+            path = f"{self._directory.path}/{link}"
             raise StorageReadError(f"{what} {digest}: cannot read {path}: {exc.strerror}") from exc
         if size != len(digest):
+            path = f"{self._directory.path}/{link}"
             raise StorageReadError(f"{what} {digest}: {path} holds {size} bytes, not a digest")
-
-    def _blob(self, digest: str, limit: int) -> bytes:
-        algorithm, _, hex_digest = digest.partition(":")
-        path = f"{self._v2}/blobs/{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
-        data, _ = _read(path, limit, f"blob {digest}")
+        data_file = f"{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
+        data, _ = _read(self._blobs, data_file, limit, f"blob {digest}")
         if not digest_matches(digest, data):
+            path = f"{self._blobs.path}/{data_file}"
             raise StorageReadError(f"blob {digest}: {path} does not match its digest")
         return data
 
 
 def _read(
-    path: str, limit: int, what: str, *, with_mtime: bool = False
+    directory: _Directory, name: str, limit: int, what: str, *, with_mtime: bool = False
 ) -> tuple[bytes, float | None]:
-    """The whole file, at most ``limit`` bytes, and its mtime when asked (from the open file,
-    so the time is the one of the bytes read); any OS error names the file and the reason.
+    """The whole file ``name`` in ``directory``, at most ``limit`` bytes, and its mtime when
+    asked (from the open file, so the time is the one of the bytes read); any OS error names
+    the file and the reason.
 
-    One ``read`` of a small chunk for the usual few-KB file: asking for ``limit`` bytes at
-    once would allocate (and map) 4 MiB per file. A regular file returns less than asked
-    only at its end, so a short read is the whole file.
+    Three system calls for a file up to one chunk (open, one read, close; a fourth for the
+    mtime): a regular file returns less than asked only at its end, so a short read is the
+    whole file. One read of at most a chunk, not of ``limit``, which would allocate (and
+    map) 4 MiB per file; of ``limit + 1`` when that is smaller (a link), enough to see one
+    byte too many.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY)
+        descriptor = os.open(name, os.O_RDONLY, dir_fd=directory.descriptor())
     except OSError as exc:
+        path = f"{directory.path}/{name}"
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
-        data = os.read(descriptor, _CHUNK_BYTES)
+        data = os.read(descriptor, min(limit + 1, _CHUNK_BYTES))
         if len(data) == _CHUNK_BYTES:
             data = _rest(descriptor, data, limit)
         mtime = os.fstat(descriptor).st_mtime if with_mtime else None
     except OSError as exc:
+        path = f"{directory.path}/{name}"
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(descriptor)
     if len(data) > limit:
+        path = f"{directory.path}/{name}"
         raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
     return data, mtime
 

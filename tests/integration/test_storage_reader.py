@@ -260,3 +260,41 @@ async def test_push_times_read_with_the_tags_are_the_link_times_the_api_pass_add
     assert all(tag.pushed is None for r in untimed for tag in r.tags)
     web = {tag.name: tag for tag in repositories(Inventory("", tuple(timed)))["team/web"].tags}
     assert web["v2"].pushed == MARCH
+
+
+def open_descriptors() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def test_a_scan_leaves_no_descriptor_open_when_it_ends_fails_or_stops_early(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    """Files are opened relative to open directories (each repository, ``blobs``): every
+    one of them is closed, also after a failed repository and when the scan is dropped."""
+    digests = seed_everything(seeder)
+    blob_data(registry_server, digests["old"]).unlink()  # team/web fails
+    before = open_descriptors()
+
+    read = from_storage(registry_server)
+    stopped = each_repository(registry_server.root)
+    first = next(stopped)
+    stopped.close()
+
+    assert repositories(read)["team/web"].error is not None
+    assert first.name == "app" and first.error is None
+    assert open_descriptors() == before
+
+
+async def test_a_registry_without_a_blobs_directory_fails_only_repositories_with_tags(
+    registry_server: RegistryServer, seeder: Seeder
+) -> None:
+    """``blobs`` is opened on first use: a registry whose uploads never finished has none,
+    and only a repository that needs a blob from it can fail for that."""
+    seeder.image("web", ["v1"], JANUARY)
+    (repository_dir(registry_server, "empty") / "_layers").mkdir(parents=True)
+    shutil.rmtree(registry_server.root / "docker/registry/v2/blobs")
+
+    found = repositories(from_storage(registry_server))
+
+    assert found["empty"] == Repository(name="empty")
+    assert found["web"].error is not None and "No such file" in found["web"].error
