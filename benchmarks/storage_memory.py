@@ -85,8 +85,10 @@ class GeneratedStorage:
         return _Stat(len("sha256:") + 64)  # every link the reader stats holds one digest
 
     def read(
-        self, path: str, limit: int, what: str, *, with_mtime: bool = False
+        self, directory: Any, name: str, limit: int, what: str, *, with_mtime: bool = False
     ) -> tuple[bytes, float | None]:
+        """``_read``: ``name`` in the (never opened) directory the reader passes."""
+        path = f"{directory.path}/{name}"
         mtime = seed.NEWEST.timestamp() if with_mtime else None
         if path.endswith("/current/link"):
             repository = path.split("/repositories/", 1)[1].split("/_manifests/", 1)[0]
@@ -121,6 +123,9 @@ def _hex(digest: str) -> str:
     return digest.removeprefix("sha256:")
 
 
+_NO_DESCRIPTOR = -1
+
+
 class _OsShim:
     """``os`` for the reader: listing and stat generated, everything else the real thing."""
 
@@ -133,8 +138,19 @@ class _OsShim:
     def scandir(self, path: str) -> Iterator[_Entry]:
         return self._storage.scandir(path)
 
-    def stat(self, path: str) -> _Stat:
+    def stat(self, path: str, *, dir_fd: int | None = None) -> _Stat:
         return self._storage.stat(path)
+
+    def open(self, path: str, flags: int, *, dir_fd: int | None = None) -> int:
+        """A directory the reader opens to read relative to it: no descriptor is needed,
+        since every read is answered by ``GeneratedStorage.read``."""
+        if not flags & os.O_DIRECTORY:
+            raise AssertionError(f"the reader opened {path} past the generated read")
+        return _NO_DESCRIPTOR
+
+    def close(self, descriptor: int) -> None:
+        if descriptor != _NO_DESCRIPTOR:
+            os.close(descriptor)
 
 
 def measure(tags: int, per_repository: int) -> dict[str, Any]:
