@@ -133,13 +133,22 @@ def run(
     }
 
 
+def _seeded(
+    server: RegistryServer, repositories: int, per_repository: int, size: int
+) -> tuple[list[SeededTag], float]:
+    """``size`` tags written in the storage layout, then the registry started over them, and
+    how long the writing took."""
+    started = time.perf_counter()
+    seeded = seed(server.root, repositories=repositories, tags=per_repository)[:size]
+    seed_seconds = time.perf_counter() - started
+    server.start()
+    return seeded, seed_seconds
+
+
 def _one_size(binary: str, size: int, per_repository: int, concurrency: int) -> dict[str, Any]:
     repositories = math.ceil(size / per_repository)
     with _registry(binary) as (server, workdir):
-        started = time.perf_counter()
-        seeded = seed(server.root, repositories=repositories, tags=per_repository)[:size]
-        seed_seconds = time.perf_counter() - started
-        server.start()
+        seeded, seed_seconds = _seeded(server, repositories, per_repository, size)
         half = len(seeded) // 2
         before = limit.measure(server.url, seeded[:half], concurrency)
         cold = _plan(server.url, workdir / "state", repositories, seeded, concurrency)
@@ -168,10 +177,7 @@ def _storage_only_size(
     """The storage plan alone (the registry runs: the pass pings it before reading)."""
     repositories = math.ceil(size / per_repository)
     with _registry(binary) as (server, workdir):
-        started = time.perf_counter()
-        seeded = seed(server.root, repositories=repositories, tags=per_repository)[:size]
-        seed_seconds = time.perf_counter() - started
-        server.start()
+        seeded, seed_seconds = _seeded(server, repositories, per_repository, size)
         storage = _plan(
             server.url, workdir / "state-storage", repositories, seeded, concurrency, server.root
         )
