@@ -162,6 +162,10 @@ class _Directory:
             self._descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         return self._descriptor
 
+    def full(self, name: str) -> str:
+        """The full path of ``name`` in this directory: for messages only."""
+        return f"{self.path}/{name}"
+
     def close(self) -> None:
         if self._descriptor is not None:
             os.close(self._descriptor)
@@ -218,7 +222,7 @@ class _RepositoryRead:
         Interned: the plan keeps every tag's name, and names like ``latest`` repeat in
         every repository.
         """
-        path = f"{self._directory.path}/_manifests/tags"
+        path = self._directory.full("_manifests/tags")
         try:
             return sorted(sys.intern(entry.name) for entry in os.scandir(path) if entry.is_dir())
         except FileNotFoundError:
@@ -234,7 +238,7 @@ class _RepositoryRead:
         )
         digest = content.decode("ascii", "replace")
         if _DIGEST.fullmatch(digest) is None:
-            path = f"{self._directory.path}/{link}"
+            path = self._directory.full(link)
             raise StorageReadError(f"tag {tag!r}: {path} holds {digest[:80]!r}, not a digest")
         return digest, None if mtime is None else datetime.fromtimestamp(mtime, UTC)
 
@@ -282,15 +286,15 @@ class _RepositoryRead:
         try:
             size = os.stat(link, dir_fd=self._directory.descriptor()).st_size
         except OSError as exc:
-            path = f"{self._directory.path}/{link}"
+            path = self._directory.full(link)
             raise StorageReadError(f"{what} {digest}: cannot read {path}: {exc.strerror}") from exc
         if size != len(digest):
-            path = f"{self._directory.path}/{link}"
+            path = self._directory.full(link)
             raise StorageReadError(f"{what} {digest}: {path} holds {size} bytes, not a digest")
         data_file = f"{algorithm}/{hex_digest[:2]}/{hex_digest}/data"
         data, _ = _read(self._blobs, data_file, limit, f"blob {digest}")
         if not digest_matches(digest, data):
-            path = f"{self._blobs.path}/{data_file}"
+            path = self._blobs.full(data_file)
             raise StorageReadError(f"blob {digest}: {path} does not match its digest")
         return data
 
@@ -311,7 +315,7 @@ def _read(
     try:
         descriptor = os.open(name, os.O_RDONLY, dir_fd=directory.descriptor())
     except OSError as exc:
-        path = f"{directory.path}/{name}"
+        path = directory.full(name)
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
         data = os.read(descriptor, min(limit + 1, _CHUNK_BYTES))
@@ -319,12 +323,12 @@ def _read(
             data = _rest(descriptor, data, limit)
         mtime = os.fstat(descriptor).st_mtime if with_mtime else None
     except OSError as exc:
-        path = f"{directory.path}/{name}"
+        path = directory.full(name)
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(descriptor)
     if len(data) > limit:
-        path = f"{directory.path}/{name}"
+        path = directory.full(name)
         raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
     return data, mtime
 
