@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,7 +86,7 @@ class _Storage:
             }
         )
         manifest = self.blob(body, DOCKER_MANIFEST)["digest"]
-        self.link_manifest(name, tag, manifest)
+        self.link_manifest(name, tag, manifest, pushed=created)
         return SeededTag(name, tag, manifest, config["digest"], created)
 
     def blob(self, data: bytes, media_type: str) -> dict[str, Any]:
@@ -99,11 +100,19 @@ class _Storage:
         """Make a blob readable in ``name`` (what a push or a mount records)."""
         self._link(self._repository(name) / "_layers", digest)
 
-    def link_manifest(self, name: str, tag: str, digest: str) -> None:
-        """The revision (GET by digest), the tag's current link and its index (for deletes)."""
+    def link_manifest(self, name: str, tag: str, digest: str, *, pushed: datetime) -> None:
+        """The revision (GET by digest), the tag's current link and its index (for deletes).
+
+        The current link's mtime is when the tag was pushed (what ``scan: storage`` reads as
+        the push time): an image pushed when it was built, as from CI. Left at the seeding
+        time, every tag would be inside the grace period and a storage plan would delete
+        nothing, while an API plan of the same tags deletes by their created time.
+        """
         manifests = self._repository(name) / "_manifests"
         self._link(manifests / "revisions", digest)
-        _write(manifests / "tags" / tag / "current/link", digest.encode())
+        current = manifests / "tags" / tag / "current/link"
+        _write(current, digest.encode())
+        os.utime(current, (pushed.timestamp(), pushed.timestamp()))
         self._link(manifests / "tags" / tag / "index", digest)
 
     def _repository(self, name: str) -> Path:
