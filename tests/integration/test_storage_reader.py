@@ -21,13 +21,23 @@ from retention.core.model import Inventory, Outcome, Repository, Tag
 from retention.core.policy import RegistrySettings, policy_from_mapping
 from retention.errors import StorageReadError
 from retention.registry import RegistryClient
-from retention.scan import inventory
+from retention.scan import inventory, storage_prefetch, storage_reader
 from retention.scan.push_times import with_link_times
 from retention.scan.storage_reader import (
     each_repository,
     read_storage,
     storage_root_problem,
 )
+
+
+@pytest.fixture(autouse=True, params=["read in the scan's process", "prefetched by the helper"])
+def prefetch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test twice: the helper process that reads ahead is only a shortcut, so what a
+    scan finds, and how it fails, must not depend on whether it ran."""
+    prefetched = request.param == "prefetched by the helper"
+    monkeypatch.setattr(storage_reader, "PREFETCH_FROM", 1 if prefetched else 10**9)
+    return prefetched
+
 
 JANUARY = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 MARCH = datetime(2024, 3, 15, 10, 0, tzinfo=UTC)
@@ -298,3 +308,80 @@ async def test_a_registry_without_a_blobs_directory_fails_only_repositories_with
 
     assert found["empty"] == Repository(name="empty")
     assert found["web"].error is not None and "No such file" in found["web"].error
+
+
+def prefetch_helpers() -> list[int]:
+    """This process's children that are prefetch helpers (running or not yet reaped)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"storage_prefetch" in command:
+            found.append(int(entry))
+    return found
+
+
+async def test_the_helper_is_stopped_and_reaped_when_a_scan_stops_early(
+    registry_server: RegistryServer, seeder: Seeder, prefetch: bool
+) -> None:
+    for number in range(3):
+        seeder.image(f"repo-{number}", ["v1"], JANUARY, unique=str(number))
+
+    stopped = each_repository(registry_server.root)
+    first = next(stopped)
+    running = prefetch_helpers()
+    stopped.close()
+
+    assert first.name == "repo-0" and first.error is None
+    assert len(running) == (1 if prefetch else 0)
+    assert prefetch_helpers() == []
+
+
+@pytest.mark.parametrize(
+    "helper",
+    [
+        "import sys; sys.exit(3)",  # dies before sending anything
+        "import sys; sys.stdin.read(); sys.stdout.write('not a pickle')",
+        "import pickle, sys; sys.stdin.read(); pickle.dump(('elsewhere', True, (), {}, {}), "
+        "sys.stdout.buffer)",  # a record for another repository
+    ],
+    ids=["dies", "garbage", "out-of-order"],
+)
+@pytest.mark.parametrize("prefetch", ["prefetched by the helper"], indirect=True)
+async def test_a_helper_that_fails_leaves_the_scan_reading_everything_itself(
+    registry_server: RegistryServer,
+    seeder: Seeder,
+    helper: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed_everything(seeder)
+    expected = from_storage(registry_server)
+    script = tmp_path / "helper.py"
+    script.write_text(helper)
+    monkeypatch.setattr(storage_prefetch, "__file__", str(script))
+
+    assert from_storage(registry_server) == expected
+    assert prefetch_helpers() == []
+
+
+@pytest.mark.parametrize("prefetch", ["prefetched by the helper"], indirect=True)
+async def test_with_the_helper_the_scan_reads_no_file_itself_and_finds_the_same(
+    registry_server: RegistryServer, seeder: Seeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the helper sends is used: the scan's own file reads are not needed at all."""
+    seed_everything(seeder)
+    monkeypatch.setattr(storage_reader, "PREFETCH_FROM", 10**9)
+    in_process = from_storage(registry_server)
+    monkeypatch.setattr(storage_reader, "PREFETCH_FROM", 1)
+
+    def no_read(*args: object, **kwargs: object) -> tuple[bytes, float | None]:
+        raise AssertionError("read in the scan's process")
+
+    monkeypatch.setattr(storage_reader, "_read", no_read)
+
+    assert from_storage(registry_server) == in_process
