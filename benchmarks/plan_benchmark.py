@@ -21,8 +21,10 @@ see ``seed.py``), and measures on that one registry, in one run:
 the API plans take minutes, the storage plan seconds.
 
 Then the ratios (cold plan / limit, warm speed-up, storage speed-up), the time per tag at
-each size with its drift from the smallest size (linear growth: within ±25 %, for the
-cold, warm and storage plans alike), and PASS or FAIL per goal (the exit status stays 0:
+each size with its drift from the smallest size (linear growth: within ±25 %; wall time
+for the cold and warm plans, CPU time for the storage plan, whose prefetch helper starts
+only past 1,000 tags and then reads beside it, so its wall per tag falls with size while
+its work per tag stays), and PASS or FAIL per goal (the exit status stays 0:
 this measures, it does not gate). The load average before and after is printed: quote
 ratios from one run.
 """
@@ -282,7 +284,8 @@ def _targets(runs: list[dict[str, Any]]) -> list[Target]:
         for kind in kinds:
             drift = _drift(runs, kind)[-1]
             targets.append(
-                Target(f"{kind} per-tag time, {runs[0]['tags']} -> {largest['tags']} tags",
+                Target(f"{kind} per-tag {'CPU ' if _PER_TAG[kind] == 'cpu_ms_per_tag' else ''}"
+                       f"time, {runs[0]['tags']} -> {largest['tags']} tags",
                        drift, f"within ±{PER_TAG_DRIFT:.0%}", abs(drift) <= PER_TAG_DRIFT)
             )  # fmt: skip
     return targets
@@ -310,7 +313,11 @@ def _large_targets(largest: dict[str, Any]) -> list[Target]:
                    f"< {LARGE_COLD_MAX_SECONDS:.0f}", cold < LARGE_COLD_MAX_SECONDS)
         )  # fmt: skip
     storage = largest["storage"]
-    times = {"wall": storage["seconds"], "CPU": storage.get("cpu_seconds")}
+    cpu = storage.get("cpu_seconds")
+    helper = storage.get("helper_cpu_seconds", 0.0)
+    busier = max(cpu - helper, helper) if cpu is not None else None
+    # the two processes run side by side: on idle cores the busier one bounds the wall time
+    times = {"wall": storage["seconds"], "CPU of the busier process": busier}
     for what, seconds in ((what, seconds) for what, seconds in times.items() if seconds):
         targets.append(
             Target(f"storage plan at 100k tags, {what} (s)", round(seconds, 2),
@@ -321,8 +328,14 @@ def _large_targets(largest: dict[str, Any]) -> list[Target]:
 
 def _drift(runs: list[dict[str, Any]], kind: str) -> list[float]:
     """Per-tag time at each size against the smallest: 0.1 is 10 % slower per tag."""
-    first = runs[0][kind]["ms_per_tag"]
-    return [round(run[kind]["ms_per_tag"] / first - 1, 3) for run in runs]
+    field = _PER_TAG[kind]
+    first = runs[0][kind][field]
+    return [round(run[kind][field] / first - 1, 3) for run in runs]
+
+
+_PER_TAG = {"cold": "ms_per_tag", "warm": "ms_per_tag", "storage": "cpu_ms_per_tag"}
+"""What linear growth is judged on: wall time, or CPU time for the storage plan (of both
+its processes: the work per tag, which the prefetch helper's overlap does not shrink)."""
 
 
 def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
@@ -385,10 +398,11 @@ def _linearity(runs: list[dict[str, Any]]) -> list[str]:
     lines = ["", f"{'per tag (ms)':<16}" + "".join(f"{run['tags']:>14}" for run in runs)]
     for kind in (kind for kind in KINDS if kind in runs[0]):
         cells = [
-            f"{run[kind]['ms_per_tag']:.3f} {drift:>+5.0%}"
+            f"{run[kind][_PER_TAG[kind]]:.3f} {drift:>+5.0%}"
             for run, drift in zip(runs, _drift(runs, kind), strict=True)
         ]
-        lines.append(f"{kind + ' plan':<16}" + "".join(f"{cell:>14}" for cell in cells))
+        label = f"{kind} plan" + (" CPU" if _PER_TAG[kind] == "cpu_ms_per_tag" else "")
+        lines.append(f"{label:<16}" + "".join(f"{cell:>14}" for cell in cells))
     return lines
 
 

@@ -190,12 +190,12 @@ class _Facts:
         return {name: self.counts[name] for name in names}
 
 
-def _cpu_with_children() -> float:
+def _cpu_own_and_children() -> tuple[float, float]:
     """This process's CPU and its reaped children's: the storage scan's prefetch helper
     (``scan/storage_prefetch.py``) reads the files in a process of its own."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def _rss_kib(field: str) -> int:
@@ -220,14 +220,16 @@ def storage_plan_once(policy: Policy, repositories: int) -> dict[str, Any]:
     logs.configure("json", "info")
     rss_before = _rss_kib("VmRSS")
     scope = runner.Scope(repositories=re.compile(wanted))
-    started, cpu_started = time.perf_counter(), _cpu_with_children()
+    started, (own_started, helper_started) = time.perf_counter(), _cpu_own_and_children()
     result = cli._run(runner.run_pass(policy, dry_run=True, scope=scope))  # as the CLI does
-    seconds, cpu_seconds = time.perf_counter() - started, _cpu_with_children() - cpu_started
+    seconds, (own, helper) = time.perf_counter() - started, _cpu_own_and_children()
+    own_cpu, helper_cpu = own - own_started, helper - helper_started
     plan = result.plan
     decisions = [(r, d) for r in plan.repositories for d in r.tag_decisions]
     return {
         "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
+        "cpu_seconds": own_cpu + helper_cpu,
+        "helper_cpu_seconds": helper_cpu,
         "repositories": len(plan.repositories),
         "tags": len(decisions),
         "manifests": len({(r.name, d.digest) for r, d in decisions}),

@@ -161,7 +161,7 @@ def measure(tags: int, per_repository: int) -> dict[str, Any]:
     storage_reader.storage_root_problem = lambda root: None
     # The prefetch helper is a process of its own, reading real files this one answers in
     # place of: it would find none and leave every repository to the reader anyway.
-    storage_reader.PREFETCH_FROM = sys.maxsize
+    storage_reader.PREFETCH_AFTER_TAGS = sys.maxsize
     policy = benchmark_policy("http://127.0.0.1:5000", Path("/nonexistent"), 8)
     rss_before = _rss_kib("VmRSS")
     load_before = os.getloadavg()[0]

@@ -47,11 +47,13 @@ def test_the_report_shows_each_plans_per_tag_time_and_its_drift_across_sizes(
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: limit, seed
     benchmark = _plan_benchmark_module(monkeypatch)
     runs = [_size(1000, cold=2.0, warm=0.5, storage=0.1), _size(100_000, 2.6, 0.5, 0.12)]
+    runs[1]["storage"]["ms_per_tag"] = 0.05  # wall: the prefetch helper reads beside it
 
     targets = {t.name: t for t in benchmark._targets(runs)}
     text = benchmark.render({"machine": _MACHINE, "concurrency": 8, "runs": runs, "targets": []})
 
-    drift = {kind: targets[f"{kind} per-tag time, 1000 -> 100000 tags"] for kind in KINDS}
+    drift = {kind: targets[f"{kind} per-tag time, 1000 -> 100000 tags"] for kind in KINDS[:2]}
+    drift["storage"] = targets["storage per-tag CPU time, 1000 -> 100000 tags"]
     assert (drift["cold"].measured, drift["cold"].passed) == (0.3, False)
     assert (drift["warm"].measured, drift["warm"].passed) == (0.0, True)
     assert (drift["storage"].measured, drift["storage"].passed) == (0.2, True)
@@ -59,7 +61,7 @@ def test_the_report_shows_each_plans_per_tag_time_and_its_drift_across_sizes(
     assert [row.split() for row in rows[1:]] == [
         ["cold", "plan", "2.000", "+0%", "2.600", "+30%"],
         ["warm", "plan", "0.500", "+0%", "0.500", "+0%"],
-        ["storage", "plan", "0.100", "+0%", "0.120", "+20%"],
+        ["storage", "plan", "CPU", "0.100", "+0%", "0.120", "+20%"],
     ]
 
 
@@ -86,8 +88,9 @@ def _size(tags: int, cold: float, warm: float, storage: float) -> dict[str, Any]
     def plan(ms_per_tag: float) -> dict[str, Any]:
         seconds = ms_per_tag * tags / 1000
         return {"seconds": seconds, "tags_per_second": tags / seconds, "ms_per_tag": ms_per_tag,
-                "requests_per_second": 0.0, "requests_per_tag": 0.0, "ratio_to_limit": 1.0,
-                "cpu_ms_per_request": 0.0, "peak_rss_mb": 100.0}  # fmt: skip
+                "cpu_ms_per_tag": ms_per_tag, "cpu_seconds": seconds, "requests_per_second": 0.0,
+                "requests_per_tag": 0.0,
+                "ratio_to_limit": 1.0, "cpu_ms_per_request": 0.0, "peak_rss_mb": 100.0}  # fmt: skip
 
     limit = {**plan(cold), "halves_tags_per_second": []}
     return {"tags": tags, "repositories": tags // 50, "seed_seconds": 1.0, "limit": limit,
@@ -95,14 +98,17 @@ def _size(tags: int, cold: float, warm: float, storage: float) -> dict[str, Any]
             "warm_speedup": cold / warm, "storage_speedup": cold / storage}  # fmt: skip
 
 
-def test_a_storage_only_report_judges_the_storage_plan_by_wall_and_cpu_time(
+def test_a_storage_only_report_judges_the_storage_plan_by_wall_and_busier_process_cpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The scan and its prefetch helper run side by side: on idle cores the wall time is
+    about the busier one's CPU, which is what stands in for it on a loaded machine."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     benchmark = _plan_benchmark_module(monkeypatch)
     storage = {**_size(100_000, 2.0, 0.5, 0.09)["storage"], "cpu_seconds": 12.5}
-    storage["cpu_ms_per_tag"] = 0.125
+    storage |= {"cpu_ms_per_tag": 0.125, "helper_cpu_seconds": 2.0}
     run = {"tags": 100_000, "repositories": 2000, "seed_seconds": 1.0, "storage": storage}
+    busier = "storage plan at 100k tags, CPU of the busier process (s)"
 
     targets = {t.name: t for t in benchmark._targets([run])}
     text = benchmark.render({"machine": _MACHINE, "concurrency": 8, "runs": [run], "targets": []})
@@ -110,12 +116,11 @@ def test_a_storage_only_report_judges_the_storage_plan_by_wall_and_cpu_time(
     assert set(targets) == {
         "peak RSS of a plan at 100000 tags (MB)",
         "storage plan at 100k tags, wall (s)",
-        "storage plan at 100k tags, CPU (s)",
+        busier,
     }
     assert (targets["storage plan at 100k tags, wall (s)"].measured, targets[
         "storage plan at 100k tags, wall (s)"].passed) == (9.0, True)  # fmt: skip
-    assert (targets["storage plan at 100k tags, CPU (s)"].measured, targets[
-        "storage plan at 100k tags, CPU (s)"].passed) == (12.5, False)  # fmt: skip
+    assert (targets[busier].measured, targets[busier].passed) == (10.5, False)
     (row,) = [line for line in text.splitlines() if line.startswith("storage plan")]
     assert row.split()[-2:] == ["12.50", "0.125"]
     assert "limit (wrk)" not in text and "speed-up" not in text

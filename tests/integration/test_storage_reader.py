@@ -35,7 +35,7 @@ def prefetch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Every test twice: the helper process that reads ahead is only a shortcut, so what a
     scan finds, and how it fails, must not depend on whether it ran."""
     prefetched = request.param == "prefetched by the helper"
-    monkeypatch.setattr(storage_reader, "PREFETCH_FROM", 1 if prefetched else 10**9)
+    monkeypatch.setattr(storage_reader, "PREFETCH_AFTER_TAGS", 0 if prefetched else 10**9)
     return prefetched
 
 
@@ -316,16 +316,18 @@ async def test_a_registry_without_a_blobs_directory_fails_only_repositories_with
 
 
 def prefetch_helpers() -> list[int]:
-    """This process's children that are prefetch helpers (running or not yet reaped)."""
+    """This process's children that are prefetch helpers, running or not yet reaped (a
+    zombie has no command line left, so they are told by their program: the only Python
+    children here; the registry is ``docker-registry``)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, ValueError):
             continue
+        program = stat[stat.index("(") + 1 : stat.rindex(")")]
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"storage_prefetch" in command:
+        if parent == os.getpid() and program.startswith("python"):
             found.append(int(entry))
     return found
 
@@ -380,9 +382,9 @@ async def test_with_the_helper_the_scan_reads_no_file_itself_and_finds_the_same(
 ) -> None:
     """What the helper sends is used: the scan's own file reads are not needed at all."""
     seed_everything(seeder)
-    monkeypatch.setattr(storage_reader, "PREFETCH_FROM", 10**9)
+    monkeypatch.setattr(storage_reader, "PREFETCH_AFTER_TAGS", 10**9)
     in_process = from_storage(registry_server)
-    monkeypatch.setattr(storage_reader, "PREFETCH_FROM", 1)
+    monkeypatch.setattr(storage_reader, "PREFETCH_AFTER_TAGS", 0)
 
     def no_read(*args: object, **kwargs: object) -> tuple[bytes, float | None]:
         raise AssertionError("read in the scan's process")
@@ -390,3 +392,24 @@ async def test_with_the_helper_the_scan_reads_no_file_itself_and_finds_the_same(
     monkeypatch.setattr(storage_reader, "_read", no_read)
 
     assert from_storage(registry_server) == in_process
+
+
+@pytest.mark.parametrize("prefetch", ["prefetched by the helper"], indirect=True)
+async def test_the_helper_starts_once_the_scan_has_read_enough_tags_itself(
+    registry_server: RegistryServer, seeder: Seeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small scan never pays for the helper's start; a large one hands it the rest."""
+    for number in range(3):
+        seeder.image(f"repo-{number}", ["v1", "v2"], JANUARY, unique=str(number))
+    monkeypatch.setattr(storage_reader, "PREFETCH_AFTER_TAGS", 2)  # after repo-0
+
+    scan = each_repository(registry_server.root)
+    first, after_first = next(scan), prefetch_helpers()
+    second, after_second = next(scan), prefetch_helpers()
+    third, after_third = next(scan), prefetch_helpers()
+    rest = list(scan)
+
+    assert (after_first, len(after_second), len(after_third)) == ([], 1, 1)
+    assert rest == [] and prefetch_helpers() == []
+    assert [r.name for r in (first, second, third)] == ["repo-0", "repo-1", "repo-2"]
+    assert all(len(r.tags) == 2 and r.error is None for r in (first, second, third))
