@@ -20,8 +20,8 @@ doubled the start (0.14 s against 0.08 s of CPU on the VM this was measured on).
 passes the folder orjson is installed in (``--path=``). The registry client (httpx) and the
 model are the scan's business.
 
-Protocol: the arguments are the ``docker/registry/v2`` directory, the manifest and config
-size limits, ``--mtimes`` to send the tags' link times and ``--path=`` folders to import
+Protocol: the arguments are the ``docker/registry/v2`` directory, the manifest, config and
+record size limits, ``--mtimes`` to send the tags' link times and ``--path=`` folders to import
 from; standard input is the repository names, NUL-separated, read whole before anything
 is sent (so neither side can block the other); standard output is one pickled
 ``Prefetched`` per name, in order, each as a plain tuple (the helper runs as ``__main__``,
@@ -73,6 +73,12 @@ class Prefetched(NamedTuple):
     configs: dict[str, bytes]
 
 
+Limits = tuple[int, int, int]
+"""Bytes of one manifest, of one config, and of one repository's record at most: a
+repository whose manifests and configs come to more is left to the reader, so that one
+giant repository is never held twice (as bytes here and in the pipe, as objects there)."""
+
+
 class _Unreadable(Exception):
     """Anything the helper cannot vouch for: the reader reads that repository itself."""
 
@@ -80,11 +86,12 @@ class _Unreadable(Exception):
 class _Repository:
     """The files of one repository, opened relative to its directory and to ``blobs``."""
 
-    def __init__(self, v2: str, blobs: int | None, name: str, limits: tuple[int, int]) -> None:
+    def __init__(self, v2: str, blobs: int | None, name: str, limits: Limits) -> None:
         self._path = f"{v2}/repositories/{name}"
         self._directory = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY)
         self._blobs = blobs
-        self._manifest_limit, self._config_limit = limits
+        self._manifest_limit, self._config_limit, self._record_limit = limits
+        self._record_bytes = 0
         self.manifests: dict[str, bytes] = {}
         self.configs: dict[str, bytes] = {}
 
@@ -143,6 +150,9 @@ class _Repository:
         )
         if _HASHES[algorithm](data).hexdigest() != hex_digest:
             raise _Unreadable
+        self._record_bytes += len(data)
+        if self._record_bytes > self._record_limit:
+            raise _Unreadable
         return data
 
 
@@ -169,9 +179,7 @@ def _read(directory: int, name: str, limit: int, mtime: bool) -> tuple[bytes, fl
     return chunks[0] if len(chunks) == 1 else b"".join(chunks), modified
 
 
-def prefetch(
-    v2: str, name: str, blobs: int | None, limits: tuple[int, int], mtimes: bool
-) -> Prefetched:
+def prefetch(v2: str, name: str, blobs: int | None, limits: Limits, mtimes: bool) -> Prefetched:
     """One repository, or an incomplete record when any of it could not be vouched for."""
     try:
         repository = _Repository(v2, blobs, name, limits)
@@ -186,7 +194,7 @@ def prefetch(
     return Prefetched(name, True, tags, repository.manifests, repository.configs)
 
 
-def serve(v2: str, limits: tuple[int, int], mtimes: bool, names: list[str], out: IO[bytes]) -> None:
+def serve(v2: str, limits: Limits, mtimes: bool, names: list[str], out: IO[bytes]) -> None:
     """Each name's record, in order; a record is flushed as soon as it is whole.
 
     Without a ``blobs`` directory (a registry whose first upload never finished) every
@@ -207,12 +215,12 @@ def serve(v2: str, limits: tuple[int, int], mtimes: bool, names: list[str], out:
 
 
 def main(argv: list[str]) -> int:
-    v2, manifest_limit, config_limit, *flags = argv
+    v2, manifest_limit, config_limit, record_limit, *flags = argv
     names = [n for n in sys.stdin.buffer.read().decode().split("\0") if n]
     try:
         serve(
             v2,
-            (int(manifest_limit), int(config_limit)),
+            (int(manifest_limit), int(config_limit), int(record_limit)),
             "--mtimes" in flags,
             names,
             sys.stdout.buffer,

@@ -52,6 +52,9 @@ V2 = Path("docker/registry/v2")
 CONFIG_LIMIT_BYTES = 4 * 1024 * 1024
 _LINK_LIMIT_BYTES = 1024
 _CHUNK_BYTES = 64 * 1024
+PREFETCH_RECORD_LIMIT_BYTES = 64 * 1024 * 1024
+"""A repository whose manifests and configs come to more is read by the scan itself: the
+helper's bytes of it would be held beside the scan's objects (about 1 KB a tag)."""
 PREFETCH_AFTER_TAGS = 1000
 """Tags a scan reads itself before it starts the prefetch helper (``storage_prefetch``)
 for the repositories left. The helper overlaps their file reads with the planning of the
@@ -407,6 +410,7 @@ class _Prefetch:
             v2,
             str(MANIFEST_LIMIT_BYTES),
             str(CONFIG_LIMIT_BYTES),
+            str(PREFETCH_RECORD_LIMIT_BYTES),
             f"--path={Path(orjson.__file__).parent.parent}",
             *(["--mtimes"] if push_times else []),
         ]

@@ -11,6 +11,7 @@ import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from registry_server import RegistryServer, Seeder
@@ -413,3 +414,24 @@ async def test_the_helper_starts_once_the_scan_has_read_enough_tags_itself(
     assert rest == [] and prefetch_helpers() == []
     assert [r.name for r in (first, second, third)] == ["repo-0", "repo-1", "repo-2"]
     assert all(len(r.tags) == 2 and r.error is None for r in (first, second, third))
+
+
+@pytest.mark.parametrize("prefetch", ["prefetched by the helper"], indirect=True)
+async def test_a_repository_too_large_for_one_record_is_read_by_the_scan_itself(
+    registry_server: RegistryServer, seeder: Seeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_everything(seeder)
+    whole = from_storage(registry_server)
+    reads: list[str] = []
+    real_read = storage_reader._read
+
+    def counted(directory: object, name: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(name)
+        return real_read(directory, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage_reader, "PREFETCH_RECORD_LIMIT_BYTES", 1)
+    monkeypatch.setattr(storage_reader, "_read", counted)
+
+    assert from_storage(registry_server) == whole
+    assert any(name.endswith("/data") for name in reads)
+    assert prefetch_helpers() == []
