@@ -714,12 +714,15 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
 
 def _emit(subject: RunResult, fmt: str, output: Path | None, only_delete: bool = False) -> None:
-    text = report.render(subject, fmt, only_delete=only_delete)
+    """The report on stdout or in ``output``, written in pieces (JSON one repository at a
+    time), so that a large one is never whole in memory."""
+    pieces = report.render_pieces(subject, fmt, only_delete=only_delete)
     if output is None:
-        click.echo(text, nl=False)
+        for piece in pieces:
+            click.echo(piece, nl=False)
         return
     try:
-        atomic.write_text(output, text)
+        atomic.write_text(output, pieces)
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror}")
     click.echo(f"report written to {output}", err=True)

@@ -21,7 +21,7 @@ from retention.core.model import (
     TagDecision,
 )
 from retention.core.plan_file import plan_from_dict
-from retention.core.render import human_bytes, render
+from retention.core.render import human_bytes, render, render_pieces
 from retention.errors import PlanFileError
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -195,3 +195,24 @@ def test_after_a_run_the_action_says_what_happened_not_what_was_planned() -> Non
     assert next(li for li in broke.splitlines() if li.startswith("v1 ")).split()[1] == "FAILED"
     assert "NOT DELETED" in next(li for li in refused.splitlines() if li.startswith("v1 "))
     assert "app/web: 3 tags, 1 to delete, 1 manifest" in done
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        sample_plan(),
+        RunResult(sample_plan(), dry_run=False, storage=StorageUsage(1000, 400)),
+        Plan("http://127.0.0.1:5000", NOW, ()),  # no repositories: "repositories": []
+        Plan("http://127.0.0.1:5000", NOW, (RepositoryPlan(name='a "quoted"\n  name'),)),
+    ],
+    ids=["plan", "run", "empty", "odd name"],
+)
+@pytest.mark.parametrize("fmt", ["json", "table", "markdown"])
+def test_the_report_in_pieces_is_the_report(subject: Plan | RunResult, fmt: str) -> None:
+    """JSON comes one repository at a time, so a large report is never whole in memory;
+    the bytes must be ``json.dumps(..., indent=2)``'s of the whole document all the same."""
+    pieces = list(render_pieces(subject, fmt))
+
+    assert "".join(pieces) == render(subject, fmt)
+    if fmt == "json" and isinstance(subject, Plan) and len(subject.repositories) == 2:
+        assert len(pieces) == 4  # head, one per repository, tail
