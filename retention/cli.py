@@ -739,7 +739,7 @@ def _keep_report(policy: Policy, result: RunResult) -> None:
 
     store = ReportStore(policy.state_dir / "reports", policy.reports.keep)
     try:
-        store.write(report.to_dict(result), "success" if result.ok else "failure", utc_now())
+        store.write(report.json_pieces(result), "success" if result.ok else "failure", utc_now())
         store.prune()
     except OSError as exc:
         click.echo(f"warning: report not kept in {store.directory}: {exc.strerror}", err=True)

@@ -360,25 +360,25 @@ class Daemon:
         return PassRecord(result, outcome_of(result), elapsed, self._clock(), registry)
 
     def _finish(self, record: PassRecord) -> None:
-        if record.result is not None:
-            document = report.to_dict(record.result)
+        if record.result is not None:  # the rows one repository at a time, not as dicts
+            text = "".join(report.json_pieces(record.result))
         else:
-            document = failure_document(record)
-        self._last_report = _encode(document)
+            text = report.encode_json(failure_document(record))
+        self._last_report = text.encode()
         self.metrics.record(
             record.result, record.outcome, record.duration_s, finished_at=record.finished_at
         )
-        self._save(document, record)
+        self._save(text, record)
         self._notifier.send(notices(self.policy, record.result, record.error, record.finished_at))
         if record.result is not None:
             self._set_readiness(Readiness(True, "the registry answered the last pass"))
         elif record.registry_failed:
             self._set_readiness(Readiness(False, f"the last pass failed: {record.error}"))
 
-    def _save(self, document: Mapping[str, Any], record: PassRecord) -> None:
+    def _save(self, text: str, record: PassRecord) -> None:
         """A report that cannot be written is logged; the daemon goes on either way."""
         try:
-            path = self._reports.write(document, record.outcome, record.finished_at)
+            path = self._reports.write(text, record.outcome, record.finished_at)
             self._reports.prune()
         except OSError as exc:
             log.error("report not written", directory=str(self._reports.directory), error=str(exc))

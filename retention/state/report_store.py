@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from retention.core.model import OUTCOMES, PassOutcome
-from retention.core.render import encode_json
 from retention.logs import get_logger
 from retention.state import atomic
 
@@ -43,11 +42,13 @@ class ReportStore:
         self.directory = directory
         self.keep = keep
 
-    def write(self, document: Mapping[str, Any], outcome: PassOutcome, at: datetime) -> Path:
+    def write(self, report: str | Iterable[str], outcome: PassOutcome, at: datetime) -> Path:
+        """``report`` is the JSON text (``render.encode_json``), or its pieces
+        (``render.json_pieces``: a large pass's report is never whole in memory)."""
         moment = at.astimezone(UTC)
         stamp = moment.strftime("%Y%m%dT%H%M%S.") + f"{moment.microsecond // 1000:03d}Z"
         path = self.directory / f"{stamp}-{outcome}.json"
-        atomic.write_text(path, encode_json(document))
+        atomic.write_text(path, report)
         return path
 
     def prune(self) -> None:

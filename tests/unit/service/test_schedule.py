@@ -386,7 +386,7 @@ def test_a_restart_restores_storage_figures_from_a_successful_report(tmp_path: P
 
 def test_a_damaged_newest_report_is_skipped_with_a_warning(tmp_path: Path) -> None:
     store = ReportStore(tmp_path / "reports", keep=5)
-    store.write({"ok": True}, "success", WEDNESDAY)
+    store.write('{"ok": true}\n', "success", WEDNESDAY)
     (tmp_path / "reports" / "20300101T000000.000Z-success.json").write_text("{not json")
     (tmp_path / "reports" / "notes.txt").write_text("left alone")
     with capture_logs() as logs:
