@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -121,6 +121,7 @@ class ClientConnection(BaseProtocol):
         self._task: asyncio.Task[None] | None = None
         self._payload: StreamReader | None = None  # the body being served
         self.local_address = ""
+        self.fileno = -1  # the client's socket (set when connected)
         # The response in progress: its head waits for the first body bytes (one send).
         self._head = b""
         self._chunked = False
@@ -133,6 +134,7 @@ class ClientConnection(BaseProtocol):
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self.local_address = f"{sockname[0]}:{sockname[1]}"
+        self.fileno = transport.get_extra_info("socket").fileno()  # plain TCP: for splice
         self._live.add(self)
         self._task = self._loop.create_task(self._serve())
         self._idle_timer = self._loop.call_later(KEEPALIVE_S, self._close_if_idle)
@@ -235,51 +237,57 @@ class ClientConnection(BaseProtocol):
     # -- answering ------------------------------------------------------------------------
 
     def respond(
-        self,
-        request: Request,
-        status: int,
-        reason: str,
-        headers: Iterable[tuple[str, str]],
-        *,
-        has_length: bool,
+        self, request: Request, status: int, reason: str, fields: bytes, *, has_length: bool
     ) -> bool:
         """Prepare the answer's head; it leaves with the first ``write`` or with ``end``.
 
-        ``has_length``: the headers carry the body's Content-Length. Returns whether a body
-        follows at all (not for HEAD, 1xx, 204, 304).
+        ``fields``: the header lines, each after a CRLF (``b"\\r\\nName: value"``), as the
+        registry's head carries them. ``has_length``: they include the body's
+        Content-Length. Returns whether a body follows at all (not for HEAD, 1xx, 204, 304).
         """
-        version = request.message.version
+        minor = request.message.version.minor
         with_body = request.method != "HEAD" and status >= 200 and status not in NO_BODY_STATUSES
-        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        head = b"HTTP/1.1 %d %s%s" % (status, reason.encode("latin-1"), fields)
         if with_body and not has_length:
-            if version.minor >= 1:
+            if minor >= 1:
                 self._chunked = True
-                lines.append("Transfer-Encoding: chunked\r\n")
+                head += b"\r\nTransfer-Encoding: chunked"
             else:
                 self.keep_alive = False  # the body ends when the connection does
-        if not self.keep_alive and version.minor >= 1:
-            lines.append("Connection: close\r\n")
-        elif self.keep_alive and version.minor == 0:
-            lines.append("Connection: keep-alive\r\n")
-        self._head = "".join(lines).encode("latin-1") + b"\r\n"
+        if not self.keep_alive and minor >= 1:
+            head += b"\r\nConnection: close"
+        elif self.keep_alive and minor == 0:
+            head += b"\r\nConnection: keep-alive"
+        self._head = head + b"\r\n\r\n"
         return with_body
-
-    def flush_head(self) -> None:
-        """Send the prepared head now (before the body goes another way: splice)."""
-        if self._head:
-            self.write_raw(self._head)
-            self._head = b""
 
     async def write(self, data: bytes) -> None:
         """A piece of the body, framed as the head said, with back-pressure."""
+        self.write_now(data)
+        if self._paused:
+            await self._drain_helper()
+
+    def write_now(self, data: bytes) -> None:
+        """``write`` without waiting for a slow client (``drain`` waits)."""
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self._head:
             data, self._head = self._head + data, b""
         self.write_raw(data)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was written, down to the transport's mark."""
         if self._paused:
             await self._drain_helper()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the client's socket."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def end(self) -> None:
         """The answer is complete."""
