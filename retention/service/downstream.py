@@ -13,7 +13,8 @@ bodies as a reader with back-pressure (``100 Continue`` sent when a body that as
 is first read), the response head (status line, the handler's headers, ``Date`` when none,
 and the framing: the handler's ``Content-Length``, else chunked towards HTTP/1.1 and
 ``Connection: close`` towards HTTP/1.0), closing a connection whose request body was not
-read to its end, a 400 for a malformed request, and closing idle connections. Must not:
+read to its end, a 400 for a malformed request, a 500 for a request the handler failed on
+before it answered, and closing idle connections. Must not:
 choose or rewrite the handler's headers, or know about the registry.
 """
 
@@ -42,12 +43,22 @@ KEEPALIVE_S = 75.0  # an idle kept-alive connection is closed after this long (a
 NO_BODY_STATUSES = frozenset({204, 304})
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+INTERNAL_ERROR_BODY = b"the retention gate failed on this request (see its log)\n"
 
 
 class Request:
     """One request as the handler sees it; answered through ``respond``/``write``/``end``."""
 
-    __slots__ = ("_expect", "_payload", "connection", "headers", "message", "method", "path")
+    __slots__ = (
+        "_expect",
+        "_payload",
+        "connection",
+        "content_length",
+        "headers",
+        "message",
+        "method",
+        "path",
+    )
 
     def __init__(
         self, connection: ClientConnection, message: RawRequestMessage, payload: StreamReader
@@ -57,6 +68,9 @@ class Request:
         self.method: str = message.method
         self.path: str = message.url.path  # decoded, as aiohttp's ``request.path``
         self.headers: CIMultiDictProxy[str] = message.headers
+        length = message.headers.get("Content-Length")
+        # The parser checked its digits.
+        self.content_length: int | None = int(length) if length is not None else None
         self._payload = payload
         self._expect = payload.is_eof() is False and _expects_continue(message.headers)
 
@@ -76,11 +90,6 @@ class Request:
     @property
     def body_exists(self) -> bool:
         return self.message.chunked or self.content_length not in (None, 0)
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None else None  # the parser checked its digits
 
     async def read(self) -> bytes:
         """The next piece of the body, b'' at its end; raises if the client went away."""
@@ -125,6 +134,7 @@ class ClientConnection(BaseProtocol):
         # The response in progress: its head waits for the first body bytes (one send).
         self._head = b""
         self._chunked = False
+        self._begun = False  # some of the answer (more than a 100 Continue) went out
         self.keep_alive = True
 
     # -- protocol callbacks ---------------------------------------------------------------
@@ -216,7 +226,7 @@ class ClientConnection(BaseProtocol):
     async def _answer(self, request: Request) -> bool:
         """Serve one request; whether the connection can serve the next one."""
         self._payload = request._payload
-        self._head, self._chunked = b"", False
+        self._head, self._chunked, self._begun = b"", False, False
         self.keep_alive = not request.message.should_close
         try:
             await self._handler(request)
@@ -224,10 +234,24 @@ class ClientConnection(BaseProtocol):
             return False
         except Exception:
             log.exception("gate request failed", method=request.method, path=request.path)
-            return False
+            if self._begun or self.closing:
+                return False  # part of the answer went out: only a closed connection tells
+            self._internal_error(request)
         finally:
             self._payload = None
         return self.keep_alive and request._payload.is_eof() and self.transport is not None
+
+    def _internal_error(self, request: Request) -> None:
+        """A 500 for a request the handler failed on before answering: the client learns
+        at once (a closed connection looks like a network fault and is often retried), and
+        the connection serves on when the request's body was read."""
+        self._head, self._chunked = b"", False
+        self.keep_alive = self.keep_alive and request._payload.is_eof()
+        fields = b"\r\nDate: %s\r\nContent-Type: text/plain; charset=utf-8" % (http_date().encode())
+        fields += b"\r\nContent-Length: %d" % len(INTERNAL_ERROR_BODY)
+        if self.respond(request, 500, "Internal Server Error", fields, has_length=True):
+            self.write_now(INTERNAL_ERROR_BODY)
+        self.end()
 
     def _bad_request(self, error: HttpProcessingError) -> None:
         body = f"Bad Request: {error.message}\n".encode("utf-8", "replace")
@@ -269,6 +293,7 @@ class ClientConnection(BaseProtocol):
 
     def write_now(self, data: bytes) -> None:
         """``write`` without waiting for a slow client (``drain`` waits)."""
+        self._begun = True
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self._head:
@@ -291,6 +316,7 @@ class ClientConnection(BaseProtocol):
 
     def end(self) -> None:
         """The answer is complete."""
+        self._begun = True
         self.write_raw(self._head + (b"0\r\n\r\n" if self._chunked else b""))
         self._head = b""
 

@@ -124,6 +124,11 @@ PLAIN_TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 SPLICE_MIN_BYTES = 256 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
+# How long the registry may send nothing while it has a request to answer (its head, or the
+# rest of a body) before the gate gives up on it: a registry that accepts connections but
+# hangs would otherwise hold its clients forever. Generous: finishing an upload on a slow
+# storage backend may take minutes.
+READ_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 15.0
 _UPLOAD_PATH = re.compile(r"/v2/.+/blobs/uploads/([^/]*)")
 
@@ -385,10 +390,35 @@ class WriteGate:
                 return await connection.drain()
             if client_socket is not None and not connection.buffered:
                 # The rest goes in the kernel; the connection stays usable for the next one.
-                return await _splice_rest(exchange, client_socket, connection, self._pipes)
+                return await self._splice_rest(exchange, client_socket, connection)
             await connection.drain()  # a slow client: the ordinary way after all
         async for chunk in exchange.body():
             await connection.write(chunk)
+
+    async def _splice_rest(
+        self, exchange: Exchange, client_socket: int, client: ClientConnection
+    ) -> None:
+        """Splice the rest of the body; the upstream connection stays open for the next one.
+
+        If the body breaks off or stalls, the client's connection is closed: a client must
+        see a short body as a broken connection, never as an answer (``release`` drops the
+        upstream one).
+        """
+        source, pool = exchange.fileno, self._pool
+        assert source is not None and pool is not None
+        try:
+            await splice.relay(
+                source,
+                client_socket,
+                exchange.remaining or 0,
+                self._pipes,
+                before_wait=exchange.hold,
+                timeout_s=pool.read_timeout_s,
+            )
+        except OSError as exc:
+            client.close()
+            raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
+        exchange.spliced()
 
     def _response_fields(self, request: Request, head: ResponseHead) -> bytes:
         """The registry's header lines for the client: as sent, unless some must change."""
@@ -412,7 +442,9 @@ class WriteGate:
 
     async def start(self) -> Listener:
         """Open the upstream pool and listen; the caller stops the listener (``stop``)."""
-        self._pool = UpstreamPool(self.upstream, connect_timeout_s=CONNECT_TIMEOUT_S)
+        self._pool = UpstreamPool(
+            self.upstream, connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S
+        )
         self._host_line = f"Host: {self._pool.host_header}\r\n"
         listener = Listener(self.handle)
         try:
@@ -440,26 +472,6 @@ def _splice_target(request: Request, exchange: Exchange) -> int | None:
     if exchange.fileno is None or request.connection.closing:
         return None
     return request.connection.fileno
-
-
-async def _splice_rest(
-    exchange: Exchange, client_socket: int, client: ClientConnection, pipes: splice.Pipes
-) -> None:
-    """Splice the rest of the body; the upstream connection stays open for the next request.
-
-    If the body breaks off, the client's connection is closed: a client must see a short
-    body as a broken connection, never as an answer (``release`` drops the upstream one).
-    """
-    source = exchange.fileno
-    assert source is not None
-    try:
-        await splice.relay(
-            source, client_socket, exchange.remaining or 0, pipes, before_wait=exchange.hold
-        )
-    except OSError as exc:
-        client.close()
-        raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
-    exchange.spliced()
 
 
 def _header(fields: list[tuple[bytes, bytes]], lower_name: bytes) -> str | None:

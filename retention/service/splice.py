@@ -76,6 +76,7 @@ async def relay(
     pipes: Pipes | None = None,
     *,
     before_wait: Callable[[], None] | None = None,
+    timeout_s: float | None = None,
 ) -> None:
     """Move exactly ``count`` bytes from socket ``source`` to socket ``target``.
 
@@ -86,7 +87,8 @@ async def relay(
     its transports own, and a duplicate shares the socket but not that rule. Most bodies of
     a few MB are already in the source socket and fit the target's, so they need neither
     (system calls, loop wake-ups and the caller's pause saved). The pipe comes from
-    ``pipes`` and goes back there when the relay emptied it.
+    ``pipes`` and goes back there when the relay emptied it. A source that sends nothing
+    for ``timeout_s`` while the relay waits for it raises ``TimeoutError`` (an ``OSError``).
     """
     pipe = pipes.take() if pipes is not None else _new_pipe()
     emptied = False
@@ -97,7 +99,7 @@ async def relay(
                 before_wait()
             duplicates = (os.dup(source), os.dup(target))
             try:
-                await _pump(duplicates, pipe, remaining, piped)
+                await _pump(duplicates, pipe, remaining, piped, timeout_s)
             finally:
                 _close(duplicates)
         emptied = True
@@ -109,15 +111,21 @@ async def relay(
 
 
 async def _pump(
-    sockets: tuple[int, int], pipe: tuple[int, int], remaining: int, piped: int
+    sockets: tuple[int, int],
+    pipe: tuple[int, int],
+    remaining: int,
+    piped: int,
+    timeout_s: float | None,
 ) -> None:
     """Wait for whichever side ``_move`` is blocked on and move on, until all is moved."""
     loop = asyncio.get_running_loop()
     while remaining or piped:
         remaining, piped, wait_for_target = _move(sockets, pipe, remaining, piped)
         if remaining or piped:
-            descriptor = sockets[1] if wait_for_target else sockets[0]
-            await _ready(loop, descriptor, writable=wait_for_target)
+            if wait_for_target:
+                await _ready(loop, sockets[1], writable=True)
+            else:
+                await _ready(loop, sockets[0], writable=False, timeout_s=timeout_s)
 
 
 def _move(
@@ -159,20 +167,33 @@ def _splice(source: int, target: int, count: int) -> int | None:
         return None
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, descriptor: int, *, writable: bool) -> None:
+async def _ready(
+    loop: asyncio.AbstractEventLoop,
+    descriptor: int,
+    *,
+    writable: bool,
+    timeout_s: float | None = None,
+) -> None:
     ready = loop.create_future()
 
     def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
+    def give_up() -> None:
+        if not ready.done():
+            ready.set_exception(TimeoutError(f"the source sent nothing for {timeout_s}s"))
+
     if writable:
         loop.add_writer(descriptor, wake)
     else:
         loop.add_reader(descriptor, wake)
+    timer = loop.call_later(timeout_s, give_up) if timeout_s is not None else None
     try:
         await ready
     finally:
+        if timer is not None:
+            timer.cancel()
         if writable:
             loop.remove_writer(descriptor)
         else:

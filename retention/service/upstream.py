@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from retention.errors import GateUpstreamError
+from retention.errors import GateUpstreamError, GateUpstreamTimeout
 
 # Methods a proxy may send twice (RFC 9110 section 9.2.2) when the first attempt provably
 # never reached the registry's handler.
@@ -93,8 +93,12 @@ class _Connection(asyncio.BufferedProtocol):
     A buffered protocol, so that it chooses how much each read takes (``read_bytes``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout_s: float) -> None:
         self._loop = loop
+        self._read_timeout_s = read_timeout_s
+        self._active_at = loop.time()  # when the last byte came or went
+        self.sending = False  # a request body still flows: the registry may wait for it
+        self._stall_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self._buffer = memoryview(bytearray(READ_AHEAD_BYTES))
         self.read_bytes = HEAD_READ_BYTES
@@ -116,6 +120,7 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._stall_timer = self._loop.call_later(self._read_timeout_s, self._check_stalled)
         if transport.get_extra_info("sslcontext") is None:
             self.fileno = transport.get_extra_info("socket").fileno()
 
@@ -127,6 +132,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        self._active_at = self._loop.time()
         self._chunks.append(data)
         self._buffered += len(data)
         self.received = True
@@ -143,6 +149,8 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._error = exc
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         self._wake()
         writable = self._writable
         if writable is not None and not writable.done():
@@ -160,6 +168,22 @@ class _Connection(asyncio.BufferedProtocol):
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _check_stalled(self) -> None:
+        """Fail a read the registry has left waiting for the read timeout since the last byte
+        either way (not while a request body flows: then the registry waits for it). One
+        timer per connection, not one per read: it looks when it fires."""
+        now, due = self._loop.time(), self._active_at + self._read_timeout_s
+        waiter = self._waiter
+        if waiter is not None and not self.sending and now >= due:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(
+                    GateUpstreamTimeout(f"the registry sent nothing for {self._read_timeout_s}s")
+                )
+            return  # the exchange fails and its connection is dropped
+        later = due if due > now else now + self._read_timeout_s
+        self._stall_timer = self._loop.call_at(later, self._check_stalled)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -253,6 +277,7 @@ class _Connection(asyncio.BufferedProtocol):
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionResetError("the registry closed the connection")
+        self._active_at = self._loop.time()
         self.transport.write(data)
         writable = self._writable
         if writable is not None:
@@ -365,6 +390,7 @@ class UpstreamPool:
         url: URL,
         *,
         connect_timeout_s: float,
+        read_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if url.scheme not in {"http", "https"} or not url.host:
@@ -377,6 +403,7 @@ class UpstreamPool:
         host = f"[{url.raw_host}]" if ":" in (url.raw_host or "") else str(url.raw_host)
         self.host_header = host if url.is_default_port() else f"{host}:{url.port}"
         self._connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self._clock = clock
         self._idle: list[_Connection] = []  # the most recently used last
 
@@ -398,8 +425,9 @@ class UpstreamPool:
             return await self._exchange(await self._connect(), method, head, body, length)
         try:
             return await self._exchange(connection, method, head, body, length)
-        except (ConnectionError, GateUpstreamError):
-            if connection.received or body is not None or method not in IDEMPOTENT:
+        except (ConnectionError, GateUpstreamError) as exc:
+            reached = connection.received or isinstance(exc, GateUpstreamTimeout)
+            if reached or body is not None or method not in IDEMPOTENT:
                 raise
         return await self._exchange(await self._connect(), method, head, body, length)
 
@@ -420,6 +448,7 @@ class UpstreamPool:
             else:
                 framing = b"" if length is not None else b"Transfer-Encoding: chunked\r\n"
                 await connection.write(head + framing + b"\r\n")
+                connection.sending = True
                 exchange.sender = asyncio.create_task(_send_body(connection, body, length))
             exchange.answered(await _read_response_head(connection, method))
         except BaseException:
@@ -469,7 +498,10 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop), self.host, self.port, ssl=self._ssl
+                    lambda: _Connection(loop, self.read_timeout_s),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
                 )
         except TimeoutError as exc:
             raise ConnectionRefusedError(
@@ -503,6 +535,8 @@ async def _send_body(connection: _Connection, body: BodySource, length: int | No
     except BaseException:
         connection.abort()
         raise
+    finally:
+        connection.sending = False
 
 
 async def _read_response_head(connection: _Connection, method: str) -> ResponseHead:
@@ -540,7 +574,7 @@ def _framed(status: int, reason: str, block: bytes, *, http10: bool, method: str
     for name, raw_value in _FRAMING.findall(block):
         lower, value = name.lower(), raw_value.decode("latin-1")
         if lower == b"content-length":
-            lengths.update(part.strip() for part in value.split(","))
+            lengths.update([part.strip() for part in value.split(",")])
         elif lower == b"transfer-encoding":
             codings += "," + value
         else:
@@ -553,12 +587,14 @@ def _framed(status: int, reason: str, block: bytes, *, http10: bool, method: str
             return ResponseHead(status, reason, block, 0, False, keep_alive)
         # Not ending in chunked: the body runs until the registry closes (RFC 9112 6.3).
         return ResponseHead(status, reason, block, None, chunked, keep_alive and chunked)
-    if len(lengths) > 1 or not all(_DIGITS.fullmatch(part) for part in lengths):
-        raise GateUpstreamError(f"the registry sent a bad Content-Length: {sorted(lengths)}")
+    length = lengths.pop() if len(lengths) == 1 else None
+    if lengths or (length is not None and not _DIGITS.fullmatch(length)):
+        bad = sorted(lengths | ({length} if length is not None else set()))
+        raise GateUpstreamError(f"the registry sent a bad Content-Length: {bad}")
     if no_body:
         return ResponseHead(status, reason, block, 0, False, keep_alive)
-    if lengths:
-        return ResponseHead(status, reason, block, int(lengths.pop()), False, keep_alive)
+    if length is not None:
+        return ResponseHead(status, reason, block, int(length), False, keep_alive)
     return ResponseHead(status, reason, block, None, False, False)
 
 
