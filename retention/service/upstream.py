@@ -15,9 +15,10 @@ parsing the response head (status line, headers, ``Content-Length``, chunked, un
 no body for HEAD, 1xx, 204 and 304), and keeping a connection only when its response was
 read to its end and neither side said ``close``. A request on a kept connection that the
 registry had closed meanwhile is sent once more on a new one, and only when that is safe:
-an idempotent method, no request body, nothing of an answer received. Must not: know the
-gate's window, rewrite or choose headers (the caller hands a finished header block), or
-follow redirects.
+an idempotent method, no request body, nothing of an answer received, no read timed out
+(a registry silent for ``read_timeout_s`` while it owes bytes fails the exchange). Must
+not: know the gate's window, rewrite or choose headers (the caller hands a finished header
+block), or follow redirects.
 """
 
 from __future__ import annotations
