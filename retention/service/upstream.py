@@ -170,10 +170,17 @@ class _Connection(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _await_bytes(self) -> asyncio.Future[None]:
+        """Start a wait for the registry; its clock starts now at the latest (the gate may
+        have waited for a slow client since the last byte came)."""
+        self._active_at = self._loop.time()
+        self._waiter = self._loop.create_future()
+        return self._waiter
+
     def _check_stalled(self) -> None:
-        """Fail a read the registry has left waiting for the read timeout since the last byte
-        either way (not while a request body flows: then the registry waits for it). One
-        timer per connection, not one per read: it looks when it fires."""
+        """Fail a read the registry has left waiting for the read timeout since the wait
+        began or the last byte either way (not while a request body flows: then the registry
+        waits for it). One timer per connection, not one per read: it looks when it fires."""
         now, due = self._loop.time(), self._active_at + self._read_timeout_s
         waiter = self._waiter
         if waiter is not None and not self.sending and now >= due:
@@ -192,8 +199,7 @@ class _Connection(asyncio.BufferedProtocol):
         """Wait for more bytes, or raise if the registry has closed the connection."""
         if self.closed:
             raise ConnectionResetError(f"the registry closed the connection: {self._error!r}")
-        self._waiter = self._loop.create_future()
-        await self._waiter
+        await self._await_bytes()
 
     def _take(self, limit: int) -> bytes:
         """Up to ``limit`` buffered bytes, as the chunks they arrived in where possible."""
@@ -242,8 +248,7 @@ class _Connection(asyncio.BufferedProtocol):
         while not self._chunks:
             if self.closed:
                 return b""
-            self._waiter = self._loop.create_future()
-            await self._waiter
+            await self._await_bytes()
         return self._take(limit)
 
     def take_buffered(self, limit: int) -> bytes:
