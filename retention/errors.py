@@ -31,6 +31,7 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
     ├── GateError              the write gate could not start (gate.listen taken, say)
     │   └── GateUpstreamError      the registry behind the gate answered what is not HTTP/1
+    │       └── GateUpstreamTimeout    ... or left a read waiting longer than the gate waits
     └── DemoError              the demo's throwaway registry could not be started
 
 Every module raises these and nothing defines its own, so this drawing is the whole list.
@@ -196,6 +197,12 @@ class GateError(RetentionError):
 class GateUpstreamError(GateError):
     """The registry behind the gate sent a malformed answer (the client gets a 502, or a
     dropped connection once the answer's head has gone to it)."""
+
+
+class GateUpstreamTimeout(GateUpstreamError):
+    """The registry sent nothing for the gate's read timeout while it had a request to
+    answer; never sent again (the registry has it), the client gets what a malformed
+    answer gets."""
 
 
 class DemoError(RetentionError):

@@ -13,7 +13,8 @@ bodies as a reader with back-pressure (``100 Continue`` sent when a body that as
 is first read), the response head (status line, the handler's headers, ``Date`` when none,
 and the framing: the handler's ``Content-Length``, else chunked towards HTTP/1.1 and
 ``Connection: close`` towards HTTP/1.0), closing a connection whose request body was not
-read to its end, a 400 for a malformed request, and closing idle connections. Must not:
+read to its end, a 400 for a malformed request, a 500 for a request the handler failed on
+before it answered, and closing idle connections. Must not:
 choose or rewrite the handler's headers, or know about the registry.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -42,12 +43,22 @@ KEEPALIVE_S = 75.0  # an idle kept-alive connection is closed after this long (a
 NO_BODY_STATUSES = frozenset({204, 304})
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+INTERNAL_ERROR_BODY = b"the retention gate failed on this request (see its log)\n"
 
 
 class Request:
     """One request as the handler sees it; answered through ``respond``/``write``/``end``."""
 
-    __slots__ = ("_expect", "_payload", "connection", "headers", "message", "method", "path")
+    __slots__ = (
+        "_expect",
+        "_payload",
+        "connection",
+        "content_length",
+        "headers",
+        "message",
+        "method",
+        "path",
+    )
 
     def __init__(
         self, connection: ClientConnection, message: RawRequestMessage, payload: StreamReader
@@ -57,6 +68,9 @@ class Request:
         self.method: str = message.method
         self.path: str = message.url.path  # decoded, as aiohttp's ``request.path``
         self.headers: CIMultiDictProxy[str] = message.headers
+        length = message.headers.get("Content-Length")
+        # The parser checked its digits.
+        self.content_length: int | None = int(length) if length is not None else None
         self._payload = payload
         self._expect = payload.is_eof() is False and _expects_continue(message.headers)
 
@@ -76,11 +90,6 @@ class Request:
     @property
     def body_exists(self) -> bool:
         return self.message.chunked or self.content_length not in (None, 0)
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None else None  # the parser checked its digits
 
     async def read(self) -> bytes:
         """The next piece of the body, b'' at its end; raises if the client went away."""
@@ -121,9 +130,11 @@ class ClientConnection(BaseProtocol):
         self._task: asyncio.Task[None] | None = None
         self._payload: StreamReader | None = None  # the body being served
         self.local_address = ""
+        self.fileno = -1  # the client's socket (set when connected)
         # The response in progress: its head waits for the first body bytes (one send).
         self._head = b""
         self._chunked = False
+        self._begun = False  # some of the answer (more than a 100 Continue) went out
         self.keep_alive = True
 
     # -- protocol callbacks ---------------------------------------------------------------
@@ -133,6 +144,7 @@ class ClientConnection(BaseProtocol):
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self.local_address = f"{sockname[0]}:{sockname[1]}"
+        self.fileno = transport.get_extra_info("socket").fileno()  # plain TCP: for splice
         self._live.add(self)
         self._task = self._loop.create_task(self._serve())
         self._idle_timer = self._loop.call_later(KEEPALIVE_S, self._close_if_idle)
@@ -214,7 +226,7 @@ class ClientConnection(BaseProtocol):
     async def _answer(self, request: Request) -> bool:
         """Serve one request; whether the connection can serve the next one."""
         self._payload = request._payload
-        self._head, self._chunked = b"", False
+        self._head, self._chunked, self._begun = b"", False, False
         self.keep_alive = not request.message.should_close
         try:
             await self._handler(request)
@@ -222,10 +234,24 @@ class ClientConnection(BaseProtocol):
             return False
         except Exception:
             log.exception("gate request failed", method=request.method, path=request.path)
-            return False
+            if self._begun or self.closing:
+                return False  # part of the answer went out: only a closed connection tells
+            self._internal_error(request)
         finally:
             self._payload = None
         return self.keep_alive and request._payload.is_eof() and self.transport is not None
+
+    def _internal_error(self, request: Request) -> None:
+        """A 500 for a request the handler failed on before answering: the client learns
+        at once (a closed connection looks like a network fault and is often retried), and
+        the connection serves on when the request's body was read."""
+        self._head, self._chunked = b"", False
+        self.keep_alive = self.keep_alive and request._payload.is_eof()
+        fields = b"\r\nDate: %s\r\nContent-Type: text/plain; charset=utf-8" % (http_date().encode())
+        fields += b"\r\nContent-Length: %d" % len(INTERNAL_ERROR_BODY)
+        if self.respond(request, 500, "Internal Server Error", fields, has_length=True):
+            self.write_now(INTERNAL_ERROR_BODY)
+        self.end()
 
     def _bad_request(self, error: HttpProcessingError) -> None:
         body = f"Bad Request: {error.message}\n".encode("utf-8", "replace")
@@ -235,54 +261,62 @@ class ClientConnection(BaseProtocol):
     # -- answering ------------------------------------------------------------------------
 
     def respond(
-        self,
-        request: Request,
-        status: int,
-        reason: str,
-        headers: Iterable[tuple[str, str]],
-        *,
-        has_length: bool,
+        self, request: Request, status: int, reason: str, fields: bytes, *, has_length: bool
     ) -> bool:
         """Prepare the answer's head; it leaves with the first ``write`` or with ``end``.
 
-        ``has_length``: the headers carry the body's Content-Length. Returns whether a body
-        follows at all (not for HEAD, 1xx, 204, 304).
+        ``fields``: the header lines, each after a CRLF (``b"\\r\\nName: value"``), as the
+        registry's head carries them. ``has_length``: they include the body's
+        Content-Length. Returns whether a body follows at all (not for HEAD, 1xx, 204, 304).
         """
-        version = request.message.version
+        minor = request.message.version.minor
         with_body = request.method != "HEAD" and status >= 200 and status not in NO_BODY_STATUSES
-        lines = [f"HTTP/1.1 {status} {reason}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        head = b"HTTP/1.1 %d %s%s" % (status, reason.encode("latin-1"), fields)
         if with_body and not has_length:
-            if version.minor >= 1:
+            if minor >= 1:
                 self._chunked = True
-                lines.append("Transfer-Encoding: chunked\r\n")
+                head += b"\r\nTransfer-Encoding: chunked"
             else:
                 self.keep_alive = False  # the body ends when the connection does
-        if not self.keep_alive and version.minor >= 1:
-            lines.append("Connection: close\r\n")
-        elif self.keep_alive and version.minor == 0:
-            lines.append("Connection: keep-alive\r\n")
-        self._head = "".join(lines).encode("latin-1") + b"\r\n"
+        if not self.keep_alive and minor >= 1:
+            head += b"\r\nConnection: close"
+        elif self.keep_alive and minor == 0:
+            head += b"\r\nConnection: keep-alive"
+        self._head = head + b"\r\n\r\n"
         return with_body
-
-    def flush_head(self) -> None:
-        """Send the prepared head now (before the body goes another way: splice)."""
-        if self._head:
-            self.write_raw(self._head)
-            self._head = b""
 
     async def write(self, data: bytes) -> None:
         """A piece of the body, framed as the head said, with back-pressure."""
+        self.write_now(data)
+        if self._paused:
+            await self._drain_helper()
+
+    def write_now(self, data: bytes) -> None:
+        """``write`` without waiting for a slow client (``drain`` waits)."""
+        self._begun = True
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self._head:
             data, self._head = self._head + data, b""
         self.write_raw(data)
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was written, down to the transport's mark."""
         if self._paused:
             await self._drain_helper()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the client's socket."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def end(self) -> None:
         """The answer is complete."""
+        self._begun = True
         self.write_raw(self._head + (b"0\r\n\r\n" if self._chunked else b""))
         self._head = b""
 

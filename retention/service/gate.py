@@ -64,21 +64,20 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from enum import Enum
 from functools import lru_cache
 from typing import Any
 
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from retention.core.policy import Gate
 from retention.errors import GateError, GateUpstreamError
 from retention.logs import get_logger
 from retention.service import splice
-from retention.service.downstream import Listener, Request, http_date
-from retention.service.upstream import Exchange, UpstreamPool
+from retention.service.downstream import ClientConnection, Listener, Request, http_date
+from retention.service.upstream import Exchange, ResponseHead, UpstreamPool
 
 log = get_logger(__name__)
 
@@ -86,20 +85,27 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # RFC 9110 section 7.6.1, plus what a proxy must not pass on (Host is the upstream's).
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "expect",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"expect",
     }
 )
-_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# An answer's header lines pass as the registry sent them unless one of these is among them
+# (most answers: none), so the gate parses and rebuilds only those heads.
+_CHANGED_FIELD = re.compile(
+    rb"\r\n(?:%s):" % b"|".join(sorted(HOP_BY_HOP | {b"location"})), re.IGNORECASE
+)
+# Header sets whose forwarded lines are kept (a client repeats its own), each of at most
+# this many fields, so that what the cache can hold stays small.
+FORWARDED_CACHE = 32
 READ_ONLY_STATUS = 405
 READ_ONLY_BODY = b"Method not allowed\n"
 READ_ONLY_HEADERS = {
@@ -109,6 +115,7 @@ READ_ONLY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
+PLAIN_TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 # Bodies from this size on are spliced (Linux). When a spliced body still cost its upstream
 # connection (aiohttp's client), 1 MB was about even (the gate's CPU per blob 2.1-2.3
 # against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 32 MB 11 against 42-46 ms. With
@@ -117,6 +124,11 @@ BAD_GATEWAY_BODY = b"the registry behind the retention gate did not answer\n"
 SPLICE_MIN_BYTES = 256 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
 CONNECT_TIMEOUT_S = 10.0
+# How long the registry may send nothing while it has a request to answer (its head, or the
+# rest of a body) before the gate gives up on it: a registry that accepts connections but
+# hangs would otherwise hold its clients forever. Generous: finishing an upload on a slow
+# storage backend may take minutes.
+READ_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 15.0
 _UPLOAD_PATH = re.compile(r"/v2/.+/blobs/uploads/([^/]*)")
 
@@ -138,42 +150,59 @@ def upload_id(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-def end_to_end(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers a proxy passes on: all but hop-by-hop ones and those ``Connection`` names."""
+def end_to_end(fields: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Fields a proxy passes on: all but hop-by-hop ones and those ``Connection`` names.
+
+    One filter for both ways: the client's fields as aiohttp's parser gives them and the
+    registry's as ``ResponseHead.fields`` does, names as sent.
+    """
+    lowered = [name.lower() for name, _ in fields]
     dropped = HOP_BY_HOP
-    for name, value in headers:
-        if name.lower() == "connection":
-            dropped = dropped | _connection_names(value)
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    if b"connection" in lowered:
+        pairs = zip(fields, lowered, strict=True)
+        dropped = _dropped(tuple(field[1] for field, lower in pairs if lower == b"connection"))
+    return [field for field, lower in zip(fields, lowered, strict=True) if lower not in dropped]
 
 
 @lru_cache(maxsize=64)
-def _connection_names(value: str) -> frozenset[str]:
-    """The lower-case header names one ``Connection`` value makes hop-by-hop."""
-    return frozenset(token for token in (t.strip().lower() for t in value.split(",")) if token)
-
-
-def _dropped_bytes(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
-    """The raw (as sent) header names a proxy must not pass on, lower case."""
-    values = headers.getall("Connection", ())
-    return _dropped_raw(tuple(values)) if values else _HOP_BY_HOP_BYTES
-
-
-@lru_cache(maxsize=64)
-def _dropped_raw(values: tuple[str, ...]) -> frozenset[bytes]:
+def _dropped(connection_values: tuple[bytes, ...]) -> frozenset[bytes]:
     """Cached: a client sends the same ``Connection`` on every request (ab: Keep-Alive)."""
-    named = frozenset().union(*(_connection_names(value) for value in values))
-    return _HOP_BY_HOP_BYTES | {name.encode("latin-1") for name in named}
+    named = {token.strip().lower() for value in connection_values for token in value.split(b",")}
+    return HOP_BY_HOP | (named - {b""})
 
 
-async def _own_answer(
-    request: Request, status: int, headers: Mapping[str, str], body: bytes
-) -> None:
+@lru_cache(maxsize=FORWARDED_CACHE)
+def _forwarded_lines(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """A request's end-to-end header lines for the registry.
+
+    Cached by the whole header set: a client sends the same headers request after request,
+    and rebuilding them took a dozen Python calls per request (the gate's CPU goes with the
+    count of Python calls it makes, README "The write gate").
+    """
+    return b"".join([b"%s: %s\r\n" % field for field in end_to_end(raw_headers)])
+
+
+def _forwarded(raw_headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    if len(raw_headers) > FORWARDED_CACHE:
+        return _forwarded_lines.__wrapped__(raw_headers)
+    return _forwarded_lines(raw_headers)
+
+
+def _field_lines(headers: Mapping[str, str]) -> bytes:
+    """Header lines as ``respond`` takes them: each after a CRLF."""
+    return "".join(f"\r\n{name}: {value}" for name, value in headers.items()).encode("latin-1")
+
+
+_READ_ONLY_LINES = _field_lines(READ_ONLY_HEADERS)
+_PLAIN_TEXT_LINES = _field_lines(PLAIN_TEXT)
+
+
+async def _own_answer(request: Request, status: int, lines: bytes, body: bytes) -> None:
     """An answer of the gate's own (no ``Server`` header: the registry sends none either)."""
-    lines = [("Date", http_date()), *headers.items(), ("Content-Length", str(len(body)))]
+    fields = b"\r\nDate: %s%s\r\nContent-Length: %d" % (http_date().encode(), lines, len(body))
     connection = request.connection
     reason = "Method Not Allowed" if status == READ_ONLY_STATUS else "Bad Gateway"
-    if connection.respond(request, status, reason, lines, has_length=True):
+    if connection.respond(request, status, reason, fields, has_length=True):
         await connection.write(body)
     connection.end()
 
@@ -184,7 +213,7 @@ class WriteGate:
     def __init__(self, settings: Gate, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.upstream = URL(settings.upstream.rstrip("/"))
-        self._upstream_origin = str(self.upstream.origin())
+        self._upstream_origin = str(self.upstream.origin()).encode("latin-1")
         self._clock = clock
         self.state = WindowState.OPEN
         self._writes = 0
@@ -192,6 +221,7 @@ class WriteGate:
         self._changed = asyncio.Event()
         self._upstream_path = self.upstream.raw_path.rstrip("/")
         self._pool: UpstreamPool | None = None
+        self._host_line = ""  # the registry's Host header line, once the pool is open
         self._pipes = splice.Pipes()
 
     # -- the window -------------------------------------------------------------------------
@@ -261,7 +291,7 @@ class WriteGate:
             return await self._forward(request)
         if self._refuses(request.method):
             # A body it sent is left unread: the connection is closed after the answer.
-            return await _own_answer(request, READ_ONLY_STATUS, READ_ONLY_HEADERS, READ_ONLY_BODY)
+            return await _own_answer(request, READ_ONLY_STATUS, _READ_ONLY_LINES, READ_ONLY_BODY)
         return await self._write(request)
 
     async def _write(self, request: Request) -> None:
@@ -271,8 +301,8 @@ class WriteGate:
         if session:
             self._sessions[session] = self._clock()
 
-        def note(status: int, headers: list[tuple[str, str]]) -> None:
-            self._note_upload(request.method, session, status, headers)
+        def note(head: ResponseHead) -> None:
+            self._note_upload(request.method, session, head)
 
         try:
             await self._forward(request, note)
@@ -282,13 +312,13 @@ class WriteGate:
                 self._sessions[session] = self._clock()
             self._changed.set()
 
-    def _note_upload(
-        self, method: str, session: str | None, status: int, headers: list[tuple[str, str]]
-    ) -> None:
+    def _note_upload(self, method: str, session: str | None, head: ResponseHead) -> None:
         if session is None:
             return
+        status = head.status
         if session == "" and method == "POST" and status == 202:
-            started = _header(headers, "docker-upload-uuid") or _location_upload(headers)
+            fields = end_to_end(head.fields)
+            started = _header(fields, b"docker-upload-uuid") or _location_upload(fields)
             if started:
                 self._sessions[started] = self._clock()
             return
@@ -301,7 +331,7 @@ class WriteGate:
     async def _forward(
         self,
         request: Request,
-        note: Callable[[int, list[tuple[str, str]]], None] | None = None,
+        note: Callable[[ResponseHead], None] | None = None,
     ) -> None:
         """Send the request upstream and stream its answer back, body for body."""
         pool = self._pool
@@ -312,42 +342,30 @@ class WriteGate:
             exchange = await pool.send(request.method, head, body, length=request.content_length)
         except (OSError, GateUpstreamError) as exc:
             log.warning("gate upstream failed", method=request.method, error=repr(exc))
-            plain = {"Content-Type": "text/plain; charset=utf-8"}
-            return await _own_answer(request, 502, plain, BAD_GATEWAY_BODY)
+            return await _own_answer(request, 502, _PLAIN_TEXT_LINES, BAD_GATEWAY_BODY)
         try:
-            headers = end_to_end(exchange.head.headers)
+            fields = self._response_fields(request, exchange.head)
             if note is not None:
-                note(exchange.head.status, headers)
-            await self._relay(request, exchange, headers)
+                note(exchange.head)
+            await self._relay(request, exchange, fields)
         finally:
             pool.release(exchange)
 
     def _request_head(self, request: Request) -> bytes:
         """The head for the registry: request line, Host, the end-to-end headers as sent."""
-        assert self._pool is not None
-        dropped = _dropped_bytes(request.headers)
-        lines = [
-            f"{request.method} {self._upstream_path}{request.raw_path} HTTP/1.1\r\n"
-            f"Host: {self._pool.host_header}\r\n".encode("latin-1")
-        ]
-        lines += [
-            b"%s: %s\r\n" % (name, value)
-            for name, value in request.raw_headers
-            if name.lower() not in dropped
-        ]
-        return b"".join(lines)
+        line = f"{request.method} {self._upstream_path}{request.raw_path} HTTP/1.1\r\n"
+        return (line + self._host_line).encode("latin-1") + _forwarded(request.raw_headers)
 
-    async def _relay(
-        self, request: Request, exchange: Exchange, headers: list[tuple[str, str]]
-    ) -> None:
+    async def _relay(self, request: Request, exchange: Exchange, fields: bytes) -> None:
         connection = request.connection
+        head = exchange.head
         try:
             with_body = connection.respond(
                 request,
-                exchange.head.status,
-                exchange.head.reason,
-                self._response_headers(request, headers),
-                has_length=exchange.head.length is not None and not exchange.head.chunked,
+                head.status,
+                head.reason,
+                fields,
+                has_length=head.length is not None and not head.chunked,
             )
             if with_body and not exchange.finished:
                 await self._relay_body(request, exchange)
@@ -363,42 +381,71 @@ class WriteGate:
     async def _relay_body(self, request: Request, exchange: Exchange) -> None:
         """The body chunk for chunk through Python, or most of it spliced in the kernel."""
         connection = request.connection
-        client_socket = _spliceable(request, exchange)
-        if client_socket is not None:
-            # What came with the registry's headers is read already: it goes (with the
-            # headers) the ordinary way, and the connection stops reading so the kernel
-            # moves the rest; the connection stays usable for the next request.
-            await connection.write(exchange.hold())
-            transport = connection.transport
-            if exchange.remaining and transport and not transport.get_write_buffer_size():
-                await _splice_rest(exchange, client_socket, transport, self._pipes)
-                return
-            exchange.unhold()  # a slow client: the ordinary way after all
+        if exchange.remaining is not None:
+            # A body with a Content-Length: what came with the registry's head leaves with
+            # the client's head, in one send (often the whole body).
+            client_socket = _splice_target(request, exchange)
+            connection.write_now(exchange.take_buffered())
+            if exchange.finished:
+                return await connection.drain()
+            if client_socket is not None and not connection.buffered:
+                # The rest goes in the kernel; the connection stays usable for the next one.
+                return await self._splice_rest(exchange, client_socket, connection)
+            await connection.drain()  # a slow client: the ordinary way after all
         async for chunk in exchange.body():
             await connection.write(chunk)
 
-    def _response_headers(
-        self, request: Request, headers: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
-        return [
-            (name, self._client_location(request, value))
-            if name.lower() == "location"
-            else (name, value)
-            for name, value in headers
-        ]
+    async def _splice_rest(
+        self, exchange: Exchange, client_socket: int, client: ClientConnection
+    ) -> None:
+        """Splice the rest of the body; the upstream connection stays open for the next one.
 
-    def _client_location(self, request: Request, location: str) -> str:
+        If the body breaks off or stalls, the client's connection is closed: a client must
+        see a short body as a broken connection, never as an answer (``release`` drops the
+        upstream one).
+        """
+        source, pool = exchange.fileno, self._pool
+        assert source is not None and pool is not None
+        try:
+            await splice.relay(
+                source,
+                client_socket,
+                exchange.remaining or 0,
+                self._pipes,
+                before_wait=exchange.hold,
+                timeout_s=pool.read_timeout_s,
+            )
+        except OSError as exc:
+            client.close()
+            raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
+        exchange.spliced()
+
+    def _response_fields(self, request: Request, head: ResponseHead) -> bytes:
+        """The registry's header lines for the client: as sent, unless some must change."""
+        if _CHANGED_FIELD.search(head.block) is None:
+            return head.block
+        lines = []
+        for name, value in end_to_end(head.fields):
+            if name.lower() == b"location":
+                value = self._client_location(request, value)
+            lines.append(b"\r\n%s: %s" % (name, value))
+        return b"".join(lines)
+
+    def _client_location(self, request: Request, location: bytes) -> bytes:
         """An absolute Location on the upstream origin, moved to the origin the client used."""
         origin = self._upstream_origin
-        if location == origin or location.startswith(origin + "/"):
-            return f"http://{request.host}{location[len(origin) :]}"
+        if location == origin or location.startswith(origin + b"/"):
+            return b"http://%s%s" % (request.host.encode("latin-1"), location[len(origin) :])
         return location
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> Listener:
         """Open the upstream pool and listen; the caller stops the listener (``stop``)."""
-        self._pool = UpstreamPool(self.upstream, connect_timeout_s=CONNECT_TIMEOUT_S)
+        self._pool = UpstreamPool(
+            self.upstream, connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S
+        )
+        self._host_line = f"Host: {self._pool.host_header}\r\n"
         listener = Listener(self.handle)
         try:
             await listener.start(self.settings.host, self.settings.port)
@@ -414,7 +461,7 @@ class WriteGate:
         self._pipes.close()
 
 
-def _spliceable(request: Request, exchange: Exchange) -> Any:
+def _splice_target(request: Request, exchange: Exchange) -> int | None:
     """The client's socket when a read's body can be spliced to it, else None.
 
     Only bodies from ``SPLICE_MIN_BYTES`` on with a known length, between plain TCP sockets.
@@ -422,38 +469,19 @@ def _spliceable(request: Request, exchange: Exchange) -> Any:
     remaining = exchange.remaining
     if remaining is None or remaining < SPLICE_MIN_BYTES or not splice.available():
         return None
-    transport = request.connection.transport
-    if transport is None or transport.is_closing():
+    if exchange.fileno is None or request.connection.closing:
         return None
-    if transport.get_extra_info("sslcontext") is not None or exchange.socket is None:
-        return None
-    return transport.get_extra_info("socket")
+    return request.connection.fileno
 
 
-async def _splice_rest(
-    exchange: Exchange, client_socket: Any, client: asyncio.BaseTransport, pipes: splice.Pipes
-) -> None:
-    """Splice the rest of the body; the upstream connection stays open for the next request.
-
-    If the body breaks off, the client's connection is closed: a client must see a short
-    body as a broken connection, never as an answer (``release`` drops the upstream one).
-    """
-    try:
-        source, target = exchange.socket.fileno(), client_socket.fileno()
-        await splice.relay(source, target, exchange.remaining or 0, pipes)
-    except OSError as exc:
-        client.close()
-        raise ConnectionResetError(f"spliced body broke off: {exc!r}") from exc
-    exchange.spliced()
-
-
-def _header(headers: list[tuple[str, str]], lower_name: str) -> str | None:
+def _header(fields: list[tuple[bytes, bytes]], lower_name: bytes) -> str | None:
     """The first value of a header, by its lower-case name."""
-    return next((value for name, value in headers if name.lower() == lower_name), None)
+    value = next((value for name, value in fields if name.lower() == lower_name), None)
+    return value.decode("latin-1") if value is not None else None
 
 
-def _location_upload(headers: list[tuple[str, str]]) -> str | None:
-    location = _header(headers, "location")
+def _location_upload(fields: list[tuple[bytes, bytes]]) -> str | None:
+    location = _header(fields, b"location")
     if not location:
         return None
     return upload_id(URL(location).path) or None

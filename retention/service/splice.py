@@ -8,10 +8,12 @@ Linux's splice moves the data from the upstream socket into a pipe and from the 
 the client's socket inside the kernel, so the gate's work per blob no longer grows with its
 size (see the README's gate benchmark for the numbers).
 
-Owns: moving exactly ``count`` bytes, waiting for readiness on the running event loop, and
-its pipe and file descriptors. At most a pipe's capacity (``PIPE_BYTES``) is in flight, so
-memory stays flat whatever the size. Must not: know HTTP, or touch the sockets' owners (the
-caller hands over sockets nobody else reads from or writes to meanwhile).
+Owns: moving exactly ``count`` bytes, at once where the sockets allow it, else waiting for
+readiness on the running event loop; its pipe and file descriptors. At most a pipe's
+capacity (``PIPE_BYTES``) is in flight, so memory stays flat whatever the size. Must not:
+know HTTP, or touch the sockets' owners (the caller hands over sockets nobody else writes
+to meanwhile, nor reads from once ``before_wait`` was called: until then the relay runs
+without yielding to the event loop).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from collections.abc import Callable
 from contextlib import suppress
 
 PIPE_BYTES = 1024 * 1024  # Linux's default pipe-max-size; a smaller pipe only means more calls
@@ -66,24 +69,40 @@ def _close(descriptors: tuple[int, ...]) -> None:
         os.close(descriptor)
 
 
-async def relay(source: int, target: int, count: int, pipes: Pipes | None = None) -> None:
+async def relay(
+    source: int,
+    target: int,
+    count: int,
+    pipes: Pipes | None = None,
+    *,
+    before_wait: Callable[[], None] | None = None,
+    timeout_s: float | None = None,
+) -> None:
     """Move exactly ``count`` bytes from socket ``source`` to socket ``target``.
 
     Raises ``ConnectionResetError`` if the source ends first, and the ``OSError`` of a
-    target that went away. The descriptors are duplicated: asyncio refuses to watch a
-    descriptor its transports own, and a duplicate shares the socket but not that rule.
-    The pipe comes from ``pipes`` and goes back there when the relay emptied it.
+    target that went away. The bytes move at once as far as both sockets allow; only if
+    they do not is ``before_wait`` called (the caller stops its own reading of ``source``)
+    and readiness awaited, on duplicated descriptors: asyncio refuses to watch a descriptor
+    its transports own, and a duplicate shares the socket but not that rule. Most bodies of
+    a few MB are already in the source socket and fit the target's, so they need neither
+    (system calls, loop wake-ups and the caller's pause saved). The pipe comes from
+    ``pipes`` and goes back there when the relay emptied it. A source that sends nothing
+    for ``timeout_s`` while the relay waits for it raises ``TimeoutError`` (an ``OSError``).
     """
-    loop = asyncio.get_running_loop()
     pipe = pipes.take() if pipes is not None else _new_pipe()
     emptied = False
     try:
-        duplicates = (os.dup(source), os.dup(target))
-        try:
-            await _pump(loop, duplicates, pipe, count)
-            emptied = True
-        finally:
-            _close(duplicates)
+        remaining, piped, _ = _move((source, target), pipe, count, 0)
+        if remaining or piped:
+            if before_wait is not None:
+                before_wait()
+            duplicates = (os.dup(source), os.dup(target))
+            try:
+                await _pump(duplicates, pipe, remaining, piped, timeout_s)
+            finally:
+                _close(duplicates)
+        emptied = True
     finally:
         if emptied and pipes is not None:
             pipes.give_back(pipe)
@@ -92,16 +111,35 @@ async def relay(source: int, target: int, count: int, pipes: Pipes | None = None
 
 
 async def _pump(
-    loop: asyncio.AbstractEventLoop, sockets: tuple[int, int], pipe: tuple[int, int], count: int
+    sockets: tuple[int, int],
+    pipe: tuple[int, int],
+    remaining: int,
+    piped: int,
+    timeout_s: float | None,
 ) -> None:
-    """Fill the pipe from the source, empty it into the target, until ``count`` bytes moved.
+    """Wait for whichever side ``_move`` is blocked on and move on, until all is moved."""
+    loop = asyncio.get_running_loop()
+    while remaining or piped:
+        remaining, piped, wait_for_target = _move(sockets, pipe, remaining, piped)
+        if remaining or piped:
+            if wait_for_target:
+                await _ready(loop, sockets[1], writable=True)
+            else:
+                await _ready(loop, sockets[0], writable=False, timeout_s=timeout_s)
 
-    The source is waited for only while the pipe is empty and the target only while it
-    is not, so neither wait can wake up to a pipe that has no room or nothing to give.
+
+def _move(
+    sockets: tuple[int, int], pipe: tuple[int, int], remaining: int, piped: int
+) -> tuple[int, int, bool]:
+    """Fill the pipe from the source and empty it into the target until one side blocks.
+
+    Returns what is left to take from the source, what is left in the pipe, and whether the
+    target is what blocked (else the source). The source counts as blocked only while the
+    pipe is empty and the target only while it is not, so neither wait can wake up to a
+    pipe that has no room or nothing to give.
     """
     source, target = sockets
     read_end, write_end = pipe
-    remaining, piped = count, 0
     while remaining or piped:
         taken = _splice(source, write_end, remaining) if remaining else None
         if taken == 0:
@@ -112,13 +150,13 @@ async def _pump(
         if piped:
             given = _splice(read_end, target, piped)
             if given is None:
-                await _ready(loop, target, writable=True)
-            elif given == 0:  # cannot happen with bytes in the pipe; never spin on it
+                return remaining, piped, True
+            if given == 0:  # cannot happen with bytes in the pipe; never spin on it
                 raise ConnectionResetError("the pipe gave nothing")
-            else:
-                piped -= given
+            piped -= given
         elif taken is None:
-            await _ready(loop, source, writable=False)
+            return remaining, piped, False
+    return 0, 0, False
 
 
 def _splice(source: int, target: int, count: int) -> int | None:
@@ -129,20 +167,33 @@ def _splice(source: int, target: int, count: int) -> int | None:
         return None
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, descriptor: int, *, writable: bool) -> None:
+async def _ready(
+    loop: asyncio.AbstractEventLoop,
+    descriptor: int,
+    *,
+    writable: bool,
+    timeout_s: float | None = None,
+) -> None:
     ready = loop.create_future()
 
     def wake() -> None:
         if not ready.done():
             ready.set_result(None)
 
+    def give_up() -> None:
+        if not ready.done():
+            ready.set_exception(TimeoutError(f"the source sent nothing for {timeout_s}s"))
+
     if writable:
         loop.add_writer(descriptor, wake)
     else:
         loop.add_reader(descriptor, wake)
+    timer = loop.call_later(timeout_s, give_up) if timeout_s is not None else None
     try:
         await ready
     finally:
+        if timer is not None:
+            timer.cancel()
         if writable:
             loop.remove_writer(descriptor)
         else:

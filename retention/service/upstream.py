@@ -15,9 +15,10 @@ parsing the response head (status line, headers, ``Content-Length``, chunked, un
 no body for HEAD, 1xx, 204 and 304), and keeping a connection only when its response was
 read to its end and neither side said ``close``. A request on a kept connection that the
 registry had closed meanwhile is sent once more on a new one, and only when that is safe:
-an idempotent method, no request body, nothing of an answer received. Must not: know the
-gate's window, rewrite or choose headers (the caller hands a finished header block), or
-follow redirects.
+an idempotent method, no request body, nothing of an answer received, no read timed out
+(a registry silent for ``read_timeout_s`` while it owes bytes fails the exchange). Must
+not: know the gate's window, rewrite or choose headers (the caller hands a finished header
+block), or follow redirects.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from yarl import URL
 
-from retention.errors import GateUpstreamError
+from retention.errors import GateUpstreamError, GateUpstreamTimeout
 
 # Methods a proxy may send twice (RFC 9110 section 9.2.2) when the first attempt provably
 # never reached the registry's handler.
@@ -51,6 +51,16 @@ HEAD_READ_BYTES = 16 * 1024
 IDLE_S = 30.0
 MAX_IDLE = 64  # kept connections beyond this many idle ones are closed
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?")
+# Header lines (RFC 9112 section 5), each after the CRLF that ends the line before it: a name
+# without blanks around it, a colon, a value. Checked and read a whole block per call, since
+# per line the Python work was a tenth of the gate's CPU per request (README, the gate).
+_NAME = rb"[^:\s](?:[^:\r\n]*[^:\s])?"
+_FIELDS = re.compile(rb"(?:\r\n%s:[^\r\n]*)*" % _NAME)
+_FIELD = re.compile(rb"\r\n(%s):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|\Z)" % _NAME)
+_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|\Z)",
+    re.IGNORECASE,
+)
 _DIGITS = re.compile(r"[0-9]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 
@@ -61,10 +71,21 @@ class ResponseHead:
 
     status: int
     reason: str
-    headers: list[tuple[str, str]]
+    # The header lines as sent, each after a CRLF (the one ending the line before it): the
+    # gate passes them on as they are unless one needs a change (``fields`` parses them).
+    block: bytes
     length: int | None  # body bytes; None: chunked or until the connection closes
     chunked: bool
     keep_alive: bool
+
+    @property
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        """The header fields, names as sent and values without surrounding blanks."""
+        return _FIELD.findall(self.block)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.fields]
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -73,8 +94,12 @@ class _Connection(asyncio.BufferedProtocol):
     A buffered protocol, so that it chooses how much each read takes (``read_bytes``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout_s: float) -> None:
         self._loop = loop
+        self._read_timeout_s = read_timeout_s
+        self._active_at = loop.time()  # when the last byte came or went
+        self.sending = False  # a request body still flows: the registry may wait for it
+        self._stall_timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self._buffer = memoryview(bytearray(READ_AHEAD_BYTES))
         self.read_bytes = HEAD_READ_BYTES
@@ -89,12 +114,16 @@ class _Connection(asyncio.BufferedProtocol):
         self.received = False  # any byte since the request was sent
         self.idle_since = 0.0
         self.reused = False
+        self.fileno: int | None = None  # the socket's, for splice; None over TLS
 
     # -- protocol callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._stall_timer = self._loop.call_later(self._read_timeout_s, self._check_stalled)
+        if transport.get_extra_info("sslcontext") is None:
+            self.fileno = transport.get_extra_info("socket").fileno()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer[: self.read_bytes]
@@ -104,6 +133,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        self._active_at = self._loop.time()
         self._chunks.append(data)
         self._buffered += len(data)
         self.received = True
@@ -120,6 +150,8 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._error = exc
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
         self._wake()
         writable = self._writable
         if writable is not None and not writable.done():
@@ -138,14 +170,36 @@ class _Connection(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _await_bytes(self) -> asyncio.Future[None]:
+        """Start a wait for the registry; its clock starts now at the latest (the gate may
+        have waited for a slow client since the last byte came)."""
+        self._active_at = self._loop.time()
+        self._waiter = self._loop.create_future()
+        return self._waiter
+
+    def _check_stalled(self) -> None:
+        """Fail a read the registry has left waiting for the read timeout since the wait
+        began or the last byte either way (not while a request body flows: then the registry
+        waits for it). One timer per connection, not one per read: it looks when it fires."""
+        now, due = self._loop.time(), self._active_at + self._read_timeout_s
+        waiter = self._waiter
+        if waiter is not None and not self.sending and now >= due:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(
+                    GateUpstreamTimeout(f"the registry sent nothing for {self._read_timeout_s}s")
+                )
+            return  # the exchange fails and its connection is dropped
+        later = due if due > now else now + self._read_timeout_s
+        self._stall_timer = self._loop.call_at(later, self._check_stalled)
+
     # -- reading --------------------------------------------------------------------------
 
     async def _more(self) -> None:
         """Wait for more bytes, or raise if the registry has closed the connection."""
         if self.closed:
             raise ConnectionResetError(f"the registry closed the connection: {self._error!r}")
-        self._waiter = self._loop.create_future()
-        await self._waiter
+        await self._await_bytes()
 
     def _take(self, limit: int) -> bytes:
         """Up to ``limit`` buffered bytes, as the chunks they arrived in where possible."""
@@ -194,8 +248,7 @@ class _Connection(asyncio.BufferedProtocol):
         while not self._chunks:
             if self.closed:
                 return b""
-            self._waiter = self._loop.create_future()
-            await self._waiter
+            await self._await_bytes()
         return self._take(limit)
 
     def take_buffered(self, limit: int) -> bytes:
@@ -218,6 +271,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def release_hold(self) -> None:
+        """Read again (if ``hold`` stopped it): the body's end has passed in the socket."""
         assert self.transport is not None
         self._held = False
         if self._paused and self._buffered <= READ_AHEAD_BYTES // 2:
@@ -229,6 +283,7 @@ class _Connection(asyncio.BufferedProtocol):
     async def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise ConnectionResetError("the registry closed the connection")
+        self._active_at = self._loop.time()
         self.transport.write(data)
         writable = self._writable
         if writable is not None:
@@ -259,7 +314,7 @@ class Exchange:
     def __init__(self, connection: _Connection, method: str) -> None:
         self.connection = connection
         self.method = method
-        self.head = ResponseHead(0, "", [], 0, False, False)  # until the answer's head is read
+        self.head = ResponseHead(0, "", b"", 0, False, False)  # until the answer's head is read
         self.remaining: int | None = None  # body bytes still to come; None: chunked or close
         self.sender: asyncio.Task[None] | None = None
         self.finished = False  # the whole body was read (or there was none)
@@ -305,17 +360,21 @@ class Exchange:
 
     # -- a body with a Content-Length, moved in the kernel --------------------------------
 
-    def hold(self) -> bytes:
-        """Stop reading the connection and return what of the body is already read.
+    def take_buffered(self) -> bytes:
+        """What of a body with a Content-Length is read already, without waiting.
 
-        Until ``spliced`` or ``unhold``, the rest stays in the socket for the caller.
+        The rest stays in the socket for as long as nothing awaits: a caller that splices
+        it calls ``hold`` before it waits, and ``spliced`` once it is moved.
         """
         assert self.remaining is not None and not self.head.chunked
-        self.connection.hold()
         buffered = self.connection.take_buffered(self.remaining)
         self.remaining -= len(buffered)
         self.finished = not self.remaining
         return buffered
+
+    def hold(self) -> None:
+        """Stop reading the connection: the rest of the body stays in the socket."""
+        self.connection.hold()
 
     def spliced(self) -> None:
         """The rest of the body went socket to socket: the connection is at its end."""
@@ -323,17 +382,10 @@ class Exchange:
         self.finished = True
         self.connection.release_hold()
 
-    def unhold(self) -> None:
-        """The rest of the body goes through ``body`` after all."""
-        self.connection.release_hold()
-
     @property
-    def socket(self) -> Any:
+    def fileno(self) -> int | None:
         """The connection's socket, for splice; None over TLS."""
-        transport = self.connection.transport
-        if transport is None or transport.get_extra_info("sslcontext") is not None:
-            return None
-        return transport.get_extra_info("socket")
+        return self.connection.fileno
 
 
 class UpstreamPool:
@@ -344,6 +396,7 @@ class UpstreamPool:
         url: URL,
         *,
         connect_timeout_s: float,
+        read_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if url.scheme not in {"http", "https"} or not url.host:
@@ -356,6 +409,7 @@ class UpstreamPool:
         host = f"[{url.raw_host}]" if ":" in (url.raw_host or "") else str(url.raw_host)
         self.host_header = host if url.is_default_port() else f"{host}:{url.port}"
         self._connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self._clock = clock
         self._idle: list[_Connection] = []  # the most recently used last
 
@@ -377,8 +431,9 @@ class UpstreamPool:
             return await self._exchange(await self._connect(), method, head, body, length)
         try:
             return await self._exchange(connection, method, head, body, length)
-        except (ConnectionError, GateUpstreamError):
-            if connection.received or body is not None or method not in IDEMPOTENT:
+        except (ConnectionError, GateUpstreamError) as exc:
+            reached = connection.received or isinstance(exc, GateUpstreamTimeout)
+            if reached or body is not None or method not in IDEMPOTENT:
                 raise
         return await self._exchange(await self._connect(), method, head, body, length)
 
@@ -399,6 +454,7 @@ class UpstreamPool:
             else:
                 framing = b"" if length is not None else b"Transfer-Encoding: chunked\r\n"
                 await connection.write(head + framing + b"\r\n")
+                connection.sending = True
                 exchange.sender = asyncio.create_task(_send_body(connection, body, length))
             exchange.answered(await _read_response_head(connection, method))
         except BaseException:
@@ -448,7 +504,10 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop), self.host, self.port, ssl=self._ssl
+                    lambda: _Connection(loop, self.read_timeout_s),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
                 )
         except TimeoutError as exc:
             raise ConnectionRefusedError(
@@ -482,61 +541,67 @@ async def _send_body(connection: _Connection, body: BodySource, length: int | No
     except BaseException:
         connection.abort()
         raise
+    finally:
+        connection.sending = False
 
 
 async def _read_response_head(connection: _Connection, method: str) -> ResponseHead:
     """The final response head (1xx interim answers skipped) and its body's framing."""
     while True:
         raw = await connection.read_head()
-        lines = raw.split(b"\r\n")
-        matched = _STATUS_LINE.fullmatch(lines[0])
+        end = raw.find(b"\r\n")
+        status_line, block = (raw[:end], raw[end:]) if end >= 0 else (raw, b"")
+        matched = _STATUS_LINE.fullmatch(status_line)
         if matched is None:
-            raise GateUpstreamError(f"the registry sent no HTTP/1 status line: {lines[0][:80]!r}")
+            line = status_line[:80]
+            raise GateUpstreamError(f"the registry sent no HTTP/1 status line: {line!r}")
         status = int(matched.group(2))
         if status >= 200:
             break
-    headers = [_header(line) for line in lines[1:]]
+    if _FIELDS.fullmatch(block) is None:
+        raise GateUpstreamError(f"the registry sent a malformed header line: {_bad_line(block)!r}")
     reason = (matched.group(3) or b"").decode("latin-1")
-    return _framed(status, reason, headers, http10=matched.group(1) == b"0", method=method)
+    return _framed(status, reason, block, http10=matched.group(1) == b"0", method=method)
 
 
-def _header(line: bytes) -> tuple[str, str]:
-    name, colon, value = line.partition(b":")
-    if not colon or not name or name != name.strip() or line[:1] in b" \t":
-        raise GateUpstreamError(f"the registry sent a malformed header line: {line[:80]!r}")
-    return name.decode("latin-1"), value.strip(b" \t").decode("latin-1")
+def _bad_line(block: bytes) -> bytes:
+    """The first header line ``_FIELDS`` refuses, for the message (at most 80 bytes)."""
+    for line in block.split(b"\r\n")[1:]:
+        if _FIELDS.fullmatch(b"\r\n" + line) is None:
+            return line[:80]
+    return block[:80]
 
 
-def _framed(
-    status: int, reason: str, headers: list[tuple[str, str]], *, http10: bool, method: str
-) -> ResponseHead:
+def _framed(status: int, reason: str, block: bytes, *, http10: bool, method: str) -> ResponseHead:
     """Where the body ends (RFC 9112 section 6.3) and whether the connection stays."""
     lengths: set[str] = set()
     codings = ""
     tokens: list[str] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "content-length":
-            lengths.update(part.strip() for part in value.split(","))
-        elif lower == "transfer-encoding":
+    for name, raw_value in _FRAMING.findall(block):
+        lower, value = name.lower(), raw_value.decode("latin-1")
+        if lower == b"content-length":
+            lengths.update([part.strip() for part in value.split(",")])
+        elif lower == b"transfer-encoding":
             codings += "," + value
-        elif lower == "connection":
+        else:
             tokens += [token.strip().lower() for token in value.split(",")]
     keep_alive = "keep-alive" in tokens if http10 else "close" not in tokens
     no_body = method == "HEAD" or status in NO_BODY_STATUSES
     if codings:
         chunked = codings.rsplit(",", 1)[-1].strip().lower() == "chunked"
         if no_body:
-            return ResponseHead(status, reason, headers, 0, False, keep_alive)
+            return ResponseHead(status, reason, block, 0, False, keep_alive)
         # Not ending in chunked: the body runs until the registry closes (RFC 9112 6.3).
-        return ResponseHead(status, reason, headers, None, chunked, keep_alive and chunked)
-    if len(lengths) > 1 or not all(_DIGITS.fullmatch(part) for part in lengths):
-        raise GateUpstreamError(f"the registry sent a bad Content-Length: {sorted(lengths)}")
+        return ResponseHead(status, reason, block, None, chunked, keep_alive and chunked)
+    length = lengths.pop() if len(lengths) == 1 else None
+    if lengths or (length is not None and not _DIGITS.fullmatch(length)):
+        bad = sorted(lengths | ({length} if length is not None else set()))
+        raise GateUpstreamError(f"the registry sent a bad Content-Length: {bad}")
     if no_body:
-        return ResponseHead(status, reason, headers, 0, False, keep_alive)
-    if lengths:
-        return ResponseHead(status, reason, headers, int(lengths.pop()), False, keep_alive)
-    return ResponseHead(status, reason, headers, None, False, False)
+        return ResponseHead(status, reason, block, 0, False, keep_alive)
+    if length is not None:
+        return ResponseHead(status, reason, block, int(length), False, keep_alive)
+    return ResponseHead(status, reason, block, None, False, False)
 
 
 def _chunk_size(line: bytes) -> int:

@@ -580,3 +580,88 @@ def test_many_pipelined_requests_pause_reading_and_are_all_answered(
     received = raw_exchange(gate, request * 40 + last, until=b'"repositories"')
 
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"200"] * 41
+
+
+# -- failures of the gate's own and a registry that hangs ------------------------------------
+
+
+def test_a_request_the_gate_fails_on_gets_a_500_and_the_connection_serves_on(
+    gate: GateServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug on one request must not look like a network fault: 500, and the next request on
+    the same connection is answered."""
+    building = gate_module.WriteGate._request_head
+
+    def failing(self: gate_module.WriteGate, request: downstream.Request) -> bytes:
+        if request.path == "/v2/boom":
+            raise RuntimeError("a bug")
+        return building(self, request)
+
+    monkeypatch.setattr(gate_module.WriteGate, "_request_head", failing)
+    requests = b"GET /v2/boom HTTP/1.1\r\nHost: gate\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n"
+
+    received = raw_exchange(gate, requests, until=b"{}")
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", received) == [b"500", b"200"]
+    assert downstream.INTERNAL_ERROR_BODY in received and b"Connection: close" not in received
+
+
+@contextmanager
+def silent_server(answer: bytes) -> Iterator[str]:
+    """An upstream that reads a request, sends ``answer`` and then nothing, connection open
+    (a hung registry; a real one cannot be made to hang on purpose)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ended = threading.Event()
+
+    def hang() -> None:
+        with suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(answer)
+                ended.wait(60)  # longer than the client waits
+
+    thread = threading.Thread(target=hang, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        ended.set()
+        listener.close()
+        thread.join(timeout=10)
+
+
+def test_a_registry_that_never_answers_gets_the_client_a_502_after_the_read_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gate_module, "READ_TIMEOUT_S", 0.5)
+    with silent_server(b"") as upstream:
+        server = start_gate(upstream)
+        try:
+            with client(server.url) as gated:
+                started = time.monotonic()
+                answer = gated.get("/v2/")
+                waited = time.monotonic() - started
+        finally:
+            server.stop()
+
+    assert (answer.status_code, answer.content) == (502, BAD_GATEWAY_BODY)
+    assert 0.4 < waited < 10
+
+
+@pytest.mark.parametrize("length", [128 * 1024, 4 * 1024 * 1024], ids=["relayed", "spliced"])
+def test_a_body_the_registry_stops_sending_reaches_the_client_as_a_broken_connection(
+    length: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gate_module, "READ_TIMEOUT_S", 0.5)
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % length
+    with silent_server(head + b"x" * (length // 2)) as upstream:
+        server = start_gate(upstream)
+        started = time.monotonic()
+        try:
+            with client(server.url) as gated, pytest.raises(httpx.RemoteProtocolError):
+                gated.get("/v2/stalled/blobs/sha256:" + "0" * 64)  # not a ReadTimeout (30 s)
+        finally:
+            server.stop()
+
+    assert time.monotonic() - started < 10  # the gate gave up, not the silent registry

@@ -126,3 +126,42 @@ async def test_a_pipe_a_relay_failed_with_is_closed_not_kept(
 
     assert not pipes._spare
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_body_already_in_the_source_moves_at_once_without_pausing_its_owner(
+    sockets: tuple[socket.socket, socket.socket, socket.socket, socket.socket],
+) -> None:
+    writer, source, target, reader = sockets
+    body = os.urandom(64 * 1024)
+    await send_all(writer, body)
+    await asyncio.sleep(0.05)  # the bytes reach the source's receive queue
+    paused: list[bool] = []
+
+    await splice.relay(
+        source.fileno(), target.fileno(), len(body), before_wait=lambda: paused.append(True)
+    )
+
+    assert paused == []
+    assert await receive(reader, len(body)) == body
+
+
+async def test_a_body_still_coming_pauses_its_owner_once_before_the_first_wait(
+    sockets: tuple[socket.socket, socket.socket, socket.socket, socket.socket],
+) -> None:
+    writer, source, target, reader = sockets
+    body = os.urandom(BODY_BYTES)
+    paused: list[bool] = []
+
+    relaying = asyncio.create_task(
+        splice.relay(
+            source.fileno(), target.fileno(), BODY_BYTES, before_wait=lambda: paused.append(True)
+        )
+    )
+    receiving = asyncio.create_task(receive(reader, BODY_BYTES))
+    await asyncio.sleep(0.05)
+    assert paused == [True] and not relaying.done()  # nothing came yet: it waits, paused
+    await send_all(writer, body)
+    await relaying
+
+    assert paused == [True]
+    assert await receiving == body

@@ -8,6 +8,7 @@ server of the test's own: each request it reads gets the next scripted action.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from yarl import URL
 
-from retention.errors import GateUpstreamError
+from retention.errors import GateUpstreamError, GateUpstreamTimeout
 from retention.service.upstream import Exchange, UpstreamPool
 
 DROP = b""  # read the request, then close the connection without an answer
@@ -24,6 +25,11 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 class Closing(bytes):
     """An answer after which the scripted registry closes the connection."""
+
+
+class Stalled(bytes):
+    """What the scripted registry sends before it goes silent, connection open, until the
+    test ends (a hung registry)."""
 
 
 @dataclass
@@ -44,6 +50,7 @@ async def scripted(*actions: bytes, close_after: bool = False) -> AsyncIterator[
     """A registry that answers its requests, in order, with ``actions`` (``DROP``: close)."""
     queue = list(actions)
     upstream = Upstream(URL("http://127.0.0.1"))
+    ended = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         heads: list[bytes] = []
@@ -54,6 +61,10 @@ async def scripted(*actions: bytes, close_after: bool = False) -> AsyncIterator[
                 heads.append(head)
                 upstream.bodies.append(await read_body(reader, head))
                 action = queue.pop(0)
+                if isinstance(action, Stalled):
+                    writer.write(action)
+                    await ended.wait()
+                    break
                 if action == DROP:
                     break
                 writer.write(action)
@@ -70,6 +81,7 @@ async def scripted(*actions: bytes, close_after: bool = False) -> AsyncIterator[
     try:
         yield upstream
     finally:
+        ended.set()
         server.close()
         await server.wait_closed()
 
@@ -113,8 +125,8 @@ async def ask(
     return exchange, received
 
 
-def new_pool(upstream: Upstream) -> UpstreamPool:
-    return UpstreamPool(upstream.url, connect_timeout_s=5)
+def new_pool(upstream: Upstream, read_timeout_s: float = 300.0) -> UpstreamPool:
+    return UpstreamPool(upstream.url, connect_timeout_s=5, read_timeout_s=read_timeout_s)
 
 
 async def settle() -> None:
@@ -371,3 +383,48 @@ async def test_no_registry_listening_is_a_connection_error() -> None:
 
     with pytest.raises(ConnectionError):
         await ask(pool)
+
+
+# -- a registry that goes silent -----------------------------------------------------------
+
+
+async def test_a_registry_that_never_answers_times_out_and_is_not_asked_again() -> None:
+    async with scripted(OK, Stalled(b"")) as upstream:
+        pool = new_pool(upstream, read_timeout_s=0.3)
+        await ask(pool)
+        started = time.monotonic()
+        with pytest.raises(GateUpstreamTimeout, match=r"sent nothing for 0\.3s"):
+            await ask(pool)  # on the kept connection: a GET a dropped one would send again
+        waited = time.monotonic() - started
+        pool.close()
+
+    assert 0.25 < waited < 3
+    assert upstream.requests == 2 and pool.idle == 0
+
+
+async def test_a_body_the_registry_stops_sending_midway_times_out() -> None:
+    async with scripted(Stalled(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")) as up:
+        pool = new_pool(up, read_timeout_s=0.3)
+        with pytest.raises(GateUpstreamTimeout):
+            await ask(pool)
+        assert pool.idle == 0
+        pool.close()
+
+
+async def test_a_request_body_that_comes_slowly_is_waited_for_not_timed_out() -> None:
+    pieces = [b"slow", b"body", b""]
+
+    async def slowly() -> bytes:
+        await asyncio.sleep(0.3)
+        return pieces.pop(0)
+
+    async with scripted(OK) as upstream:
+        pool = new_pool(upstream, read_timeout_s=0.2)
+        exchange = await pool.send(
+            "PUT", request("PUT", extra=b"Content-Length: 8\r\n"), slowly, length=8
+        )
+        body = b"".join([chunk async for chunk in exchange.body()])
+        pool.release(exchange)
+        pool.close()
+
+    assert (exchange.head.status, body, upstream.bodies) == (200, b"ok", [b"slowbody"])
