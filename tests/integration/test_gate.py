@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from registry_server import RegistryServer, Seeder, free_port
+from registry_server import RegistryServer, Seeder, free_port, public_tls
 
 from retention.core.policy import Gate
 from retention.registry import media_types
@@ -65,7 +65,7 @@ def through_gate(gate: GateServer) -> Iterator[Seeder]:
 
 
 def client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=30, trust_env=False)
+    return httpx.Client(base_url=url, timeout=30, trust_env=False, verify=public_tls())
 
 
 def comparable(response: httpx.Response) -> dict[str, list[str]]:
