@@ -27,7 +27,7 @@ def _write_bytecode() -> None:
 
     With ``PYTHONDONTWRITEBYTECODE`` set (this machine sets it), every xdist worker
     compiled and assertion-rewrote every test module at collection (8.5 s of CPU per
-    worker, 3.8 s with bytecode kept) and every ``python -m retention`` a test starts
+    worker, 2.4 s with bytecode kept) and every ``python -m retention`` a test starts
     compiled the package again (0.1 s each). ``__pycache__`` is in ``.gitignore``. (A
     ``PYTHONPYCACHEPREFIX`` was tried: it also moved the bytecode of every temporary venv
     the tests make, 100 MB a run, into one place that nothing cleans.) Runs when this
