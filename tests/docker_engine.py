@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 import docker
 import httpx
 import pytest
-from registry_server import free_port, registry_binary
+from registry_server import free_port, public_tls, registry_binary
 
 from retention.errors import RegistryUnreachable
 
@@ -460,7 +460,10 @@ def gc_containers(client: Any, registry: RegistryContainer) -> list[str]:
 
 def answers(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v2/", timeout=1, trust_env=False).status_code == 200
+        return (
+            httpx.get(f"{url}/v2/", timeout=1, trust_env=False, verify=public_tls()).status_code
+            == 200
+        )
     except httpx.TransportError:
         return False
 

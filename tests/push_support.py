@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from registry_server import sha256_digest
+from registry_server import public_tls, sha256_digest
 
 from retention.registry import media_types
 
@@ -36,7 +36,9 @@ class Pusher:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, trust_env=False, timeout=30) as http:
+        with httpx.Client(
+            base_url=self.url, trust_env=False, verify=public_tls(), timeout=30
+        ) as http:
             number = 0
             while not self.stop.is_set():
                 tag = f"load-{number}"
@@ -106,7 +108,7 @@ def manifest_for(config_digest: str, config: bytes, layers: dict[str, bytes]) ->
 
 def fully_pullable(url: str, repository: str, tag: str) -> bool:
     """Manifest by tag, then every blob by GET with the right sha256."""
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+    with httpx.Client(base_url=url, trust_env=False, verify=public_tls(), timeout=30) as http:
         served = http.get(
             f"/v2/{repository}/manifests/{tag}",
             headers={"Accept": media_types.MANIFEST_ACCEPT},
@@ -226,7 +228,7 @@ class DockerPusher:
 
 def unpullable_tags(url: str) -> list[str]:
     """Every ``repository:tag`` in the registry that does not pull whole."""
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+    with httpx.Client(base_url=url, trust_env=False, verify=public_tls(), timeout=30) as http:
         repositories = http.get("/v2/_catalog?n=1000").json()["repositories"]
         listed = {name: http.get(f"/v2/{name}/tags/list").json() for name in repositories}
     tags = [(name, tag) for name, answer in listed.items() for tag in answer.get("tags") or []]

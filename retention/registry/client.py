@@ -46,7 +46,7 @@ from retention.registry.replies import (
     verified_manifest_digest,
 )
 from retention.registry.retry import RETRY_STATUSES, backoff_seconds
-from retention.registry.tls import tls_context, tls_failure
+from retention.registry.tls import public_trust, tls_context, tls_failure
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -365,7 +365,8 @@ def _aiohttp(verify: ssl.SSLContext | bool, limits: httpx.Limits) -> httpx.Async
     Requests, auth flows, redirects and exceptions stay httpx's; proxies from the
     environment still go through httpx's own transports.
     """
-    return AiohttpTransport(verify=verify, limits=limits, trust_env=False)
+    trusted = public_trust() if verify is True else verify
+    return AiohttpTransport(verify=trusted, limits=limits, trust_env=False)
 
 
 def _manifest_path(repository: str, reference: str) -> str:

@@ -13,9 +13,10 @@ bodies as a reader with back-pressure (``100 Continue`` sent when a body that as
 is first read), the response head (status line, the handler's headers, ``Date`` when none,
 and the framing: the handler's ``Content-Length``, else chunked towards HTTP/1.1 and
 ``Connection: close`` towards HTTP/1.0), closing a connection whose request body was not
-read to its end, a 400 for a malformed request, a 500 for a request the handler failed on
-before it answered, and closing idle connections. Must not:
-choose or rewrite the handler's headers, or know about the registry.
+read to its end (and saying so in the head), reading and dropping a small unused body
+(``discard_small_body``) so that its connection can stay, a 400 for a malformed request, a
+500 for a request the handler failed on before it answered, and closing idle connections.
+Must not: choose or rewrite the handler's headers, or know about the registry.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ log = get_logger(__name__)
 READ_BYTES = 256 * 1024  # what a request body buffers before reading pauses
 MAX_LINE_BYTES = 8190  # aiohttp's own limits for the request line and a header field
 MAX_QUEUED = 16  # pipelined requests parsed ahead before reading pauses
+DISCARD_MAX_BYTES = 256 * 1024  # an unused body read to keep the connection (Go: 256 KB)
 KEEPALIVE_S = 75.0  # an idle kept-alive connection is closed after this long (as aiohttp)
 NO_BODY_STATUSES = frozenset({204, 304})
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -97,6 +99,17 @@ class Request:
             self._expect = False
             self.connection.write_raw(_CONTINUE)
         return await self._payload.readany()
+
+    async def discard_small_body(self) -> None:
+        """Read and drop a body the handler will not use, as Go's net/http (Distribution's
+        server) does before it answers: up to ``DISCARD_MAX_BYTES``, so the connection serves
+        the client's next request. A body that waits for ``100 Continue``, is chunked or is
+        larger stays unread, and the answer says ``Connection: close`` (``respond``)."""
+        length = self.content_length
+        if self._expect or self.message.chunked or length is None or length > DISCARD_MAX_BYTES:
+            return
+        while await self._payload.readany():
+            pass
 
 
 Handler = Callable[[Request], Awaitable[None]]
@@ -271,6 +284,11 @@ class ClientConnection(BaseProtocol):
         """
         minor = request.message.version.minor
         with_body = request.method != "HEAD" and status >= 200 and status not in NO_BODY_STATUSES
+        if not request._payload.is_eof():
+            # Its body not read to the end (a refused write): ``_answer`` closes the connection
+            # after this answer, so the head says so. Unsaid, a client that sent the next
+            # request on it first met a reset (seen when the body came in its own packet).
+            self.keep_alive = False
         head = b"HTTP/1.1 %d %s%s" % (status, reason.encode("latin-1"), fields)
         if with_body and not has_length:
             if minor >= 1:

@@ -290,7 +290,9 @@ class WriteGate:
         if not is_write(request.method, request.path):
             return await self._forward(request)
         if self._refuses(request.method):
-            # A body it sent is left unread: the connection is closed after the answer.
+            # A small body is read and dropped first, as the registry does, so the connection
+            # stays open; a larger one is left unread and the connection closes after this.
+            await request.discard_small_body()
             return await _own_answer(request, READ_ONLY_STATUS, _READ_ONLY_LINES, READ_ONLY_BODY)
         return await self._write(request)
 

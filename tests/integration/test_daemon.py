@@ -21,7 +21,7 @@ import httpx
 import pytest
 from cli_support import command_gc, log_events, write_policy
 from prometheus_client.parser import text_string_to_metric_families
-from registry_server import RegistryServer, Seeder, free_port
+from registry_server import RegistryServer, Seeder, free_port, public_tls
 
 NOW = datetime.now(UTC)
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,9 @@ class Served:
     def __init__(self, policy: Path, port: int, log_path: Path, *args: str) -> None:
         self.policy = policy
         self.log_path = log_path
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False, verify=public_tls()
+        )
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [*RETENTION, "serve", "-c", str(policy), *args],

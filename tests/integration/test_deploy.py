@@ -36,7 +36,7 @@ import httpx
 import pytest
 import yaml
 from cli_support import retention
-from registry_server import free_port, registry_binary
+from registry_server import free_port, public_tls, registry_binary
 
 from retention.cli import serve
 from retention.config.load import load_policy
@@ -608,12 +608,15 @@ def test_the_read_only_units_environment_makes_registry_2_8_refuse_pushes_and_se
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and server.poll() is None:
                 try:
-                    assert httpx.get(f"{url}/v2/", trust_env=False).status_code == 200
+                    assert (
+                        httpx.get(f"{url}/v2/", trust_env=False, verify=public_tls()).status_code
+                        == 200
+                    )
                     break
                 except httpx.TransportError:
                     time.sleep(0.05)
             assert server.poll() is None, "the registry did not start with that environment"
-            push = httpx.post(f"{url}/v2/app/blobs/uploads/", trust_env=False)
+            push = httpx.post(f"{url}/v2/app/blobs/uploads/", trust_env=False, verify=public_tls())
             assert push.status_code == 405
         finally:
             server.terminate()

@@ -45,7 +45,7 @@ from docker_engine import (
     remove_images,
 )
 from push_support import DockerPusher, Pusher, fully_pullable, unpullable_tags
-from registry_server import RegistryServer, Seeder, free_port
+from registry_server import RegistryServer, Seeder, free_port, public_tls
 from test_daemon import Served, ago, wait_for
 from test_gate_pass import daemons, gated_policy  # noqa: F401 (daemons is a fixture)
 from test_gc_window import (  # noqa: F401 (supervised is a fixture)
@@ -129,6 +129,7 @@ def config_digest(url: str, repository: str, tag: str) -> str | None:
         f"{url}/v2/{repository}/manifests/{tag}",
         headers={"Accept": media_types.MANIFEST_ACCEPT},
         trust_env=False,
+        verify=public_tls(),
     )
     return str(answer.json()["config"]["digest"]) if answer.status_code == 200 else None
 
@@ -268,9 +269,13 @@ def test_docker_and_api_pushes_during_an_offline_docker_gc_are_stored_whole_or_r
     assert_stored_whole_or_refused(registry_container.url, loop, window, {"unavailable", "swept"})
     print("API push outcomes:", Counter(outcome for _, outcome in api_pusher.outcomes))
     assert {outcome for _, outcome in api_pusher.outcomes} == {"ok", "unavailable"}
-    tags = httpx.get(f"{registry_container.url}/v2/load/tags/list", trust_env=False).json()
+    tags = httpx.get(
+        f"{registry_container.url}/v2/load/tags/list", trust_env=False, verify=public_tls()
+    ).json()
     assert set(api_pusher.pushed) <= set(tags["tags"])
-    with httpx.Client(base_url=registry_container.url, trust_env=False, timeout=30) as http:
+    with httpx.Client(
+        base_url=registry_container.url, trust_env=False, verify=public_tls(), timeout=30
+    ) as http:
         assert api_pusher.push(http, "after-the-window") == "ok"
     assert fully_pullable(registry_container.url, "load", "after-the-window")
     assert fully_pullable(registry_container.url, "app", "build-3")

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from registry_server import RegistryServer, Seeder, free_port
+from registry_server import RegistryServer, Seeder, free_port, public_tls
 
 from retention.core.policy import Gate
 from retention.registry import media_types
@@ -65,7 +65,7 @@ def through_gate(gate: GateServer) -> Iterator[Seeder]:
 
 
 def client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=30, trust_env=False)
+    return httpx.Client(base_url=url, timeout=30, trust_env=False, verify=public_tls())
 
 
 def comparable(response: httpx.Response) -> dict[str, list[str]]:
@@ -543,6 +543,48 @@ def test_a_refused_write_that_expects_100_continue_gets_only_the_read_only_answe
 
     assert received.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
     assert b"100 Continue" not in received and received.endswith(READ_ONLY_BODY)
+    assert b"Connection: close\r\n" in received  # a client must not send more on it
+
+
+def test_a_refused_write_with_a_small_body_keeps_its_connection_for_the_next_request(
+    gate: GateServer,
+) -> None:
+    # The body in a packet of its own: the gate must read it, not leave it for the parser
+    # as the next request, nor close a connection the client is about to use again.
+    refused = b"PUT /v2/app/manifests/v2 HTTP/1.1\r\nHost: gate\r\nContent-Length: 2\r\n\r\n"
+    assert close_window(gate, 5)
+    try:
+        with socket.create_connection(("127.0.0.1", gate.settings.port), timeout=10) as raw:
+            raw.sendall(refused)
+            time.sleep(0.05)
+            raw.sendall(b"{}")
+            answer = raw.recv(65536)
+            raw.sendall(b"GET /v2/ HTTP/1.1\r\nHost: gate\r\n\r\n")
+            following = raw.recv(65536)
+    finally:
+        open_window(gate)
+
+    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert b"Connection: close" not in answer and answer.endswith(READ_ONLY_BODY)
+    assert following.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_refused_write_with_a_large_body_says_its_connection_closes(gate: GateServer) -> None:
+    size = downstream.DISCARD_MAX_BYTES + 1
+    head = b"PUT /v2/app/blobs/uploads/x HTTP/1.1\r\nHost: gate\r\nContent-Length: %d\r\n\r\n"
+    assert close_window(gate, 5)
+    try:
+        received = raw_exchange(
+            gate,
+            head % size + b"x" * 1000,
+            until=READ_ONLY_BODY,
+            closed=True,  # the rest of the body never came: the connection cannot serve another
+        )
+    finally:
+        open_window(gate)
+
+    assert received.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert b"Connection: close\r\n" in received
 
 
 def test_a_malformed_request_gets_a_400_and_its_connection_is_closed(gate: GateServer) -> None:

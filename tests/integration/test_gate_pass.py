@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli_support import log_events, retention, write_policy
-from registry_server import RegistryServer, Seeder, free_port, sha256_digest
+from registry_server import RegistryServer, Seeder, free_port, public_tls, sha256_digest
 from test_daemon import Served, ago, wait_for
 
 from retention.apply.trash import Trash
@@ -107,7 +107,7 @@ def pull(client: httpx.Client, path: str, digest: str) -> bool:
 
 
 def puller(url: str, path: str, digest: str, stop: threading.Event, results: list[bool]) -> None:
-    with httpx.Client(base_url=url, timeout=60, trust_env=False) as client:
+    with httpx.Client(base_url=url, timeout=60, trust_env=False, verify=public_tls()) as client:
         while not stop.is_set():
             results.append(pull(client, path, digest))
 
@@ -129,7 +129,7 @@ def pull_every_tag(url: str) -> dict[str, str]:
     """Every tag of every repository: manifest, config and layers, each checked by sha256."""
     problems: dict[str, str] = {}
     accept = {"Accept": media_types.MANIFEST_ACCEPT}
-    with httpx.Client(base_url=url, timeout=60, trust_env=False) as client:
+    with httpx.Client(base_url=url, timeout=60, trust_env=False, verify=public_tls()) as client:
         for repository in client.get("/v2/_catalog?n=1000").json()["repositories"]:
             for tag in client.get(f"/v2/{repository}/tags/list").json()["tags"] or []:
                 where = f"{repository}:{tag}"
@@ -204,7 +204,9 @@ def test_a_pass_with_gc_behind_the_gate_breaks_no_push_and_no_pull(
     gate_url = f"http://127.0.0.1:{gate_port}"
     pid = daemon.process.pid
     blob_path = f"/v2/big/blobs/{big_digest}"
-    with httpx.Client(base_url=gate_url, timeout=60, trust_env=False) as warm_up:
+    with httpx.Client(
+        base_url=gate_url, timeout=60, trust_env=False, verify=public_tls()
+    ) as warm_up:
         assert pull(warm_up, blob_path, big_digest)  # the gate's first stream allocates
     baseline = rss_bytes(pid)
 
@@ -233,7 +235,7 @@ def test_a_pass_with_gc_behind_the_gate_breaks_no_push_and_no_pull(
     assert pushes.refused >= 1 and pushes.retried_after_refusal  # the window was hit, and left
     assert pull_every_tag(registry_server.url) == {}
     assert set(pushes.stored) <= set(
-        httpx.get(f"{registry_server.url}/v2/pushed/tags/list").json()["tags"]
+        httpx.get(f"{registry_server.url}/v2/pushed/tags/list", verify=public_tls()).json()["tags"]
     )
     assert pulls and all(pulls), pulls
     assert max(samples) - baseline < RSS_GROWTH_LIMIT, (baseline, max(samples))
@@ -271,7 +273,9 @@ def test_a_drain_that_times_out_skips_gc_fails_the_pass_and_keeps_deletions_pend
     policy.write_text(text)
     daemon = daemons(policy)
     gate_url = f"http://127.0.0.1:{gate_port}"
-    abandoned = httpx.post(f"{gate_url}/v2/stuck/blobs/uploads/", trust_env=False)
+    abandoned = httpx.post(
+        f"{gate_url}/v2/stuck/blobs/uploads/", trust_env=False, verify=public_tls()
+    )
     assert abandoned.status_code == 202
 
     assert daemon.post("/run").status_code == 202
@@ -283,7 +287,12 @@ def test_a_drain_that_times_out_skips_gc_fails_the_pass_and_keeps_deletions_pend
     assert any("did not drain" in error for error in report["errors"])
     assert seeder.manifest_status("app", "build-1") == 404  # deleted, waiting for GC
     assert len(Trash(tmp_path / "state").uncollected()) == 1
-    assert httpx.post(f"{gate_url}/v2/app/blobs/uploads/", trust_env=False).status_code == 202
+    assert (
+        httpx.post(
+            f"{gate_url}/v2/app/blobs/uploads/", trust_env=False, verify=public_tls()
+        ).status_code
+        == 202
+    )
 
 
 def test_retention_run_with_a_gate_deletes_but_leaves_gc_to_serve_and_says_why(
@@ -321,5 +330,5 @@ def test_a_reload_that_changes_the_gate_says_it_waits_for_a_restart_and_the_gate
 
     wait_for(lambda: daemon.events("policy reloaded"), "the reload")
     assert daemon.events("gate changes at the next restart")
-    answer = httpx.get(f"http://127.0.0.1:{gate_port}/v2/", trust_env=False)
+    answer = httpx.get(f"http://127.0.0.1:{gate_port}/v2/", trust_env=False, verify=public_tls())
     assert answer.status_code == 200

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import httpx
 import pytest
 from docker_engine import DockerEngine, RegistryContainer, answers, gc_containers
-from registry_server import Seeder
+from registry_server import Seeder, public_tls
 
 from retention.core.policy import GarbageCollection
 from retention.errors import GarbageCollectionError, RegistryUnreachable, StorageError
@@ -59,7 +59,9 @@ def seeded(registry_container: RegistryContainer, container_seeder: Seeder) -> S
     kept = container_seeder.image("app", ["kept"], CREATED, layers=2)
     deleted = container_seeder.image("app", ["deleted"], CREATED, layers=2)
     freed = [deleted, *manifest_blobs(registry_container.url, "app", deleted)]
-    response = httpx.delete(f"{registry_container.url}/v2/app/manifests/{deleted}", trust_env=False)
+    response = httpx.delete(
+        f"{registry_container.url}/v2/app/manifests/{deleted}", trust_env=False, verify=public_tls()
+    )
     assert response.status_code == 202, response.text
     return Seeded(kept, freed)
 
@@ -78,6 +80,7 @@ def manifest_blobs(url: str, repository: str, digest: str) -> list[str]:
         f"{url}/v2/{repository}/manifests/{digest}",
         headers={"Accept": media_types.MANIFEST_ACCEPT},
         trust_env=False,
+        verify=public_tls(),
     )
     response.raise_for_status()
     document = json.loads(response.content)
@@ -101,10 +104,13 @@ def assert_pullable(url: str, repository: str, reference: str) -> None:
         f"{url}/v2/{repository}/manifests/{reference}",
         headers={"Accept": media_types.MANIFEST_ACCEPT},
         trust_env=False,
+        verify=public_tls(),
     )
     assert manifest.status_code == 200, manifest.text
     for digest in manifest_blobs(url, repository, reference):
-        blob = httpx.get(f"{url}/v2/{repository}/blobs/{digest}", trust_env=False)
+        blob = httpx.get(
+            f"{url}/v2/{repository}/blobs/{digest}", trust_env=False, verify=public_tls()
+        )
         assert blob.status_code == 200, f"{digest}: {blob.status_code}"
         assert f"sha256:{hashlib.sha256(blob.content).hexdigest()}" == digest
 

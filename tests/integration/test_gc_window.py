@@ -26,7 +26,7 @@ import httpx
 import pytest
 from cli_support import command_gc, log_events, retention, write_policy
 from push_support import Pusher, fully_pullable, manifest_for
-from registry_server import RegistryServer, Seeder, registry_binary
+from registry_server import RegistryServer, Seeder, public_tls, registry_binary
 
 from retention.registry import media_types
 
@@ -88,7 +88,7 @@ def _wait_until_answering(registry: Supervised) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            httpx.get(f"{registry.url}/v2/", timeout=1, trust_env=False)
+            httpx.get(f"{registry.url}/v2/", timeout=1, trust_env=False, verify=public_tls())
             return
         except httpx.TransportError:
             time.sleep(0.05)
@@ -139,7 +139,7 @@ def repush_skipping_existing(url: str, repository: str, tag: str, manifest: byte
     registry says is missing cannot be uploaded: the PUT then shows whether the registry
     checks (400) or believes its cache (201).
     """
-    with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+    with httpx.Client(base_url=url, trust_env=False, verify=public_tls(), timeout=30) as http:
         document = json.loads(manifest)
         for blob in [document["config"], *document["layers"]]:
             http.head(f"/v2/{repository}/blobs/{blob['digest']}")
@@ -174,7 +174,9 @@ def test_without_a_restart_gc_leaves_a_registry_that_accepts_a_manifest_over_a_s
     assert repush_skipping_existing(registry_server.url, "app", "v2", manifest) == 201
     with pytest.raises(httpx.HTTPError):  # the accepted image cannot be pulled
         response = httpx.get(
-            f"{registry_server.url}/v2/app/blobs/{layer['digest']}", trust_env=False
+            f"{registry_server.url}/v2/app/blobs/{layer['digest']}",
+            trust_env=False,
+            verify=public_tls(),
         )
         response.raise_for_status()
         assert hashlib.sha256(response.content).hexdigest() == layer["digest"][7:]
@@ -230,7 +232,9 @@ def test_with_the_restart_the_probe_passes_and_a_re_push_uploads_the_swept_layer
         assert fully_pullable(supervised.url, "app", "again"), repushed
         events = {e["event"] for e in log_events(result.stderr)}
         assert {"gc finished", "probe passed"} <= events
-        listed = httpx.get(f"{supervised.url}/v2/retention-probe/tags/list", trust_env=False)
+        listed = httpx.get(
+            f"{supervised.url}/v2/retention-probe/tags/list", trust_env=False, verify=public_tls()
+        )
         assert listed.json()["tags"] in (None, []), "the probe deleted its test image"
     finally:
         seeder.close()
@@ -360,13 +364,17 @@ def test_pushes_during_a_pass_with_read_only_hooks_either_succeed_whole_or_are_r
     kinds = {outcome for _, outcome in pusher.outcomes}
     assert kinds <= {"ok", "read-only", "unavailable"}, pusher.outcomes
     assert "ok" in kinds and "read-only" in kinds, pusher.outcomes
-    tags = httpx.get(f"{supervised.url}/v2/load/tags/list", trust_env=False).json()["tags"]
+    tags = httpx.get(
+        f"{supervised.url}/v2/load/tags/list", trust_env=False, verify=public_tls()
+    ).json()["tags"]
     assert set(pusher.pushed) <= set(tags), "every push that succeeded is there"
     broken = [tag for tag in tags if not fully_pullable(supervised.url, "load", tag)]
     assert broken == []
     assert fully_pullable(supervised.url, "app", "build-3")
     retried = Pusher(supervised.url)
-    with httpx.Client(base_url=supervised.url, trust_env=False, timeout=30) as http:
+    with httpx.Client(
+        base_url=supervised.url, trust_env=False, verify=public_tls(), timeout=30
+    ) as http:
         assert retried.push(http, "after-the-window") == "ok"
     assert fully_pullable(supervised.url, "load", "after-the-window")
 
@@ -389,7 +397,9 @@ def test_a_push_whose_blobs_went_up_before_the_window_and_manifest_after_is_refu
     policy = write_policy(tmp_path / "p.yml", supervised.url, BUILDS, **gc)
     pusher = Pusher(supervised.url, layers=2, layer_bytes=64 * 1024)
     config = b'{"architecture":"amd64","os":"linux"}'
-    with httpx.Client(base_url=supervised.url, trust_env=False, timeout=30) as http:
+    with httpx.Client(
+        base_url=supervised.url, trust_env=False, verify=public_tls(), timeout=30
+    ) as http:
         layers = [os.urandom(pusher.layer_bytes) for _ in range(pusher.layers)]
         blobs = {pusher.upload(http, data): data for data in layers}
         config_digest = pusher.upload(http, config)

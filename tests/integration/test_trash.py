@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cli_support import command_gc, no_traceback, retention, write_policy
-from registry_server import RecordingTransport, RegistryServer, Seeder, registry_binary
+from registry_server import RecordingTransport, RegistryServer, Seeder, public_tls, registry_binary
 
 from retention.apply import executor
 from retention.apply.trash import BinWriter, Trash, TrashBin, TrashEntry
@@ -137,7 +137,7 @@ def interrupt_after_first_deletion(policy: Path) -> tuple[int, str]:
 
 
 def manifest_statuses(url: str, repository: str, digests: list[str]) -> dict[str, int]:
-    with httpx.Client(base_url=url, trust_env=False) as http:
+    with httpx.Client(base_url=url, trust_env=False, verify=public_tls()) as http:
         return {
             d: http.head(f"/v2/{repository}/manifests/{d}", headers={"Accept": "*/*"}).status_code
             for d in digests
