@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 
@@ -355,21 +355,38 @@ def short_body_server(
     """An upstream that promises ``length`` bytes, sends ``sent`` and closes (a registry
     cannot be made to do this on purpose, so this one is a socket of the test's own), or
     that sends ``scripted`` as it is; what it read goes to ``received``."""
+
+    def answer(connection: socket.socket) -> None:
+        (received if received is not None else []).append(connection.recv(65536))
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n".encode()
+        connection.sendall(scripted or head + b"x" * sent)
+
+    with one_connection_server(answer) as url:
+        yield url
+
+
+@contextmanager
+def one_connection_server(
+    handle: Callable[[socket.socket], None], ended: threading.Event | None = None
+) -> Iterator[str]:
+    """A socket of the test's own on 127.0.0.1 that accepts one connection and ``handle``s
+    it, for what a real registry cannot be made to do; ``ended`` is set when the test is
+    done with it (a handler may wait for it)."""
     listener = socket.create_server(("127.0.0.1", 0))
 
-    def answer() -> None:
+    def serve() -> None:
         with suppress(OSError):
             connection, _ = listener.accept()
             with connection:
-                (received if received is not None else []).append(connection.recv(65536))
-                head = f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n".encode()
-                connection.sendall(scripted or head + b"x" * sent)
+                handle(connection)
 
-    thread = threading.Thread(target=answer, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     finally:
+        if ended is not None:
+            ended.set()
         listener.close()
         thread.join(timeout=10)
 
@@ -652,25 +669,15 @@ def test_a_request_the_gate_fails_on_gets_a_500_and_the_connection_serves_on(
 def silent_server(answer: bytes) -> Iterator[str]:
     """An upstream that reads a request, sends ``answer`` and then nothing, connection open
     (a hung registry; a real one cannot be made to hang on purpose)."""
-    listener = socket.create_server(("127.0.0.1", 0))
     ended = threading.Event()
 
-    def hang() -> None:
-        with suppress(OSError):
-            connection, _ = listener.accept()
-            with connection:
-                connection.recv(65536)
-                connection.sendall(answer)
-                ended.wait(60)  # longer than the client waits
+    def hang(connection: socket.socket) -> None:
+        connection.recv(65536)
+        connection.sendall(answer)
+        ended.wait(60)  # longer than the client waits
 
-    thread = threading.Thread(target=hang, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        ended.set()
-        listener.close()
-        thread.join(timeout=10)
+    with one_connection_server(hang, ended) as url:
+        yield url
 
 
 def test_a_registry_that_never_answers_gets_the_client_a_502_after_the_read_timeout(
