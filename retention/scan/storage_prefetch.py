@@ -51,7 +51,7 @@ _HASHES: dict[str, Callable[[bytes], hashlib._Hash]] = {
     "sha384": hashlib.sha384,
     "sha512": hashlib.sha512,
 }
-_LINK_LIMIT_BYTES = 1024
+LINK_LIMIT_BYTES = 1024  # a link holds a digest: far less
 _CHUNK_BYTES = 64 * 1024
 
 
@@ -107,7 +107,7 @@ class _Repository:
         found = []
         for tag in names:
             link = f"_manifests/tags/{tag}/current/link"
-            content, mtime = _read(self._directory, link, _LINK_LIMIT_BYTES, mtimes)
+            content, mtime = _read(self._directory, link, LINK_LIMIT_BYTES, mtimes)
             digest = content.decode("ascii", "replace")
             if DIGEST.fullmatch(digest) is None:
                 raise _Unreadable
@@ -166,17 +166,32 @@ def _read(directory: int, name: str, limit: int, mtime: bool) -> tuple[bytes, fl
     """The whole file (at most ``limit`` bytes) and, when asked, its mtime."""
     descriptor = os.open(name, os.O_RDONLY, dir_fd=directory)
     try:
-        chunks = [os.read(descriptor, min(limit + 1, _CHUNK_BYTES))]
-        received = len(chunks[0])
-        while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
-            chunks.append(os.read(descriptor, _CHUNK_BYTES))
-            received += len(chunks[-1])
+        data = read_up_to(descriptor, limit)
         modified = os.fstat(descriptor).st_mtime if mtime else None
     finally:
         os.close(descriptor)
-    if received > limit:
+    if len(data) > limit:
         raise _Unreadable
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks), modified
+    return data, modified
+
+
+def read_up_to(descriptor: int, limit: int) -> bytes:
+    """An open file's bytes to its end, or ``limit + 1`` of them at most: one byte too many
+    says it is larger than ``limit`` (both the scan and this helper read files this way).
+
+    One system call for a file up to one chunk: a regular file returns less than asked only
+    at its end, so a short read is the whole file. A chunk, not ``limit``, is asked for,
+    which would allocate (and map) 4 MiB per file; ``limit + 1`` when that is smaller (a
+    link).
+    """
+    first = os.read(descriptor, min(limit + 1, _CHUNK_BYTES))
+    if len(first) < _CHUNK_BYTES:
+        return first
+    chunks, received = [first], len(first)
+    while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
+        chunks.append(os.read(descriptor, _CHUNK_BYTES))
+        received += len(chunks[-1])
+    return b"".join(chunks)
 
 
 def prefetch(v2: str, name: str, blobs: int | None, limits: Limits, mtimes: bool) -> Prefetched:

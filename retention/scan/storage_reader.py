@@ -44,14 +44,12 @@ from retention.registry.digests import digest_matches
 from retention.registry.manifests import BlobTable, parse_parts
 from retention.scan import storage_prefetch
 from retention.scan.inventory import ProgressCallback
-from retention.scan.storage_prefetch import DIGEST, Prefetched
+from retention.scan.storage_prefetch import DIGEST, LINK_LIMIT_BYTES, Prefetched, read_up_to
 
 log = get_logger(__name__)
 
 V2 = Path("docker/registry/v2")
 CONFIG_LIMIT_BYTES = 4 * 1024 * 1024
-_LINK_LIMIT_BYTES = 1024
-_CHUNK_BYTES = 64 * 1024
 PREFETCH_RECORD_LIMIT_BYTES = 64 * 1024 * 1024
 """A repository whose manifests and configs come to more is read by the scan itself: the
 helper's bytes of it would be held beside the scan's objects (about 1 KB a tag)."""
@@ -277,7 +275,7 @@ class _RepositoryRead:
         """The tag's digest, and with ``push_times`` its last push (the link's mtime)."""
         link = f"_manifests/tags/{tag}/current/link"
         content, mtime = _read(
-            self._directory, link, _LINK_LIMIT_BYTES, f"tag {tag!r}", with_mtime=self._push_times
+            self._directory, link, LINK_LIMIT_BYTES, f"tag {tag!r}", with_mtime=self._push_times
         )
         digest = content.decode("ascii", "replace")
         if DIGEST.fullmatch(digest) is None:
@@ -356,10 +354,7 @@ def _read(
     the file and the reason.
 
     Three system calls for a file up to one chunk (open, one read, close; a fourth for the
-    mtime): a regular file returns less than asked only at its end, so a short read is the
-    whole file. One read of at most a chunk, not of ``limit``, which would allocate (and
-    map) 4 MiB per file; of ``limit + 1`` when that is smaller (a link), enough to see one
-    byte too many.
+    mtime): see ``read_up_to``.
     """
     try:
         descriptor = os.open(name, os.O_RDONLY, dir_fd=directory.descriptor())
@@ -367,9 +362,7 @@ def _read(
         path = directory.full(name)
         raise StorageReadError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     try:
-        data = os.read(descriptor, min(limit + 1, _CHUNK_BYTES))
-        if len(data) == _CHUNK_BYTES:
-            data = _rest(descriptor, data, limit)
+        data = read_up_to(descriptor, limit)
         mtime = os.fstat(descriptor).st_mtime if with_mtime else None
     except OSError as exc:
         path = directory.full(name)
@@ -380,15 +373,6 @@ def _read(
         path = directory.full(name)
         raise StorageReadError(f"{what}: {path} is larger than {limit} bytes")
     return data, mtime
-
-
-def _rest(descriptor: int, first: bytes, limit: int) -> bytes:
-    """A file larger than one chunk: read on to its end, or to just past ``limit``."""
-    chunks, received = [first], len(first)
-    while len(chunks[-1]) == _CHUNK_BYTES and received <= limit:
-        chunks.append(os.read(descriptor, _CHUNK_BYTES))
-        received += len(chunks[-1])
-    return b"".join(chunks)
 
 
 class _Prefetch:
