@@ -30,8 +30,8 @@ The CLI and the daemon turn these into one-line messages; anything that is not a
     ├── HoldsError             the file of restored tags' holds cannot be read or written
     ├── PassInterrupted        Ctrl-C (or a cancel) during deletion: how far it got
     ├── GateError              the write gate could not start (gate.listen taken, say)
-    │   └── GateUpstreamError      the registry behind the gate answered what is not HTTP/1
-    │       └── GateUpstreamTimeout    ... or left a read waiting longer than the gate waits
+    ├── UpstreamProtocolError  the registry's answer on an HTTP/1.1 connection is not HTTP/1
+    │   └── UpstreamTimeout        ... or it left a read (or a write) waiting too long
     └── DemoError              the demo's throwaway registry could not be started
 
 Every module raises these and nothing defines its own, so this drawing is the whole list.
@@ -194,15 +194,17 @@ class GateError(RetentionError):
     """The write gate of ``retention serve`` could not start."""
 
 
-class GateUpstreamError(GateError):
-    """The registry behind the gate sent a malformed answer (the client gets a 502, or a
-    dropped connection once the answer's head has gone to it)."""
+class UpstreamProtocolError(RetentionError):
+    """The registry sent a malformed answer on one of ``registry/http1.py``'s connections.
+
+    The gate answers its client 502 (or drops the connection once the answer's head has
+    gone to it); the registry client's transport turns it into httpx's protocol error.
+    """
 
 
-class GateUpstreamTimeout(GateUpstreamError):
-    """The registry sent nothing for the gate's read timeout while it had a request to
-    answer; never sent again (the registry has it), the client gets what a malformed
-    answer gets."""
+class UpstreamTimeout(UpstreamProtocolError):
+    """The registry sent nothing for the read timeout while it had a request to answer (or
+    took nothing for the write timeout); never sent again: the registry may have it."""
 
 
 class DemoError(RetentionError):

@@ -10,7 +10,7 @@ gate answers writes itself, exactly as a read-only registry does.
 Owns: forwarding (streamed both ways, never a whole body in memory), the write window, and
 the bookkeeping of upload sessions; the connections from clients are ``downstream.py``'s
 (keep-alive, pipelining, ``100 Continue``, response framing) and those to the registry
-``upstream.py``'s (which sends a request twice only when the first provably never reached
+``registry/http1.py``'s (which sends a request twice only when the first provably never reached
 the registry).
 Must not: change a read, retry anything else, or know about passes (the runner sees it
 only as a ``WriteWindow``).
@@ -73,11 +73,11 @@ from typing import Any
 from yarl import URL
 
 from retention.core.policy import Gate
-from retention.errors import GateError, GateUpstreamError
+from retention.errors import GateError, UpstreamProtocolError
 from retention.logs import get_logger
+from retention.registry.http1 import Exchange, ResponseHead, UpstreamPool
 from retention.service import splice
 from retention.service.downstream import ClientConnection, Listener, Request, http_date
-from retention.service.upstream import Exchange, ResponseHead, UpstreamPool
 
 log = get_logger(__name__)
 
@@ -119,7 +119,7 @@ PLAIN_TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 # Bodies from this size on are spliced (Linux). When a spliced body still cost its upstream
 # connection (aiohttp's client), 1 MB was about even (the gate's CPU per blob 2.1-2.3
 # against 1.9-2.0 ms), 2 MB 2.4-3.4 against 3.5-3.7 ms, 32 MB 11 against 42-46 ms. With
-# the connection kept (upstream.py), a 1 MB blob costs 2.07 spliced against 2.77 ms copied
+# the connection kept (registry/http1.py), a 1 MB blob costs 2.07 spliced against 2.77 ms copied
 # (gate_benchmark.py, load 9 on 2 cores); below the read-ahead, one read and one write.
 SPLICE_MIN_BYTES = 256 * 1024
 DRAIN_POLL_S = 0.2  # how often a drain re-checks sessions that may have become abandoned
@@ -342,7 +342,7 @@ class WriteGate:
         head = self._request_head(request)
         try:
             exchange = await pool.send(request.method, head, body, length=request.content_length)
-        except (OSError, GateUpstreamError) as exc:
+        except (OSError, UpstreamProtocolError) as exc:
             log.warning("gate upstream failed", method=request.method, error=repr(exc))
             return await _own_answer(request, 502, _PLAIN_TEXT_LINES, BAD_GATEWAY_BODY)
         try:
@@ -372,7 +372,7 @@ class WriteGate:
             if with_body and not exchange.finished:
                 await self._relay_body(request, exchange)
             connection.end()
-        except (ConnectionError, GateUpstreamError) as exc:
+        except (ConnectionError, UpstreamProtocolError) as exc:
             # The client went away, or the registry broke off: the connection is dropped
             # either way, and what was sent is all the client gets. A connection kept
             # alive would leave the client waiting for the rest.

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 from yarl import URL
 
-from retention.errors import GateUpstreamError, GateUpstreamTimeout
-from retention.service.upstream import Exchange, UpstreamPool
+from retention.errors import UpstreamProtocolError, UpstreamTimeout
+from retention.registry.http1 import Exchange, UpstreamPool
 
 DROP = b""  # read the request, then close the connection without an answer
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -332,7 +332,7 @@ async def test_a_malformed_answer_is_an_upstream_error_and_drops_the_connection(
 ) -> None:
     async with scripted(answer) as upstream:
         pool = new_pool(upstream)
-        with pytest.raises(GateUpstreamError):
+        with pytest.raises(UpstreamProtocolError):
             await ask(pool)
         assert pool.idle == 0
         pool.close()
@@ -393,7 +393,7 @@ async def test_a_registry_that_never_answers_times_out_and_is_not_asked_again() 
         pool = new_pool(upstream, read_timeout_s=0.3)
         await ask(pool)
         started = time.monotonic()
-        with pytest.raises(GateUpstreamTimeout, match=r"sent nothing for 0\.3s"):
+        with pytest.raises(UpstreamTimeout, match=r"sent nothing for 0\.3s"):
             await ask(pool)  # on the kept connection: a GET a dropped one would send again
         waited = time.monotonic() - started
         pool.close()
@@ -405,7 +405,7 @@ async def test_a_registry_that_never_answers_times_out_and_is_not_asked_again() 
 async def test_a_body_the_registry_stops_sending_midway_times_out() -> None:
     async with scripted(Stalled(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")) as up:
         pool = new_pool(up, read_timeout_s=0.3)
-        with pytest.raises(GateUpstreamTimeout):
+        with pytest.raises(UpstreamTimeout):
             await ask(pool)
         assert pool.idle == 0
         pool.close()

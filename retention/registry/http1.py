@@ -1,13 +1,15 @@
-"""The write gate's connections to the registry: a pool of kept-alive HTTP/1.1 connections.
+"""Kept-alive HTTP/1.1 connections to the registry: what both of our clients speak through.
 
-Why it exists: the gate forwards every pull, and with aiohttp's ``ClientSession`` (request
-and response objects, cookie and redirect machinery, a stream reader per body) it spent
-0.93 ms of CPU per HEAD and 2.78 ms per 1 MB blob, against 0.68 and 1.59 ms with this
-module (side by side on the 2-core machine, README). The gate needs far less: send a head
-it has already filtered, read the registry's answer head, and hand the body over in its
-framing. It also lets a body spliced in the kernel (``splice.py``) keep its connection:
-this module knows exactly where a response ends, so after the spliced bytes the
-connection is at the start of the next response and goes back to the pool.
+Why it exists: the write gate forwards every pull, and with aiohttp's ``ClientSession``
+(request and response objects, cookie and redirect machinery, a stream reader per body) it
+spent 0.93 ms of CPU per HEAD and 2.78 ms per 1 MB blob, against 0.68 and 1.59 ms with this
+module (side by side on the 2-core machine, README). The registry client's scan sends two
+small GETs per tag, and over this module (``transport.py`` adapts it to httpx) it spends a
+third less CPU per request than over aiohttp (README, "Scan speed"). Neither needs more
+than this: send a finished request head, read the registry's answer head, and hand the body
+over in its framing. It also lets a body spliced in the kernel (``service/splice.py``) keep
+its connection: this module knows exactly where a response ends, so after the spliced
+bytes the connection is at the start of the next response and goes back to the pool.
 
 Owns: connecting (plain TCP or TLS), writing a request head and body (the body from its
 own task, so that an early answer of the registry is read while the body still flows),
@@ -16,9 +18,9 @@ no body for HEAD, 1xx, 204 and 304), and keeping a connection only when its resp
 read to its end and neither side said ``close``. A request on a kept connection that the
 registry had closed meanwhile is sent once more on a new one, and only when that is safe:
 an idempotent method, no request body, nothing of an answer received, no read timed out
-(a registry silent for ``read_timeout_s`` while it owes bytes fails the exchange). Must
-not: know the gate's window, rewrite or choose headers (the caller hands a finished header
-block), or follow redirects.
+(a registry silent for ``read_timeout_s`` while it owes bytes fails the exchange, as one
+that takes nothing for ``write_timeout_s`` while a body waits to go). Must not: choose or
+rewrite headers (the caller hands a finished header block), or follow redirects.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import asyncio
 import re
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from yarl import URL
 
-from retention.errors import GateUpstreamError, GateUpstreamTimeout
+from retention.errors import UpstreamProtocolError, UpstreamTimeout
 
 # Methods a proxy may send twice (RFC 9110 section 9.2.2) when the first attempt provably
 # never reached the registry's handler.
@@ -94,9 +97,15 @@ class _Connection(asyncio.BufferedProtocol):
     A buffered protocol, so that it chooses how much each read takes (``read_bytes``).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout_s: float,
+        write_timeout_s: float | None = None,
+    ) -> None:
         self._loop = loop
         self._read_timeout_s = read_timeout_s
+        self._write_timeout_s = write_timeout_s
         self._active_at = loop.time()  # when the last byte came or went
         self.sending = False  # a request body still flows: the registry may wait for it
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -187,7 +196,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_exception(
-                    GateUpstreamTimeout(f"the registry sent nothing for {self._read_timeout_s}s")
+                    UpstreamTimeout(f"the registry sent nothing for {self._read_timeout_s}s")
                 )
             return  # the exchange fails and its connection is dropped
         later = due if due > now else now + self._read_timeout_s
@@ -198,7 +207,10 @@ class _Connection(asyncio.BufferedProtocol):
     async def _more(self) -> None:
         """Wait for more bytes, or raise if the registry has closed the connection."""
         if self.closed:
-            raise ConnectionResetError(f"the registry closed the connection: {self._error!r}")
+            # From the cause: a TLS alert (a refused client certificate) arrives this way.
+            raise ConnectionResetError(
+                f"the registry closed the connection: {self._error!r}"
+            ) from self._error
         await self._await_bytes()
 
     def _take(self, limit: int) -> bytes:
@@ -229,7 +241,7 @@ class _Connection(asyncio.BufferedProtocol):
                 line = self._take(end + 2)
                 return line[:-2]
             if len(data) > limit:
-                raise GateUpstreamError("the registry sent a line longer than the gate takes")
+                raise UpstreamProtocolError("the registry sent a line longer than the gate takes")
             await self._more()
 
     async def read_head(self) -> bytes:
@@ -240,7 +252,7 @@ class _Connection(asyncio.BufferedProtocol):
             if end >= 0:
                 return self._take(end + 4)[:-4]
             if len(data) > MAX_HEAD_BYTES:
-                raise GateUpstreamError("the registry sent a response head over 64 KiB")
+                raise UpstreamProtocolError("the registry sent a response head over 64 KiB")
             await self._more()
 
     async def read(self, limit: int) -> bytes:
@@ -286,8 +298,17 @@ class _Connection(asyncio.BufferedProtocol):
         self._active_at = self._loop.time()
         self.transport.write(data)
         writable = self._writable
-        if writable is not None:
+        if writable is None:
+            return
+        if self._write_timeout_s is None:
             await writable
+            return
+        try:
+            await asyncio.wait_for(writable, self._write_timeout_s)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"the registry took nothing for {self._write_timeout_s}s"
+            ) from None
 
     def close(self) -> None:
         self.closed = True
@@ -354,7 +375,7 @@ class Exchange:
                 size -= len(chunk)
                 yield chunk
             if await connection.read_line() != b"":
-                raise GateUpstreamError("a chunk of the registry's body has no CRLF after it")
+                raise UpstreamProtocolError("a chunk of the registry's body has no CRLF after it")
         while await connection.read_line():  # trailers: a proxy may drop them (RFC 9112 7.1.2)
             pass
 
@@ -397,21 +418,28 @@ class UpstreamPool:
         *,
         connect_timeout_s: float,
         read_timeout_s: float = 300.0,
+        write_timeout_s: float | None = None,
+        tls: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``tls`` is the context for an https ``url`` (the system's trust if None)."""
         if url.scheme not in {"http", "https"} or not url.host:
-            raise GateUpstreamError(f"the gate cannot forward to {url}")
+            raise UpstreamProtocolError(f"no HTTP/1.1 connection can go to {url}")
         self.host = url.host
         self.port = url.port or (443 if url.scheme == "https" else 80)
-        self._ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if url.scheme == "https" else None
-        )
+        self._ssl: ssl.SSLContext | None = None
+        if url.scheme == "https":
+            self._ssl = tls if tls is not None else ssl.create_default_context()
         host = f"[{url.raw_host}]" if ":" in (url.raw_host or "") else str(url.raw_host)
         self.host_header = host if url.is_default_port() else f"{host}:{url.port}"
         self._connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self._write_timeout_s = write_timeout_s
         self._clock = clock
         self._idle: list[_Connection] = []  # the most recently used last
+        # Every connection made and not yet closed, idle or in an exchange: ``close`` ends
+        # them all, so none outlives its pool (a task cancelled mid-exchange, say).
+        self._live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
     @property
     def idle(self) -> int:
@@ -431,8 +459,8 @@ class UpstreamPool:
             return await self._exchange(await self._connect(), method, head, body, length)
         try:
             return await self._exchange(connection, method, head, body, length)
-        except (ConnectionError, GateUpstreamError) as exc:
-            reached = connection.received or isinstance(exc, GateUpstreamTimeout)
+        except (ConnectionError, UpstreamProtocolError) as exc:
+            reached = connection.received or isinstance(exc, UpstreamTimeout)
             if reached or body is not None or method not in IDEMPOTENT:
                 raise
         return await self._exchange(await self._connect(), method, head, body, length)
@@ -504,20 +532,31 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop, self.read_timeout_s),
+                    lambda: _Connection(loop, self.read_timeout_s, self._write_timeout_s),
                     self.host,
                     self.port,
                     ssl=self._ssl,
                 )
-        except TimeoutError as exc:
-            raise ConnectionRefusedError(
+                self._live.add(connection)
+        except TimeoutError as exc:  # still an OSError, as every failure to connect
+            raise TimeoutError(
                 f"no connection to {self.host}:{self.port} within {self._connect_timeout_s}s"
             ) from exc
         return connection
 
     def close(self) -> None:
+        """End every connection now, idle or still in an exchange.
+
+        Aborted, not closed: an idle connection has nothing left to send, and closing TLS
+        waits for the registry's close_notify, a round trip that a client closing at the
+        end of a command does not wait for (the socket then outlives the event loop).
+        """
         while self._idle:
-            self._idle.pop().close()
+            self._idle.pop().abort()
+        for connection in list(self._live):
+            if not connection.closed:
+                connection.abort()
+        self._live.clear()
 
 
 async def _send_body(connection: _Connection, body: BodySource, length: int | None) -> None:
@@ -554,12 +593,14 @@ async def _read_response_head(connection: _Connection, method: str) -> ResponseH
         matched = _STATUS_LINE.fullmatch(status_line)
         if matched is None:
             line = status_line[:80]
-            raise GateUpstreamError(f"the registry sent no HTTP/1 status line: {line!r}")
+            raise UpstreamProtocolError(f"the registry sent no HTTP/1 status line: {line!r}")
         status = int(matched.group(2))
         if status >= 200:
             break
     if _FIELDS.fullmatch(block) is None:
-        raise GateUpstreamError(f"the registry sent a malformed header line: {_bad_line(block)!r}")
+        raise UpstreamProtocolError(
+            f"the registry sent a malformed header line: {_bad_line(block)!r}"
+        )
     reason = (matched.group(3) or b"").decode("latin-1")
     return _framed(status, reason, block, http10=matched.group(1) == b"0", method=method)
 
@@ -596,7 +637,7 @@ def _framed(status: int, reason: str, block: bytes, *, http10: bool, method: str
     length = lengths.pop() if len(lengths) == 1 else None
     if lengths or (length is not None and not _DIGITS.fullmatch(length)):
         bad = sorted(lengths | ({length} if length is not None else set()))
-        raise GateUpstreamError(f"the registry sent a bad Content-Length: {bad}")
+        raise UpstreamProtocolError(f"the registry sent a bad Content-Length: {bad}")
     if no_body:
         return ResponseHead(status, reason, block, 0, False, keep_alive)
     if length is not None:
@@ -607,5 +648,5 @@ def _framed(status: int, reason: str, block: bytes, *, http10: bool, method: str
 def _chunk_size(line: bytes) -> int:
     size = line.split(b";", 1)[0].strip(b" \t")
     if not _HEX.fullmatch(size):
-        raise GateUpstreamError(f"the registry sent a bad chunk size: {line[:40]!r}")
+        raise UpstreamProtocolError(f"the registry sent a bad chunk size: {line[:40]!r}")
     return int(size, 16)
