@@ -7,7 +7,7 @@ CONCURRENCY [STORAGE_ROOT]``; prints one JSON object. It does what
 handed to ``planner.Planning`` as it comes), or with STORAGE_ROOT what ``scan: storage``
 does (``runner.run_pass(dry_run=True)`` itself, as ``retention plan`` runs it), but
 scans only the first REPOSITORIES repositories and meters the client's transport (the same
-httpx-aiohttp transport ``RegistryClient`` uses by default):
+HTTP/1.1 transport ``RegistryClient`` uses by default, ``registry/transport.py``):
 
 * requests by kind, to show two requests per tag cold (GET by tag, GET config) and one
   warm (HEAD by tag);
@@ -37,7 +37,6 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 import httpx  # noqa: E402
-from httpx_aiohttp import AiohttpTransport  # noqa: E402
 from seed import repository_name  # noqa: E402
 
 from retention import cli, logs, runner  # noqa: E402
@@ -45,6 +44,8 @@ from retention.core import planner  # noqa: E402
 from retention.core.model import Repository  # noqa: E402
 from retention.core.policy import Policy, policy_from_mapping  # noqa: E402
 from retention.registry import RegistryClient  # noqa: E402
+from retention.registry.tls import public_trust  # noqa: E402
+from retention.registry.transport import Http1Transport  # noqa: E402
 from retention.scan import inventory  # noqa: E402
 from retention.state.manifest_cache import ManifestCache  # noqa: E402
 
@@ -71,8 +72,7 @@ class Meter(httpx.AsyncBaseTransport):
     """A real keep-alive transport that counts what goes through it."""
 
     def __init__(self, concurrency: int) -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        self._inner = AiohttpTransport(limits=limits, trust_env=False)
+        self._inner = Http1Transport(public_trust())
         self.requests: Counter[str] = Counter()
         self.peak_in_flight = 0
         self._in_flight = 0

@@ -15,7 +15,11 @@ as a floor no httpx-based client can beat:
 
 * ``httpx-httpcore``: ``httpx.AsyncClient`` with its default transport (httpcore, asyncio,
   sniffio installed);
-* ``httpx-aiohttp``: ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport``;
+* ``httpx-http1``: ``httpx.AsyncClient`` over ``retention.registry.transport.Http1Transport``
+  (our HTTP/1.1 pool, ``registry/http1.py``), what ``RegistryClient`` uses;
+* ``httpx-aiohttp``: ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport``, the
+  client's transport before ours (measured only where the package is installed: it is no
+  longer a dependency);
 * ``httpx-sync-threads``: ``httpx.Client`` called from a thread pool of ``concurrency``
   threads (``asyncio.to_thread``), the way an async caller would use the sync client;
 * ``aiohttp-raw``: ``aiohttp.ClientSession`` alone (not usable as our API; the floor).
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import statistics
 import sys
@@ -43,6 +48,7 @@ from registry_server import RegistryServer, registry_binary  # noqa: E402
 from seed import SeededTag, seed  # noqa: E402
 
 from retention.registry.media_types import MANIFEST_ACCEPT  # noqa: E402
+from retention.registry.transport import Http1Transport  # noqa: E402
 
 Request = tuple[str, dict[str, str]]
 Sender = Callable[[str, Sequence[Request], int], Coroutine[Any, Any, None]]
@@ -79,8 +85,14 @@ async def httpx_httpcore(url: str, requests: Sequence[Request], concurrency: int
     await _httpx(client, requests, concurrency)
 
 
+async def httpx_http1(url: str, requests: Sequence[Request], concurrency: int) -> None:
+    transport = Http1Transport(None)
+    client = httpx.AsyncClient(base_url=url, transport=transport, trust_env=False)
+    await _httpx(client, requests, concurrency)
+
+
 async def httpx_aiohttp(url: str, requests: Sequence[Request], concurrency: int) -> None:
-    from httpx_aiohttp import AiohttpTransport
+    from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found,unused-ignore]
 
     transport = AiohttpTransport(limits=_limits(concurrency), trust_env=False)
     client = httpx.AsyncClient(base_url=url, transport=transport, trust_env=False)
@@ -117,7 +129,8 @@ async def aiohttp_raw(url: str, requests: Sequence[Request], concurrency: int) -
 
 SENDERS: dict[str, Sender] = {
     "httpx-httpcore": httpx_httpcore,
-    "httpx-aiohttp": httpx_aiohttp,
+    "httpx-http1": httpx_http1,
+    **({"httpx-aiohttp": httpx_aiohttp} if importlib.util.find_spec("httpx_aiohttp") else {}),
     "httpx-sync-threads": httpx_sync_threads,
     "aiohttp-raw": aiohttp_raw,
 }

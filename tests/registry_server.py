@@ -28,6 +28,7 @@ from typing import Any, Literal
 import httpx
 
 from retention.registry import media_types
+from retention.registry.transport import Http1Transport
 
 BINARY_NAMES = ("docker-registry", "registry")
 READY_TIMEOUT_SECONDS = 15.0
@@ -587,12 +588,13 @@ class RecordingTransport(Script, httpx.AsyncBaseTransport):
     """Wraps a real transport: records every request and can answer some with a script.
 
     Lets tests against the real registry count requests (one GET per distinct manifest) and
-    inject the odd failure (a 503 on the catalog) while everything else stays real.
+    inject the odd failure (a 503 on the catalog) while everything else stays real, the
+    client's own transport (``registry/transport.py``) included.
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
         super().__init__()
-        self._inner = inner or httpx.AsyncHTTPTransport(trust_env=False)
+        self._inner = inner or Http1Transport(None)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         answer = self.scripted(request)

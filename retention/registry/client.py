@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from retention import __version__
 from retention.core.policy import RegistrySettings
@@ -47,6 +46,7 @@ from retention.registry.replies import (
 )
 from retention.registry.retry import RETRY_STATUSES, backoff_seconds
 from retention.registry.tls import public_trust, tls_context, tls_failure
+from retention.registry.transport import Http1Transport
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -101,8 +101,9 @@ class RegistryClient:
             timeout=httpx.Timeout(settings.timeout.total_seconds()),
             limits=limits,
             headers={"User-Agent": f"retention/{__version__}"},
-            transport=transport or _aiohttp(verify, limits),
+            transport=transport or Http1Transport(_trust(verify)),
         )
+        self._http._cookies = _SetCookieJar()  # httpx's own attribute: see the class
         self._base = str(self._http.base_url).rstrip("/") + "/"  # "http://h:5000" has none
         self._extensions = {"timeout": self._http.timeout.as_dict()}
         self._header_sets: dict[frozenset[tuple[str, str]], httpx.Headers] = {}
@@ -355,18 +356,23 @@ class RegistryClient:
         )
 
 
-def _aiohttp(verify: ssl.SSLContext | bool, limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """httpx's API over aiohttp's connection pool: a third of httpcore's CPU per request.
+class _SetCookieJar(httpx.Cookies):
+    """httpx's cookie jar, which reads a response only when it sets a cookie.
 
-    Measured with ``benchmarks/transports.py`` on one registry (client CPU per request for a
-    cold scan's GETs): httpcore 1.5 ms (sniffio installed), sync httpx on threads 0.9 ms,
-    this 0.7 ms, raw aiohttp 0.3 ms. httpcore spends it in its pool bookkeeping (anyio
-    wrappers, ``is_idle`` over every connection, socket readability checks per request).
-    Requests, auth flows, redirects and exceptions stay httpx's; proxies from the
-    environment still go through httpx's own transports.
+    httpx hands every response to the client's jar, whose urllib adapters (a request and a
+    response object for ``http.cookiejar``) were 9 % of a cold plan's CPU under py-spy, for
+    registry answers that never carry ``Set-Cookie``. A proxy in front that sets one still
+    gets its cookie back: the jar is httpx's, only the empty case is skipped.
     """
-    trusted = public_trust() if verify is True else verify
-    return AiohttpTransport(verify=trusted, limits=limits, trust_env=False)
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+def _trust(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """The policy's TLS context, else certifi's public CAs, shared per process (``tls.py``)."""
+    return verify if isinstance(verify, ssl.SSLContext) else public_trust()
 
 
 def _manifest_path(repository: str, reference: str) -> str:

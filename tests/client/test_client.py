@@ -665,3 +665,22 @@ def test_the_config_created_time_is_read_as_utc_or_unknown(
 
     assert created == expected
     assert created is None or created.utcoffset() == timedelta(0)
+
+
+async def test_a_cookie_set_by_a_proxy_in_front_of_the_registry_is_sent_back() -> None:
+    """The jar skips answers without ``Set-Cookie`` (client.py's ``_SetCookieJar``), and
+    still keeps one that has it, as httpx's own jar does."""
+    sent: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers.get("cookie"))
+        if request.url.path == "/v2/":
+            return httpx.Response(200, headers={"Set-Cookie": "route=r1; Path=/"})
+        return httpx.Response(200, json={"repositories": ["app"]})
+
+    settings = RegistrySettings(url=FAKE_URL)
+    async with RegistryClient(settings, transport=httpx.MockTransport(answer)) as client:
+        await client.ping()
+        assert await client.catalog() == ["app"]
+        await client.ping()
+    assert sent == [None, "route=r1", "route=r1"]
