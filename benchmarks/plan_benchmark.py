@@ -12,6 +12,9 @@ see ``seed.py``), and measures on that one registry, in one run:
 * the limit: ``wrk`` (C, epoll, keep-alive) sending exactly the requests a cold plan sends,
   a GET of each manifest by tag and of each distinct config (``limit.py``), in two halves
   that bracket the cold plan, so load drift on a shared machine hits both alike;
+* the warm limit: wrk GETting the manifests by tag alone (what the registry does for a
+  warm plan's HEADs, ``limit.py``), in two halves that bracket the warm plan. A warm plan
+  cannot be faster than the cold limit by more than the ratio of the two limits (shown);
 * a cold plan (empty manifest cache), a warm plan (the cache it left, unchanged registry)
   and a storage plan (``scan: storage``: the files, no requests; ``run_pass(dry_run=True)``
   as ``retention plan`` runs it), each in a fresh process (``plan_pass.py``) so its peak
@@ -155,20 +158,32 @@ def _one_size(binary: str, size: int, per_repository: int, concurrency: int) -> 
         before = limit.measure(server.url, seeded[:half], concurrency)
         cold = _plan(server.url, workdir / "state", repositories, seeded, concurrency)
         after = limit.measure(server.url, seeded[half:], concurrency)
+        warm_before = limit.measure(server.url, seeded[:half], concurrency, manifests_only=True)
         warm = _plan(server.url, workdir / "state", repositories, seeded, concurrency)
+        warm_after = limit.measure(server.url, seeded[half:], concurrency, manifests_only=True)
         storage = _plan(
             server.url, workdir / "state-storage", repositories, seeded, concurrency, server.root
         )
     best = limit.LimitResult.combined(before, after)
+    warm_best = limit.LimitResult.combined(warm_before, warm_after)
     return {
         "tags": len(seeded),
         "repositories": repositories,
         "seed_seconds": round(seed_seconds, 2),
         "limit": _limit_facts(best, (before, after)),
+        "warm_limit": _limit_facts(warm_best, (warm_before, warm_after)),
         "cold": _with_ratio(cold, best),
-        "warm": _with_ratio(warm, best),
+        "warm": {
+            **_with_ratio(warm, best),
+            "ratio_to_warm_limit": round(
+                warm["tags"] / warm["seconds"] / warm_best.tags_per_second, 3
+            ),
+        },
         "storage": _with_ratio(storage, best),
         "warm_speedup": round(cold["seconds"] / warm["seconds"], 2),
+        # The most a warm plan could gain on a cold one that ran at the cold limit: the
+        # registry answers the manifests alone this much faster than manifests and configs.
+        "limit_speedup": round(warm_best.tags_per_second / best.tags_per_second, 2),
         "storage_speedup": round(cold["seconds"] / storage["seconds"], 1),
     }
 
@@ -375,12 +390,18 @@ def render(results: dict[str, Any]) -> str:
                       f" (seeded in {size['seed_seconds']} s)", header]  # fmt: skip
         if "limit" in size:
             lines.append(_row("limit (wrk)", size["limit"]))
+            lines.append(_row("warm limit (wrk)", size["warm_limit"]))
         lines += [_row(f"{kind} plan", size[kind]) for kind in KINDS if kind in size]
         if "cold" in size:
             lines.append(
                 f"warm speed-up {size['warm_speedup']}x, storage speed-up"
                 f" {size['storage_speedup']}x; limit halves"
                 f" {size['limit']['halves_tags_per_second']} tags/s"
+            )
+            lines.append(
+                f"warm plan / warm limit {size['warm']['ratio_to_warm_limit']}; warm limit /"
+                f" limit {size['limit_speedup']}x (the speed-up a warm plan could reach over"
+                " a cold plan at the limit)"
             )
     lines += _linearity(results["runs"])
     lines.append("")

@@ -25,6 +25,8 @@ def test_a_quick_benchmark_run_reports_every_section_as_json() -> None:
     (run,) = report["runs"]
     assert (run["tags"], run["repositories"]) == (12, 3)
     assert run["limit"]["requests"] == 24  # a GET by tag and a GET of its config, per tag
+    assert run["warm_limit"]["requests"] == 12  # the manifests by tag alone
+    assert run["warm"]["ratio_to_warm_limit"] > 0 and run["limit_speedup"] > 0
     cold, warm, storage = run["cold"], run["warm"], run["storage"]
     for plan in (cold, warm, storage):
         assert (plan["tags"], plan["failed_repositories"], plan["undated"]) == (12, 0, 0)
@@ -94,8 +96,10 @@ def _size(tags: int, cold: float, warm: float, storage: float) -> dict[str, Any]
 
     limit = {**plan(cold), "halves_tags_per_second": []}
     return {"tags": tags, "repositories": tags // 50, "seed_seconds": 1.0, "limit": limit,
-            "cold": plan(cold), "warm": plan(warm), "storage": plan(storage),
-            "warm_speedup": cold / warm, "storage_speedup": cold / storage}  # fmt: skip
+            "warm_limit": {**plan(warm), "halves_tags_per_second": []},
+            "cold": plan(cold), "warm": {**plan(warm), "ratio_to_warm_limit": 1.0},
+            "storage": plan(storage), "warm_speedup": cold / warm,
+            "limit_speedup": cold / warm, "storage_speedup": cold / storage}  # fmt: skip
 
 
 def test_a_storage_only_report_judges_the_storage_plan_by_wall_and_busier_process_cpu(
