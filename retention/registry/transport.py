@@ -30,6 +30,11 @@ from retention.errors import UpstreamProtocolError, UpstreamTimeout
 from retention.registry.http1 import Exchange, UpstreamPool
 
 _HTTP_1_1 = b"HTTP/1.1"
+# Bodies up to this size (every manifest, config and listing page a scan reads) are read
+# before httpx gets the response: httpx then serves them from memory, without the five
+# async generators its streamed path stacks per response (each registered with the event
+# loop), and the connection is back in the pool at once. Larger ones stream.
+EAGER_BODY_BYTES = 256 * 1024
 _NO_TIMEOUT_S = 365 * 24 * 3600.0  # httpx's None: a timer that never fires in practice
 # The body's framing is ours to write (http1.py adds Transfer-Encoding: chunked itself).
 _FRAMING = frozenset({b"transfer-encoding"})
@@ -51,12 +56,22 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             raise _translated(exc, request, connecting=True) from exc
         head = exchange.head
+        extensions = {"http_version": _HTTP_1_1, "reason_phrase": head.reason.encode()}
+        small = head.length is not None and head.length <= EAGER_BODY_BYTES  # not chunked
+        if exchange.finished or small:
+            return httpx.Response(
+                head.status,
+                headers=head.fields,
+                content=await _whole(pool, exchange, request),
+                request=request,
+                extensions=extensions,
+            )
         return httpx.Response(
             head.status,
             headers=head.fields,
             stream=_ResponseBody(pool, exchange, request),
             request=request,
-            extensions={"http_version": _HTTP_1_1, "reason_phrase": head.reason.encode()},
+            extensions=extensions,
         )
 
     async def aclose(self) -> None:
@@ -84,6 +99,17 @@ class Http1Transport(httpx.AsyncBaseTransport):
             )
             self._pools[key] = pool
         return pool
+
+
+async def _whole(pool: UpstreamPool, exchange: Exchange, request: httpx.Request) -> bytes:
+    """A small body read at once, and the connection given back before httpx sees it."""
+    try:
+        chunks = [chunk async for chunk in exchange.body()] if not exchange.finished else []
+    except BaseException as exc:
+        raise _translated(exc, request, connecting=False) from exc
+    finally:
+        pool.release(exchange)  # kept only if the body was read to its end
+    return b"".join(chunks)
 
 
 class _ResponseBody(httpx.AsyncByteStream):

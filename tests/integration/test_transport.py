@@ -40,7 +40,11 @@ async def test_a_blob_of_several_mb_comes_whole_and_its_connection_is_kept(
     digest, _ = seeder.blob("big/blob", data)
     transport = Http1Transport(None)
     async with client(registry_server.url, transport) as http:
-        response = await http.get(f"/v2/big/blob/blobs/{digest}")
+        response = await http.send(
+            http.build_request("GET", f"/v2/big/blob/blobs/{digest}"), stream=True
+        )
+        assert pools(transport) == 0  # streamed: the connection is the response's until read
+        await response.aread()
         assert response.status_code == 200
         assert hashlib.sha256(response.content).hexdigest() == digest.removeprefix("sha256:")
         assert pools(transport) == 1
@@ -48,6 +52,18 @@ async def test_a_blob_of_several_mb_comes_whole_and_its_connection_is_kept(
         assert head.status_code == 200 and head.content == b""
         assert head.headers["content-length"] == str(len(data))
         assert pools(transport) == 1  # the same connection, given back twice
+
+
+async def test_a_small_answer_is_read_at_once_and_its_connection_is_back_before_httpx_reads_it(
+    registry_server: RegistryServer,
+) -> None:
+    transport = Http1Transport(None)
+    async with client(registry_server.url, transport) as http:
+        response = await http.send(http.build_request("GET", "/v2/"), stream=True)
+        assert pools(transport) == 1  # given back while the response is still open
+        assert (await response.aread()) == b"{}"
+        await response.aclose()
+        assert pools(transport) == 1
 
 
 async def test_a_streamed_upload_goes_chunked_and_the_registry_takes_it(
