@@ -54,7 +54,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         try:
             exchange = await pool.send(request.method, _head(request), body, length=length)
         except BaseException as exc:
-            raise _translated(exc, request, connecting=True) from exc
+            _raise_as_httpx(exc, request, connecting=True)
+            raise
         head = exchange.head
         extensions = {"http_version": _HTTP_1_1, "reason_phrase": head.reason.encode()}
         small = head.length is not None and head.length <= EAGER_BODY_BYTES  # not chunked
@@ -106,7 +107,8 @@ async def _whole(pool: UpstreamPool, exchange: Exchange, request: httpx.Request)
     try:
         chunks = [chunk async for chunk in exchange.body()] if not exchange.finished else []
     except BaseException as exc:
-        raise _translated(exc, request, connecting=False) from exc
+        _raise_as_httpx(exc, request, connecting=False)
+        raise
     finally:
         pool.release(exchange)  # kept only if the body was read to its end
     return b"".join(chunks)
@@ -127,7 +129,8 @@ class _ResponseBody(httpx.AsyncByteStream):
             async for chunk in self._exchange.body():
                 yield chunk
         except BaseException as exc:
-            raise _translated(exc, self._request, connecting=False) from exc
+            _raise_as_httpx(exc, self._request, connecting=False)
+            raise
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None  # httpx may close a stream twice
@@ -175,8 +178,9 @@ def _pieces(request: httpx.Request) -> Callable[[], Awaitable[bytes]]:
     return next_piece
 
 
-def _translated(exc: BaseException, request: httpx.Request, *, connecting: bool) -> BaseException:
-    """httpx's exception for a failure of ``http1.py`` (anything else passes unchanged)."""
+def _raise_as_httpx(exc: BaseException, request: httpx.Request, *, connecting: bool) -> None:
+    """Raise httpx's exception for a failure of ``http1.py``, caused by it; return for
+    anything else (a cancellation, a bug), which the caller re-raises unchanged."""
     message = str(exc) or type(exc).__name__
     kind: type[httpx.TransportError]
     if isinstance(exc, UpstreamTimeout):  # a read or a write the registry left waiting
@@ -192,8 +196,8 @@ def _translated(exc: BaseException, request: httpx.Request, *, connecting: bool)
     elif isinstance(exc, OSError):  # a name that does not resolve, an unreachable network
         kind = httpx.ConnectError if connecting else httpx.ReadError
     else:
-        return exc
-    return kind(message, request=request)
+        return
+    raise kind(message, request=request) from exc
 
 
 def _seconds(value: float | None) -> float:

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import socket
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -124,31 +125,45 @@ async def test_a_registry_that_never_answers_is_a_read_timeout(silent_server: st
             await http.get("/v2/")
 
 
-async def test_an_answer_that_is_not_http_is_a_remote_protocol_error() -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def test_a_cancelled_request_stays_a_cancellation_and_its_connection_is_dropped(
+    silent_server: str,
+) -> None:
+    transport = Http1Transport(None)
+    async with client(silent_server, transport) as http:
+        request = asyncio.create_task(http.get("/v2/"))
+        await asyncio.sleep(0.2)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError) as cancelled:
+            await request
+        assert cancelled.value.__cause__ is None  # passed on, not translated or re-caused
+        assert pools(transport) == 0
+
+
+@asynccontextmanager
+async def answering(answer: bytes) -> AsyncIterator[str]:
+    """A server that reads a request head, sends ``answer`` and closes: its URL."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server, client(f"http://127.0.0.1:{port}") as http:
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_answer_that_is_not_http_is_a_remote_protocol_error() -> None:
+    async with answering(b"SSH-2.0-OpenSSH_9.2\r\n\r\n") as url, client(url) as http:
         with pytest.raises(httpx.RemoteProtocolError, match="no HTTP/1 status line"):
             await http.get("/v2/")
 
 
 async def test_a_body_that_breaks_off_is_a_read_error_and_its_connection_is_dropped() -> None:
-    async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(short, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     transport = Http1Transport(None)
-    async with server, client(f"http://127.0.0.1:{port}", transport) as http:
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"
+    async with answering(short) as url, client(url, transport) as http:
         with pytest.raises(httpx.ReadError, match="ended 91 bytes early"):
             await http.get("/v2/")
         assert pools(transport) == 0
