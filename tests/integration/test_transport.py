@@ -139,6 +139,18 @@ async def test_a_cancelled_request_stays_a_cancellation_and_its_connection_is_dr
         assert pools(transport) == 0
 
 
+async def test_closing_the_transport_ends_a_request_still_in_flight(silent_server: str) -> None:
+    """The pool ends every connection it made, not only the idle ones (``http1.py``)."""
+    transport = Http1Transport(None)
+    http = client(silent_server, transport)
+    request = asyncio.create_task(http.get("/v2/"))
+    await asyncio.sleep(0.2)
+    await http.aclose()
+    async with asyncio.timeout(2):  # not the 5 s read timeout
+        with pytest.raises(httpx.ReadError, match="closed the connection"):
+            await request
+
+
 @asynccontextmanager
 async def answering(answer: bytes) -> AsyncIterator[str]:
     """A server that reads a request head, sends ``answer`` and closes: its URL."""
