@@ -5,7 +5,7 @@ Why it exists: the write gate forwards every pull, and with aiohttp's ``ClientSe
 spent 0.93 ms of CPU per HEAD and 2.78 ms per 1 MB blob, against 0.68 and 1.59 ms with this
 module (side by side on the 2-core machine, README). The registry client's scan sends two
 small GETs per tag, and over this module (``transport.py`` adapts it to httpx) it spends a
-third less CPU per request than over aiohttp (README, "Scan speed"). Neither needs more
+third less CPU per request than over aiohttp (README, "Performance"). Neither needs more
 than this: send a finished request head, read the registry's answer head, and hand the body
 over in its framing. It also lets a body spliced in the kernel (``service/splice.py``) keep
 its connection: this module knows exactly where a response ends, so after the spliced
