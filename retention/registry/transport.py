@@ -3,9 +3,10 @@
 Why it exists: a cold scan sends two small GETs per tag, and on 2 cores the client's CPU
 per request is taken from the registry's. Over httpx-aiohttp a cold plan of 1,000 tags
 spent 0.91 ms of CPU per request and reached 0.67 of what wrk gets from the same registry;
-over this transport, 0.69 ms and 0.75 (five rounds interleaved with wrk, README "Scan
-speed"). aiohttp's client builds a request, a response, a stream reader and a timer per
-request and converts headers both ways; ``http1.py`` writes a head and parses one.
+over this transport, 0.69 ms and 0.75 (five rounds interleaved with wrk, README
+"Performance"). aiohttp's client builds a request, a response, a stream reader and a
+timer per request and converts headers both ways; ``http1.py`` writes a head and parses
+one.
 
 Owns: one ``UpstreamPool`` per origin (scheme, host, port and timeouts: a token realm or
 a blob redirect is another origin), the request head from httpx's request (its own header
