@@ -259,7 +259,7 @@ def _gate(registry: RegistryServer, workdir: Path) -> Iterator[tuple[str, int]]:
             {
                 "registry": {"url": registry.url},
                 "schedule": {"interval": "24h"},
-                "server": {"listen": f"127.0.0.1:{free_port()}"},
+                "server": {"listen": f"127.0.0.1:{free_port(port)}"},
                 "gate": {"listen": f"127.0.0.1:{port}", "upstream": registry.url},
                 "state_dir": str(workdir / "state"),
             }

@@ -54,11 +54,16 @@ def public_tls() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def free_port(*taken: int) -> int:
+    """A free loopback port, none of ``taken``: ports already chosen and not yet bound,
+    which the kernel may hand out again once their probe is closed (two listeners of one
+    policy then collide, and the policy is refused)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in taken:
+            return port
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -174,7 +174,7 @@ def gated_policy(tmp_path: Path, registry: RegistryServer, gate_port: int) -> Pa
         gc={"mode": "command", "command": ["sh", "-c", collect], "blob_cache": "none"},
         storage={"path": str(registry.root)},
         schedule={"interval": "1h"},
-        server={"listen": f"127.0.0.1:{free_port()}"},
+        server={"listen": f"127.0.0.1:{free_port(gate_port)}"},
         gate={"listen": f"127.0.0.1:{gate_port}", "upstream": registry.url},
     )
 
