@@ -551,12 +551,12 @@ class UpstreamPool:
         waits for the registry's close_notify, a round trip that a client closing at the
         end of a command does not wait for (the socket then outlives the event loop).
         """
-        while self._idle:
-            self._idle.pop().abort()
-        for connection in list(self._live):
+        made = list(self._live)  # the idle ones included
+        self._idle.clear()
+        self._live.clear()
+        for connection in made:
             if not connection.closed:
                 connection.abort()
-        self._live.clear()
 
 
 async def _send_body(connection: _Connection, body: BodySource, length: int | None) -> None:
