@@ -15,7 +15,9 @@ HTTP/1.1 transport ``RegistryClient`` uses by default, ``registry/transport.py``
   kept full rather than starved by the per-repository fan-out.
 
 The meter adds a counter and a trace callback per request, a cost the limit loop does not
-pay; the ratio it reports is, if anything, pessimistic.
+pay; the ratio it reports is, if anything, pessimistic. It leaves the transport's answers
+read whole (every manifest, config and listing page of a scan) as they are, so that the
+plan reads them from memory as ``retention plan`` does.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class Meter(httpx.AsyncBaseTransport):
         except BaseException:
             self._change(-1)
             raise
+        if isinstance(response.stream, httpx.ByteStream):  # read whole: the connection is free
+            self._change(-1)
+            return response
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(
             status_code=response.status_code,

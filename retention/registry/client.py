@@ -1,12 +1,13 @@
-"""The registry's HTTP API (Distribution v2), and the only holder of an httpx client.
+"""The registry's HTTP API (Distribution v2), and the only sender of httpx requests.
 
 It owns what every exchange needs so callers do not have to: the four manifest media types
 in ``Accept`` (anything less and a tag resolves to a digest the registry never stored),
 bounded concurrency, explicit timeouts, retries with backoff on overload and dropped
 connections, ``Link`` pagination, digest verification, and the translation of every failure
 into a ``retention.errors`` exception with method, URL, status and the registry's error code.
-Authentication is an ``httpx.Auth`` flow (``auth.py``), credentials come from
-``credentials.py``, TLS from ``tls.py``; retries and backoff are ``retry.py``, and every
+Authentication is an ``httpx.Auth`` flow (``auth.py``) that ``dispatch.py`` runs around
+the transport (``transport.py``), credentials come from ``credentials.py``, TLS from
+``tls.py``; retries and backoff are ``retry.py``, and every
 answer becomes a value or a domain error in ``replies.py``. This module holds the resources
 (catalog, tags, manifests, blobs, uploads) and the one request loop.
 
@@ -34,6 +35,7 @@ from retention.errors import (
 from retention.registry import credentials, media_types
 from retention.registry.auth import Clock, RegistryAuth, public_url
 from retention.registry.digests import digest_matches, is_digest, sha256_digest
+from retention.registry.dispatch import Dispatcher
 from retention.registry.replies import (
     Reply,
     listed_names,
@@ -89,23 +91,20 @@ class RegistryClient:
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         found = credentials.resolve(settings)
         self._has_credentials = found is not None
-        limits = httpx.Limits(
-            max_connections=settings.concurrency,
-            max_keepalive_connections=settings.concurrency,
-        )
         verify = tls_context(settings)
-        self._http = httpx.AsyncClient(
-            base_url=public_url(httpx.URL(settings.base_url)),
-            auth=RegistryAuth(found, registry_url=settings.base_url, clock=clock),
-            verify=verify,
-            timeout=httpx.Timeout(settings.timeout.total_seconds()),
-            limits=limits,
-            headers={"User-Agent": f"retention/{__version__}"},
-            transport=transport or Http1Transport(_trust(verify)),
+        self._auth = RegistryAuth(found, registry_url=settings.base_url, clock=clock)
+        self._dispatcher = Dispatcher(transport or Http1Transport(_trust(verify)), self._auth)
+        self._base = public_url(httpx.URL(settings.base_url)).rstrip("/") + "/"
+        timeout = httpx.Timeout(settings.timeout.total_seconds())
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._default_headers = httpx.Headers(
+            {
+                "Accept": "*/*",
+                "Accept-Encoding": "gzip, deflate",  # what httpx sends, and decodes
+                "Connection": "keep-alive",
+                "User-Agent": f"retention/{__version__}",
+            }
         )
-        self._http._cookies = _SetCookieJar()  # httpx's own attribute: see the class
-        self._base = str(self._http.base_url).rstrip("/") + "/"  # "http://h:5000" has none
-        self._extensions = {"timeout": self._http.timeout.as_dict()}
         self._header_sets: dict[frozenset[tuple[str, str]], httpx.Headers] = {}
 
     def _headers(self, extra: dict[str, str] | None) -> httpx.Headers:
@@ -119,7 +118,7 @@ class RegistryClient:
         key = frozenset(extra.items()) if extra else frozenset()
         merged = self._header_sets.get(key)
         if merged is None:
-            merged = self._http.headers.copy()
+            merged = self._default_headers.copy()
             merged.update(extra or {})
             self._header_sets[key] = merged
         return merged
@@ -146,7 +145,7 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._dispatcher.aclose()
 
     async def ping(self) -> None:
         """Fail early, and clearly, on a wrong URL or wrong credentials."""
@@ -299,8 +298,6 @@ class RegistryClient:
         merged = self._headers(headers)
 
         def build() -> httpx.Request:
-            if self._http.cookies:  # a registry behind a cookie-setting proxy: httpx's way
-                return self._http.build_request(method, target, headers=headers, content=content)
             return httpx.Request(
                 method, target, headers=merged, content=content, extensions=self._extensions
             )
@@ -339,9 +336,7 @@ class RegistryClient:
     async def _send_once(self, request: httpx.Request, limit: int, follow_redirects: bool) -> Reply:
         """One HTTP request inside the concurrency bound, body read in full (up to ``limit``)."""
         async with self._semaphore:
-            response = await self._http.send(
-                request, stream=True, follow_redirects=follow_redirects
-            )
+            response = await self._dispatcher.send(request, follow_redirects=follow_redirects)
             try:
                 body = await read_limited(response, limit)
             finally:
@@ -354,20 +349,6 @@ class RegistryClient:
             body=body,
             next_url=next_url(response),
         )
-
-
-class _SetCookieJar(httpx.Cookies):
-    """httpx's cookie jar, which reads a response only when it sets a cookie.
-
-    httpx hands every response to the client's jar, whose urllib adapters (a request and a
-    response object for ``http.cookiejar``) were 9 % of a cold plan's CPU under py-spy, for
-    registry answers that never carry ``Set-Cookie``. A proxy in front that sets one still
-    gets its cookie back: the jar is httpx's, only the empty case is skipped.
-    """
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
-            super().extract_cookies(response)
 
 
 def _trust(verify: ssl.SSLContext | bool) -> ssl.SSLContext:

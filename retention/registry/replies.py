@@ -58,6 +58,10 @@ async def read_limited(response: httpx.Response, limit: int) -> bytes:
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(response, limit)
+    if response.is_stream_consumed:  # read by the transport already (transport.py)
+        if len(response.content) > limit:
+            raise _too_large(response, limit)
+        return response.content
     chunks: list[bytes] = []
     received = 0
     async for chunk in response.aiter_bytes():

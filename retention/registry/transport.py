@@ -104,9 +104,17 @@ class Http1Transport(httpx.AsyncBaseTransport):
 
 
 async def _whole(pool: UpstreamPool, exchange: Exchange, request: httpx.Request) -> bytes:
-    """A small body read at once, and the connection given back before httpx sees it."""
+    """A small body read at once, and the connection given back before httpx sees it.
+
+    A body that came with its head (a manifest or config usually does) is taken as it is,
+    without the async generator that waits for more.
+    """
     try:
-        chunks = [chunk async for chunk in exchange.body()] if not exchange.finished else []
+        chunks = []
+        if not exchange.finished and not exchange.head.chunked:
+            chunks.append(exchange.take_buffered())
+        if not exchange.finished:
+            chunks += [chunk async for chunk in exchange.body()]
     except BaseException as exc:
         _raise_as_httpx(exc, request, connecting=False)
         raise

@@ -408,6 +408,42 @@ async def test_a_blob_is_followed_through_a_storage_redirect(
     assert await client.blob("app", digest) == data
 
 
+async def test_a_redirect_to_storage_elsewhere_does_not_carry_the_registrys_credentials(
+    fake: FakeRegistry,
+) -> None:
+    """A presigned storage URL has its own authorization; ours must not travel there."""
+    data = b"config on another origin"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    storage = "http://storage.invalid:9000/bucket/object?X-Amz-Signature=abc"
+    sent: list[tuple[str, str | None]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.host, request.headers.get("authorization")))
+        if request.url.host == "storage.invalid":
+            return httpx.Response(200, content=data)
+        return httpx.Response(307, headers={"Location": storage})
+
+    async with make_client(fake, handler=answer, username="ci", password="s3cret") as client:
+        assert await client.blob("app", digest) == data
+
+    assert [host for host, _ in sent] == [httpx.URL(FAKE_URL).host, "storage.invalid"]
+    assert sent[0][1] is not None and sent[0][1].startswith("Basic ")
+    assert sent[1][1] is None
+
+
+async def test_a_redirect_is_not_followed_where_the_caller_did_not_ask(
+    client: RegistryClient, fake: FakeRegistry
+) -> None:
+    """Only blob reads follow; a manifest answered with a redirect is an unexpected status."""
+    fake.script(
+        "GET", "/v2/app/manifests/v1", httpx.Response(307, headers={"Location": "/elsewhere"})
+    )
+
+    with pytest.raises(RegistryError, match="307"):
+        await client.manifest("app", "v1")
+    assert requests_to(fake, "/elsewhere") == []
+
+
 async def test_a_redirect_loop_becomes_a_registry_error_not_an_httpx_one(
     client: RegistryClient, fake: FakeRegistry
 ) -> None:
