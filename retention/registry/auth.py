@@ -142,7 +142,7 @@ class RegistryAuth(httpx.Auth):
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
         """The client is async only; a sync client must not silently send no credentials."""
-        raise RuntimeError("RegistryAuth works with httpx.AsyncClient only")
+        raise RuntimeError("RegistryAuth works with async senders only")
         yield request  # pragma: no cover - makes this a generator, as httpx expects
 
     async def async_auth_flow(

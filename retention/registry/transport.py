@@ -16,7 +16,7 @@ client's retries and messages stay as they were: a refused or timed-out connecti
 ``ConnectError``/``ConnectTimeout``, a silent registry ``ReadTimeout``, a broken answer
 ``RemoteProtocolError``, a dropped connection ``ReadError``; TLS errors keep the
 ``ssl.SSLError`` as their cause (``tls.tls_failure`` finds it there). Must not: follow
-redirects, authenticate or keep cookies: httpx's client does that above.
+redirects, authenticate or keep cookies: ``dispatch.py`` does that above.
 """
 
 from __future__ import annotations

@@ -704,8 +704,8 @@ def test_the_config_created_time_is_read_as_utc_or_unknown(
 
 
 async def test_a_cookie_set_by_a_proxy_in_front_of_the_registry_is_sent_back() -> None:
-    """The jar skips answers without ``Set-Cookie`` (client.py's ``_SetCookieJar``), and
-    still keeps one that has it, as httpx's own jar does."""
+    """The jar (``dispatch.py``) reads only answers with ``Set-Cookie``, and keeps what
+    they set as httpx's own jar does."""
     sent: list[str | None] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
