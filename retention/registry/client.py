@@ -7,9 +7,9 @@ connections, ``Link`` pagination, digest verification, and the translation of ev
 into a ``retention.errors`` exception with method, URL, status and the registry's error code.
 Authentication is an ``httpx.Auth`` flow (``auth.py``) that ``dispatch.py`` runs around
 the transport (``transport.py``), credentials come from ``credentials.py``, TLS from
-``tls.py``; retries and backoff are ``retry.py``, and every
-answer becomes a value or a domain error in ``replies.py``. This module holds the resources
-(catalog, tags, manifests, blobs, uploads) and the one request loop.
+``tls.py``; retries and backoff are ``retry.py``, and every answer becomes a value or a
+domain error in ``replies.py``. This module holds the resources (catalog, tags,
+manifests, blobs, uploads) and the one request loop.
 
 It must not decide anything: which tag to delete is the planner's business. And no httpx
 type may leave this package; callers see model values, bytes, str and our exceptions.

@@ -36,9 +36,9 @@ class Dispatcher:
     """Sends requests over ``transport`` with ``auth``; one per registry client."""
 
     def __init__(self, transport: httpx.AsyncBaseTransport, auth: httpx.Auth) -> None:
-        self.transport = transport
+        self._transport = transport
         self._auth = auth
-        self.cookies = httpx.Cookies()
+        self._cookies = httpx.Cookies()
 
     async def send(self, request: httpx.Request, *, follow_redirects: bool) -> httpx.Response:
         """The final response, unread: the caller reads and closes it.
@@ -63,7 +63,7 @@ class Dispatcher:
             await flow.aclose()
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        await self._transport.aclose()
 
     async def _follow(self, request: httpx.Request, follow_redirects: bool) -> httpx.Response:
         """One request, and its redirects when ``follow_redirects``: the last response."""
@@ -76,12 +76,12 @@ class Dispatcher:
         raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.", request=request)
 
     async def _send_single(self, request: httpx.Request) -> httpx.Response:
-        if self.cookies:
-            self.cookies.set_cookie_header(request)
-        response = await self.transport.handle_async_request(request)
+        if self._cookies:
+            self._cookies.set_cookie_header(request)
+        response = await self._transport.handle_async_request(request)
         response.request = request  # a MockTransport's handler may leave it unset
         if "set-cookie" in response.headers:
-            self.cookies.extract_cookies(response)
+            self._cookies.extract_cookies(response)
         return response
 
     def _redirected(self, request: httpx.Request, response: httpx.Response) -> httpx.Request:
